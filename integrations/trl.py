@@ -1,0 +1,192 @@
+"""TRL ``GRPOTrainer`` integration: one callback, added with one line.
+
+    trainer = GRPOTrainer(model=..., reward_funcs=..., args=..., peft_config=...)
+    trainer.add_callback(LoraRLCallback(trainer))       # the one added line
+    trainer.train()
+
+Like TRL's own ``LogCompletionsCallback(trainer)``, the callback takes the trainer because
+transformers callbacks never receive it. It sees each generation batch's rewards exactly once by
+wrapping the trainer's ``_calculate_rewards`` (which returns every process's rewards, gathered,
+in global order: TRL 1.16), and hands its metrics to TRL's own metric store, so they are averaged
+like TRL's ``reward`` and reach ``trainer.state.log_history`` and every ``report_to`` backend.
+Its state is saved in checkpoints through transformers' ``ExportableState`` (see
+``LoraRLCheckpointState``) and restored on resume. No math lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
+
+from ..adapters import summarize_adapter
+from ..builtin import BandwidthConfig, default_builtins
+from ..capacity import DEFAULT_BITS_PER_PARAM
+from ..events import AdapterReady, RolloutsScored, RunStarted, StepEnded, StopTraining
+from ..plugins import PluginHost, make_plugin_manager
+
+__all__ = ["LoraRLCallback", "LoraRLCheckpointState"]
+
+
+class LoraRLCheckpointState(TrainerCallback, ExportableState):
+    """Carries the plugins' state into ``trainer_state.json`` at every checkpoint.
+
+    A separate, argument-free callback so that transformers can rebuild it on resume when
+    ``restore_callback_states_from_checkpoint=True``; ``LoraRLCallback`` restores from it either way.
+    """
+
+    def __init__(self) -> None:
+        self.plugin_state: dict[str, Any] = {}
+        self.owner: LoraRLCallback | None = None
+
+    def state(self) -> dict:
+        if self.owner is not None:
+            self.plugin_state = self.owner.host.state_dict()
+        return {"args": {}, "attributes": {"plugin_state": self.plugin_state}}
+
+
+class LoraRLCallback(TrainerCallback):
+    """Information-bandwidth accounting (and the other plugins) for a TRL ``GRPOTrainer``.
+
+    Args:
+        trainer: the ``GRPOTrainer`` to observe.
+        reward_levels, reward_range, answer_extractor, answer_space_size, token_reward_levels,
+        bits_per_param: options of the bandwidth plugin (see ``BandwidthConfig``).
+        plugins: extra plugin objects to register for this run.
+        block: names of plugins (built-in or entry-point) not to load.
+        load_entry_points: load third-party plugins from the ``lora_rl_plugins`` entry points.
+    """
+
+    def __init__(
+        self,
+        trainer: Any,
+        *,
+        reward_levels: int | None = None,
+        reward_range: tuple[float, float] | None = None,
+        answer_extractor: Callable[[Any], Hashable | None] | None = None,
+        answer_space_size: int | None = None,
+        token_reward_levels: int | None = None,
+        bits_per_param: float = DEFAULT_BITS_PER_PARAM,
+        plugins: Iterable[object] = (),
+        block: Iterable[str] = (),
+        load_entry_points: bool = True,
+    ) -> None:
+        if not hasattr(trainer, "_calculate_rewards") or not hasattr(trainer, "num_generations"):
+            raise TypeError(
+                f"LoraRLCallback needs a trl.GRPOTrainer, got {type(trainer).__name__}. "
+                "Create the trainer first, then: trainer.add_callback(LoraRLCallback(trainer))."
+            )
+        self.trainer = trainer
+        bandwidth = BandwidthConfig(
+            reward_levels=reward_levels,
+            reward_range=reward_range,
+            answer_extractor=answer_extractor,
+            answer_space_size=answer_space_size,
+            token_reward_levels=token_reward_levels,
+            bits_per_param=bits_per_param,
+        )
+        pm = make_plugin_manager(
+            default_builtins(bandwidth), extra=plugins, block=block, load_entry_points=load_entry_points
+        )
+        self.host = PluginHost(pm)
+        self._metric_infos = self.host.metric_infos()
+        self.checkpoint_state = LoraRLCheckpointState()
+        self.checkpoint_state.owner = self
+        trainer.add_callback(self.checkpoint_state)
+        self._wrap_reward_calculation(trainer)
+
+    # -- trainer events -> hooks ---------------------------------------------------------------
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._restore(state)
+        trainer = self.trainer
+        self.host.call(
+            "on_run_start",
+            run=RunStarted(
+                framework="trl",
+                group_size=trainer.num_generations,
+                total_steps=state.max_steps or None,
+                world_size=trainer.accelerator.num_processes,
+                options={
+                    "beta": trainer.beta,
+                    "temperature": trainer.temperature,
+                    "use_vllm": bool(getattr(trainer, "use_vllm", False)),
+                    "generation_batch_size": args.generation_batch_size,
+                    "steps_per_generation": args.steps_per_generation,
+                    "num_iterations": trainer.num_iterations,
+                    "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                },
+            ),
+        )
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        self.host.call("on_adapter_ready", adapter=AdapterReady(summarize_adapter(model), model))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        for _, actions in self.host.call("on_step_end", step=StepEnded(state.global_step, state.max_steps or None)):
+            for action in actions:
+                if isinstance(action, StopTraining):
+                    control.should_training_stop = True
+        self.host.step_ended()
+        self._publish(self.host.metrics())
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.host.call("on_run_end")
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _wrap_reward_calculation(self, trainer: Any) -> None:
+        original = trainer._calculate_rewards
+
+        def calculate_rewards(inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
+            rewards_per_func = original(inputs, prompts, completions, completion_ids_list)
+            if trainer.model.training:  # evaluation rollouts train nothing
+                self._rollouts_scored(rewards_per_func, completions)
+            return rewards_per_func
+
+        trainer._calculate_rewards = calculate_rewards
+
+    def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any]) -> None:
+        trainer = self.trainer
+        if trainer.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            completions = gather_object(list(completions))
+        batch = RolloutsScored(
+            step=trainer.state.global_step + 1,
+            rewards=rewards_per_func.float().cpu().tolist(),
+            reward_names=list(trainer.reward_func_names),
+            reward_weights=trainer.reward_weights.float().cpu().tolist(),
+            group_size=trainer.num_generations,
+            completions=completions,
+        )
+        self.host.call("on_rollouts_scored", batch=batch)
+
+    def _publish(self, metrics: Mapping[str, float]) -> None:
+        """Put metrics into TRL's metric store: per-step ones are averaged over the logging window."""
+        store = self.trainer._metrics["train"]
+        for name, value in metrics.items():
+            info = self._metric_infos.get(name)
+            if (info is not None and info.reduce == "mean") or name.startswith("plugins/"):
+                store[name].append(value)
+            else:
+                store[name] = [value]
+
+    def _restore(self, state: TrainerState) -> None:
+        holder = next(
+            (cb for cb in self.trainer.callback_handler.callbacks if isinstance(cb, LoraRLCheckpointState)),
+            None,
+        )
+        if holder is None:  # transformers removed it while rebuilding callbacks: put ours back
+            holder = self.checkpoint_state
+            self.trainer.add_callback(holder)
+        holder.owner, self.checkpoint_state = self, holder
+        saved = (state.stateful_callbacks or {}).get(type(holder).__name__)
+        if isinstance(saved, list):
+            saved = saved[-1]
+        plugin_state = (saved or {}).get("attributes", {}).get("plugin_state")
+        if plugin_state:
+            self.host.load_state_dict(plugin_state)

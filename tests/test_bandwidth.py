@@ -1,0 +1,251 @@
+"""Per-group accounting and the bandwidth plugin, driven directly (no framework)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+
+from lora_rl_plugins import (
+    AdapterReady,
+    BandwidthConfig,
+    BandwidthPlugin,
+    PluginHost,
+    RewardValueError,
+    RolloutShapeError,
+    RolloutsScored,
+    RunStarted,
+    StepEnded,
+    make_plugin_manager,
+)
+from lora_rl_plugins.accounting import account_group, account_token_group
+from lora_rl_plugins.adapters import AdaptedMatrix, AdapterSummary
+from lora_rl_plugins.builtin.bandwidth import CapacityWarning, RewardLevelsWarning
+from lora_rl_plugins.information import binary_entropy, group_uniform_prior_bits
+
+NAN = math.nan
+
+
+def batch(rows, group_size, step=1, names=("f",), weights=None, completions=None, **kw) -> RolloutsScored:
+    rows = [r if isinstance(r, (list, tuple)) else [r] for r in rows]
+    return RolloutsScored(
+        step=step,
+        rewards=rows,
+        reward_names=list(names),
+        reward_weights=list(weights or [1.0] * len(names)),
+        group_size=group_size,
+        completions=completions,
+        **kw,
+    )
+
+
+def host_with(config: BandwidthConfig | None = None, adapter: AdapterSummary | None = None, total_steps=None):
+    plugin = BandwidthPlugin(config)
+    host = PluginHost(make_plugin_manager({"bandwidth": plugin}, load_entry_points=False))
+    host.call("on_run_start", run=RunStarted("test", 4, total_steps=total_steps))
+    if adapter is not None:
+        host.call("on_adapter_ready", adapter=AdapterReady(adapter))
+    return host, plugin
+
+
+def one_matrix_adapter(rank: int, d: int) -> AdapterSummary:
+    return AdapterSummary((AdaptedMatrix("layer", d, d, rank, 2.0),))
+
+
+# -- account_group ------------------------------------------------------------------------------
+def test_constant_group_carries_zero_bits() -> None:
+    account = account_group([1.0, 1.0, 1.0, 1.0], levels=2)
+    assert account.estimate == 0.0
+    assert account.constant
+    assert account.bound == 4.0  # D = K = 4 rollouts, log2 L = 1
+
+
+def test_binary_group_estimate_is_k_times_h() -> None:
+    account = account_group([1.0, 0.0, 0.0, 0.0], levels=2)
+    assert account.estimate == pytest.approx(4 * binary_entropy(0.25))
+    assert account.rule == "levels"
+
+
+def test_distinct_completions_cap_the_bound() -> None:
+    # 4 rollouts, only 2 distinct completions: bound D log2 L = 2 bits, estimate capped at it.
+    account = account_group([1.0, 1.0, 0.0, 0.0], levels=2, completions=["a", "a", "b", "b"])
+    assert account.bound == 2.0
+    assert account.estimate == 2.0  # K·H = 4 > 2
+
+
+def test_answers_tighten_to_log2_m_plus_1_and_uniform_prior_is_exact() -> None:
+    rewards = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    answers = ["7", "3", "3", "9", None, "9"]  # M = 3 distinct parseable answers
+    account = account_group(rewards, levels=2, answers=answers)
+    assert account.rule == "answers"
+    assert account.bound == pytest.approx(2.0)  # log2(3 + 1)
+    exact = account_group(rewards, levels=2, answers=answers, answer_space_size=10)
+    assert exact.rule == "uniform_prior"
+    assert exact.bound == pytest.approx(group_uniform_prior_bits(3, 10))
+    assert exact.estimate <= exact.bound
+
+
+def test_answers_ignored_for_non_binary_rewards() -> None:
+    account = account_group([1.0, 0.5, 0.0, 0.0], levels=3, answers=["a", "b", "c", "d"])
+    assert account.rule == "levels"
+    assert account.bound == pytest.approx(4 * math.log2(3))
+
+
+def test_missing_rewards_excluded_and_small_groups_give_zero() -> None:
+    account = account_group([1.0, NAN, 0.0, NAN], levels=2)
+    assert account.scored == 2 and account.missing == 2
+    assert account.estimate == 2.0
+    small = account_group([1.0, NAN, NAN, NAN], levels=2)
+    assert small.rule == "too_small" and small.estimate == 0.0 and small.bound == 0.0
+
+
+def test_token_group_bound_is_t_log2_a_per_distinct_rollout() -> None:
+    tokens = [[1, 0, 1], [1, 1, 1], [0, 0, 0], [1, 0, 1]]
+    account = account_token_group(tokens, alphabet_size=2, completions=["x", "y", "z", "x"])
+    assert account.bound == 9.0  # 3 distinct rollouts x 3 tokens x 1 bit
+    expected = 4 * binary_entropy(0.75) + 4 * binary_entropy(0.25) + 4 * binary_entropy(0.75)
+    assert account.estimate == pytest.approx(min(expected, 9.0))
+
+
+# -- plugin -------------------------------------------------------------------------------------
+def test_plugin_step_and_total_metrics() -> None:
+    host, _ = host_with(BandwidthConfig(reward_levels=2))
+    host.call("on_rollouts_scored", batch=batch([1, 0, 0, 0, 1, 1, 1, 1], 4))
+    host.call("on_step_end", step=StepEnded(1))
+    metrics = host.metrics()
+    assert metrics["bandwidth/bits_step"] == pytest.approx(4 * binary_entropy(0.25))
+    assert metrics["bandwidth/bound_step"] == 8.0
+    assert metrics["bandwidth/zero_info_frac"] == 0.5
+    assert metrics["bandwidth/bits_per_rollout"] == pytest.approx(4 * binary_entropy(0.25) / 8)
+    assert metrics["bandwidth/reward_levels"] == 2 and metrics["bandwidth/reward_levels_inferred"] == 0
+    host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0], 4, step=2))
+    host.call("on_step_end", step=StepEnded(2))
+    metrics = host.metrics()
+    assert metrics["bandwidth/bits_step"] == 4.0
+    assert metrics["bandwidth/bits_total"] == pytest.approx(4 * binary_entropy(0.25) + 4.0)
+    assert metrics["bandwidth/bound_total"] == 12.0
+    assert "bandwidth/capacity_bits" not in metrics  # no adapter known
+
+
+def test_step_without_rollouts_reports_zero_bits() -> None:
+    host, _ = host_with()
+    host.call("on_step_end", step=StepEnded(1))
+    metrics = host.metrics()
+    assert metrics["bandwidth/bits_step"] == 0.0
+    assert "bandwidth/bits_per_rollout" not in metrics and "bandwidth/zero_info_frac" not in metrics
+
+
+def test_reward_levels_inferred_from_distinct_values() -> None:
+    host, _ = host_with()
+    host.call("on_rollouts_scored", batch=batch([0.0, 0.5, 1.0, 1.0], 4))
+    host.call("on_step_end", step=StepEnded(1))
+    metrics = host.metrics()
+    assert metrics["bandwidth/reward_levels"] == 3 and metrics["bandwidth/reward_levels_inferred"] == 1
+    assert metrics["bandwidth/bound_step"] == pytest.approx(4 * math.log2(3))
+
+
+def test_quantised_continuous_rewards() -> None:
+    host, _ = host_with(BandwidthConfig(reward_levels=4, reward_range=(0.0, 1.0)))
+    host.call("on_rollouts_scored", batch=batch([0.01, 0.02, 0.97, 0.99], 4))
+    host.call("on_step_end", step=StepEnded(1))
+    metrics = host.metrics()
+    # quantised to levels 0, 0, 3, 3: a fair two-valued group, 4 bits; L = 4 -> bound 4 x 2 bits
+    assert metrics["bandwidth/bits_step"] == 4.0
+    assert metrics["bandwidth/bound_step"] == 8.0
+    assert metrics["bandwidth/reward_levels"] == 4
+
+
+def test_declared_levels_exceeded_warns_and_uses_observed() -> None:
+    host, plugin = host_with(BandwidthConfig(reward_levels=2))
+    with pytest.warns(RewardLevelsWarning, match="reward_levels=2 was declared but 3"):
+        host.call("on_rollouts_scored", batch=batch([0.0, 0.5, 1.0, 1.0], 4))
+    assert plugin.reward_levels == 3
+
+
+def test_combined_reward_uses_weights_and_nansum() -> None:
+    _, plugin = host_with()
+    rows = [[1.0, NAN], [0.0, 1.0], [NAN, NAN], [1.0, 1.0]]
+    accounts = plugin.account(batch(rows, 4, names=("a", "b"), weights=[1.0, 2.0]))
+    # combined: 1, 2, NaN, 3 -> three scored, all distinct -> K·H = 3·log2 3
+    assert accounts[0].scored == 3 and accounts[0].missing == 1
+    assert accounts[0].estimate == pytest.approx(3 * math.log2(3))
+
+
+def test_missing_and_small_group_counts() -> None:
+    host, _ = host_with()
+    host.call("on_rollouts_scored", batch=batch([NAN, 1.0, NAN, NAN, 1.0, 0.0, 0.0, 1.0], 4))
+    host.call("on_step_end", step=StepEnded(1))
+    metrics = host.metrics()
+    assert metrics["bandwidth/missing_rewards"] == 3
+    assert metrics["bandwidth/small_groups"] == 1
+    assert metrics["bandwidth/zero_info_frac"] == 0.5
+
+
+def test_infinite_reward_is_a_clear_error_naming_the_function() -> None:
+    host, _ = host_with()
+    with pytest.raises(RewardValueError, match=r"reward function 'accuracy' returned inf for rollout 2"):
+        host.call(
+            "on_rollouts_scored",
+            batch=batch([[0, 1], [1, 1], [math.inf, 0], [0, 0]], 4, names=("accuracy", "format")),
+        )
+    with pytest.raises(RewardValueError, match="'format' returned -inf"):
+        host.call("on_rollouts_scored", batch=batch([[0, -math.inf]] * 4, 4, names=("accuracy", "format")))
+
+
+def test_ragged_groups_and_wrong_lengths_are_clear_errors() -> None:
+    host, _ = host_with()
+    with pytest.raises(RolloutShapeError, match="6 rollouts do not split into groups of 4"):
+        host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0, 1, 0], 4))
+    with pytest.raises(RolloutShapeError, match="rollout 1 has 1 reward values but there are 2"):
+        host.call("on_rollouts_scored", batch=batch([[1, 0], [1], [0, 0], [1, 1]], 4, names=("a", "b")))
+    with pytest.raises(ValueError, match="3 completions for 4 rollouts"):
+        host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0], 4, completions=["a", "b", "c"]))
+
+
+def test_capacity_metrics_warnings_and_rank_advice() -> None:
+    adapter = one_matrix_adapter(rank=1, d=2)  # 4 params -> 128 bits of capacity at 32 bits/param
+    host, plugin = host_with(BandwidthConfig(reward_levels=2), adapter, total_steps=20)
+    assert plugin.capacity_bits == 128.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 21):
+            host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0, 1, 0, 1, 0], 8, step=step))  # 8 bits
+            host.call("on_step_end", step=StepEnded(step, 20))
+            metrics = host.metrics()
+            assert metrics["bandwidth/capacity_used"] == pytest.approx(8 * step / 128)
+    capacity_warnings = [w for w in caught if issubclass(w.category, CapacityWarning)]
+    assert len(capacity_warnings) == 2  # once at 50%, once at 100%
+    assert "50%" in str(capacity_warnings[0].message)
+    # at 50% (step 8, 64 bits) the projection is 160 bits over 20 steps -> r = ceil(160 / 128) = 2
+    assert "smallest rank that holds them is r=2" in str(capacity_warnings[0].message)
+    assert metrics["bandwidth/projected_bits"] == 160.0
+    assert metrics["bandwidth/rank_sufficient"] == 2
+
+
+def test_non_lora_model_omits_capacity_with_one_warning() -> None:
+    with pytest.warns(UserWarning, match="no LoRA adapter"):
+        host, _ = host_with(adapter=AdapterSummary())
+    host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0], 4))
+    host.call("on_step_end", step=StepEnded(1))
+    metrics = host.metrics()
+    assert metrics["bandwidth/bits_step"] == 4.0
+    assert not any("capacity" in name or "rank" in name for name in metrics)
+
+
+def test_state_round_trip_resumes_exactly() -> None:
+    host, _ = host_with()
+    host.call("on_rollouts_scored", batch=batch([0.0, 0.5, 1.0, NAN], 4))
+    host.call("on_step_end", step=StepEnded(1))
+    state = host.state_dict()
+    import json
+
+    restored_host, restored = host_with()
+    restored_host.load_state_dict(json.loads(json.dumps(state)))
+    for h in (host, restored_host):
+        h.call("on_rollouts_scored", batch=batch([0.0, 0.25, 1.0, 1.0], 4, step=2))
+        h.call("on_step_end", step=StepEnded(2))
+    left = {k: v for k, v in host.metrics().items() if not k.startswith("plugins/")}
+    right = {k: v for k, v in restored_host.metrics().items() if not k.startswith("plugins/")}
+    assert left == right
+    assert restored.reward_levels == 4
