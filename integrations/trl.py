@@ -54,6 +54,10 @@ class LoraRLCallback(TrainerCallback):
         trainer: the ``GRPOTrainer`` to observe.
         reward_levels, reward_range, answer_extractor, answer_space_size, token_reward_levels,
         bits_per_param: options of the bandwidth plugin (see ``BandwidthConfig``).
+        vllm_serving: the vLLM settings the trained adapter will be served with
+            (``{"max_lora_rank": 16, "max_loras": 1, ...}``); the adapter is checked against them
+            before training. TRL's own ``use_vllm`` generation merges the adapter, so
+            ``max_lora_rank`` does not apply to it.
         plugins: extra plugin objects to register for this run.
         block: names of plugins (built-in or entry-point) not to load.
         load_entry_points: load third-party plugins from the ``lora_rl_plugins`` entry points.
@@ -69,6 +73,7 @@ class LoraRLCallback(TrainerCallback):
         answer_space_size: int | None = None,
         token_reward_levels: int | None = None,
         bits_per_param: float = DEFAULT_BITS_PER_PARAM,
+        vllm_serving: Mapping[str, Any] | None = None,
         plugins: Iterable[object] = (),
         block: Iterable[str] = (),
         load_entry_points: bool = True,
@@ -88,7 +93,7 @@ class LoraRLCallback(TrainerCallback):
             bits_per_param=bits_per_param,
         )
         pm = make_plugin_manager(
-            default_builtins(bandwidth), extra=plugins, block=block, load_entry_points=load_entry_points
+            default_builtins(bandwidth, vllm_serving), extra=plugins, block=block, load_entry_points=load_entry_points
         )
         self.host = PluginHost(pm)
         self._metric_infos = self.host.metric_infos()

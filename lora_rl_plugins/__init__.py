@@ -7,8 +7,6 @@ the KL measurement, and each framework only by its integration:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .adapters import AdapterSummary, NotALoraModelError, summarize_adapter
 from .builtin import BandwidthConfig, BandwidthPlugin
 from .events import (
@@ -23,7 +21,16 @@ from .events import (
 from .hookspecs import hookimpl, hookspec
 from .metrics import MetricInfo
 from .plugins import PluginHost, make_plugin_manager
+from .rank_selection import RankChoice, RunPlan, select_rank
 from .rewards import RewardValueError, RolloutShapeError
+from .vllm_rules import (
+    VLLMLoRAError,
+    VLLMProblem,
+    check_vllm_lora,
+    smallest_legal_max_lora_rank,
+    validate_vllm_lora,
+    vllm_lora_memory_bytes,
+)
 
 __version__ = "0.1.0"
 
@@ -36,29 +43,25 @@ __all__ = [
     "NotALoraModelError",
     "PluginHost",
     "PolicySample",
+    "RankChoice",
     "RewardValueError",
     "RolloutShapeError",
     "RolloutsScored",
+    "RunPlan",
     "RunStarted",
     "SetKLPenalty",
     "StepEnded",
     "StopTraining",
+    "VLLMLoRAError",
+    "VLLMProblem",
     "__version__",
+    "check_vllm_lora",
     "hookimpl",
     "hookspec",
     "make_plugin_manager",
+    "select_rank",
+    "smallest_legal_max_lora_rank",
     "summarize_adapter",
+    "validate_vllm_lora",
+    "vllm_lora_memory_bytes",
 ]
-
-_LAZY: dict[str, str] = {}
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

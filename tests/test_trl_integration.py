@@ -174,3 +174,29 @@ def test_infinite_reward_stops_with_the_function_name(tmp_path) -> None:
 def test_not_a_grpo_trainer_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match=r"needs a trl\.GRPOTrainer"):
         LoraRLCallback(object())
+
+
+def test_vllm_serving_settings_checked_before_training(tmp_path) -> None:
+    from lora_rl_plugins import VLLMLoRAError
+
+    reward = RecordingReward(first_char_reward)
+    trainer = grpo_trainer(reward, tmp_path, steps=2)  # LoRA r = 4
+    trainer.add_callback(LoraRLCallback(trainer, vllm_serving={"max_lora_rank": 1}, load_entry_points=False))
+    with pytest.raises(VLLMLoRAError, match="LoRA rank 4 \\(r\\) is greater than max_lora_rank 1"):
+        trainer.train()
+    assert reward.calls == []  # failed before the first generation
+
+    fits = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=1)
+    fits.add_callback(LoraRLCallback(fits, vllm_serving={"max_lora_rank": 8}, load_entry_points=False))
+    fits.train()
+
+
+def test_use_vllm_note_is_given_once(caplog) -> None:
+    import logging
+
+    from lora_rl_plugins import PluginHost, RunStarted, make_plugin_manager
+
+    host = PluginHost(make_plugin_manager(load_entry_points=False))
+    with caplog.at_level(logging.WARNING, logger="lora_rl_plugins"):
+        host.call("on_run_start", run=RunStarted("trl", 4, options={"use_vllm": True}))
+    assert caplog.text.count("max_lora_rank does not apply") == 1

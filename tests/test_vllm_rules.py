@@ -1,0 +1,204 @@
+"""vLLM max_lora_rank validation: a grid over every rule of vLLM 0.33, adapters saved by real PEFT,
+the strict variant, the memory estimate and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lora_rl_plugins import VLLMLoRAError, check_vllm_lora, validate_vllm_lora, vllm_lora_memory_bytes
+from lora_rl_plugins.vllm_rules import LEGAL_MAX_LORA_RANKS, load_lora_config, smallest_legal_max_lora_rank
+
+BASE = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "bias": "none"}
+
+# (adapter overrides, engine settings, rules vLLM 0.33 rejects with: () = it loads the adapter)
+GRID = [
+    ({}, {"max_lora_rank": 8}, ()),
+    ({}, {"max_lora_rank": 16}, ()),
+    ({"r": 16}, {"max_lora_rank": 16}, ()),
+    ({"r": 32}, {"max_lora_rank": 16}, ("rank_exceeds_max_lora_rank",)),
+    ({"r": 1}, {"max_lora_rank": 1}, ()),
+    ({"r": 2}, {"max_lora_rank": 1}, ("rank_exceeds_max_lora_rank",)),
+    ({"r": 512}, {"max_lora_rank": 512}, ()),
+    ({"r": 320}, {"max_lora_rank": 320}, ()),
+    ({}, {"max_lora_rank": 12}, ("max_lora_rank_illegal",)),
+    ({}, {"max_lora_rank": 1024}, ("max_lora_rank_illegal",)),
+    ({}, {"max_lora_rank": 0}, ("max_lora_rank_illegal", "rank_exceeds_max_lora_rank")),
+    ({"r": 8, "rank_pattern": {"q_proj": 32}}, {"max_lora_rank": 16}, ("rank_exceeds_max_lora_rank",)),
+    ({"r": 8, "rank_pattern": {"q_proj": 16}}, {"max_lora_rank": 16}, ()),
+    ({"r": 8, "rank_pattern": {"q_proj": 0}}, {"max_lora_rank": 16}, ("rank_pattern_positive",)),
+    ({"r": 8, "alpha_pattern": {"q_proj": 64}, "use_rslora": True}, {"max_lora_rank": 8}, ()),
+    ({"r": 0}, {"max_lora_rank": 8}, ("rank_positive",)),
+    ({"r": -4}, {"max_lora_rank": 8}, ("rank_positive",)),
+    ({"bias": "all"}, {"max_lora_rank": 8}, ("bias",)),
+    ({"bias": "lora_only"}, {"max_lora_rank": 8}, ("bias",)),
+    ({"use_dora": True}, {"max_lora_rank": 8}, ("use_dora",)),
+    ({"lora_bias": True}, {"max_lora_rank": 8}, ("lora_bias",)),
+    ({"modules_to_save": ["lm_head"]}, {"max_lora_rank": 8}, ("modules_to_save",)),
+    ({"modules_to_save": ["score"]}, {"max_lora_rank": 8}, ()),
+    ({"modules_to_save": ["classifier", "embed_tokens"]}, {"max_lora_rank": 8}, ("modules_to_save",)),
+    ({"modules_to_save": []}, {"max_lora_rank": 8}, ()),
+    ({"init_lora_weights": "pissa"}, {"max_lora_rank": 8}, ("init_lora_weights",)),
+    ({"init_lora_weights": "pissa_niter_4"}, {"max_lora_rank": 8}, ("init_lora_weights",)),
+    ({"init_lora_weights": "olora"}, {"max_lora_rank": 8}, ("init_lora_weights",)),
+    ({"init_lora_weights": "corda"}, {"max_lora_rank": 8}, ("init_lora_weights",)),
+    ({"init_lora_weights": "loftq"}, {"max_lora_rank": 8}, ("init_lora_weights",)),
+    ({"init_lora_weights": "gaussian"}, {"max_lora_rank": 8}, ()),
+    ({"init_lora_weights": "Gaussian"}, {"max_lora_rank": 8}, ()),
+    ({"init_lora_weights": "eva"}, {"max_lora_rank": 8}, ()),
+    ({"init_lora_weights": "orthogonal"}, {"max_lora_rank": 8}, ()),
+    ({"init_lora_weights": "mica"}, {"max_lora_rank": 8}, ()),
+    ({"init_lora_weights": "lora_ga"}, {"max_lora_rank": 8}, ()),
+    ({"init_lora_weights": False}, {"max_lora_rank": 8}, ()),
+    ({"alora_invocation_tokens": [1, 2]}, {"max_lora_rank": 8}, ("alora_invocation_tokens",)),
+    ({"alora_invocation_tokens": None}, {"max_lora_rank": 8}, ()),
+    ({"layer_replication": [[0, 4], [2, 5]]}, {"max_lora_rank": 8}, ("layer_replication",)),
+    ({"use_bdlora": {"nblocks": 2}}, {"max_lora_rank": 8}, ("use_bdlora",)),
+    ({"use_qalora": True}, {"max_lora_rank": 8}, ("use_qalora",)),
+    ({}, {"max_lora_rank": 8, "max_loras": 0}, ("max_loras",)),
+    ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": 2}, ("max_cpu_loras",)),
+    ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": 4}, ()),
+    ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": None}, ()),
+    ({}, {"max_lora_rank": 8, "lora_dtype": "float32"}, ("lora_dtype",)),
+    ({}, {"max_lora_rank": 8, "lora_dtype": "bfloat16"}, ()),
+    ({}, {"max_lora_rank": 8, "lora_dtype": "float16"}, ()),
+    ({"target_modules": None}, {"max_lora_rank": 8}, ()),
+    (
+        {"use_dora": True, "bias": "all", "r": 64},
+        {"max_lora_rank": 16},
+        ("use_dora", "rank_exceeds_max_lora_rank", "bias"),
+    ),
+]
+
+
+def adapter(**overrides) -> dict:
+    config = dict(BASE)
+    config.update(overrides)
+    return config
+
+
+@pytest.mark.parametrize(("overrides", "engine", "expected"), GRID)
+def test_grid_verdicts(overrides, engine, expected) -> None:
+    problems = validate_vllm_lora(adapter(**overrides), **engine)
+    assert tuple(p.rule for p in problems) == expected
+    for problem in problems:
+        assert problem.fix, problem  # every problem says how to fix it
+
+
+def test_missing_required_fields() -> None:
+    problems = validate_vllm_lora({"r": 8}, max_lora_rank=8)
+    assert [p.rule for p in problems] == ["required_fields"]
+    assert "lora_alpha, target_modules" in problems[0].message
+
+
+def test_legal_ranks_and_rounding() -> None:
+    assert LEGAL_MAX_LORA_RANKS == (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    assert [smallest_legal_max_lora_rank(r) for r in (1, 2, 8, 9, 17, 300, 321, 512, 513)] == [
+        1,
+        8,
+        8,
+        16,
+        32,
+        320,
+        512,
+        512,
+        None,
+    ]
+
+
+def test_messages_name_the_fix() -> None:
+    (problem,) = validate_vllm_lora(adapter(r=32), max_lora_rank=16)
+    assert str(problem) == (
+        "LoRA rank 32 (r) is greater than max_lora_rank 16. "
+        "Fix: start vLLM with max_lora_rank=32, or train with r <= 16."
+    )
+    (problem,) = validate_vllm_lora(adapter(), max_lora_rank=12)
+    assert "max_lora_rank=12 is not a value vLLM accepts" in str(problem) and "use max_lora_rank=16" in str(problem)
+
+
+def test_strict_variant_lists_every_problem() -> None:
+    with pytest.raises(VLLMLoRAError) as raised:
+        check_vllm_lora(adapter(r=64, use_dora=True), max_lora_rank=12)
+    assert len(raised.value.problems) == 3
+    text = str(raised.value)
+    assert "3 problems" in text and "DoRA" in text and "max_lora_rank=12" in text
+    check_vllm_lora(adapter(), max_lora_rank=8)  # no error
+
+
+def test_real_peft_configs_and_saved_adapters(tmp_path) -> None:
+    peft = pytest.importorskip("peft")
+    from lora_rl_plugins.demo.model import build_tiny_model
+
+    config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    assert validate_vllm_lora(config, max_lora_rank=16) == []
+    assert [p.rule for p in validate_vllm_lora(config, max_lora_rank=8)] == ["rank_exceeds_max_lora_rank"]
+    dora = peft.LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, task_type="CAUSAL_LM")
+    assert [p.rule for p in validate_vllm_lora(dora, max_lora_rank=8)] == ["use_dora"]
+
+    model = peft.get_peft_model(build_tiny_model(), config)
+    model.save_pretrained(tmp_path / "adapter")
+    assert validate_vllm_lora(tmp_path / "adapter", max_lora_rank=16) == []
+    assert validate_vllm_lora(str(tmp_path / "adapter" / "adapter_config.json"), max_lora_rank=32) == []
+    assert load_lora_config(tmp_path / "adapter")["r"] == 16
+
+
+def test_corrupt_or_missing_adapter_config(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no adapter config at"):
+        validate_vllm_lora(tmp_path, max_lora_rank=8)
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        validate_vllm_lora(tmp_path, max_lora_rank=8)
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a LoRA config object"):
+        validate_vllm_lora(tmp_path, max_lora_rank=8)
+    with pytest.raises(TypeError, match="cannot read a LoRA config"):
+        validate_vllm_lora(42, max_lora_rank=8)
+
+
+def test_memory_estimate_llama_8b() -> None:
+    llama = {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+    }
+    per_layer = 7 * 4096 + 2 * 4096 + 2 * 1024 + 3 * 14336  # = Σ(d_in+d_out) of the 7 projections
+    assert per_layer * 32 == 2_621_440
+    expected = 2 * 1 * 16 * (32 * per_layer + 2 * (128256 + 4096))
+    assert vllm_lora_memory_bytes(llama, max_lora_rank=16) == expected == 92_356_608
+    assert vllm_lora_memory_bytes(llama, max_lora_rank=64, max_loras=4) == 16 * expected
+    assert vllm_lora_memory_bytes(llama, max_lora_rank=16, include_embeddings=False) == 2 * 16 * 32 * per_layer
+    with pytest.raises(ValueError, match="dense models"):
+        vllm_lora_memory_bytes({**llama, "num_experts": 8}, max_lora_rank=16)
+
+
+def test_cli_check_vllm_exit_codes(tmp_path, capsys) -> None:
+    from lora_rl_plugins.cli import main
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps(adapter(r=32)))
+    assert main(["check-vllm", str(tmp_path), "--max-lora-rank", "32"]) == 0
+    assert "ok: vLLM" in capsys.readouterr().out
+    assert main(["check-vllm", str(tmp_path), "--max-lora-rank", "16"]) == 1
+    out = capsys.readouterr().out
+    assert "LoRA rank 32 (r) is greater than max_lora_rank 16" in out
+    assert main(["check-vllm", str(tmp_path / "missing"), "--max-lora-rank", "16"]) == 1
+    assert "no adapter config" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("overrides", "engine", "expected"), GRID)
+def test_grid_matches_real_vllm(overrides, engine, expected) -> None:
+    """On a machine with vLLM: vLLM's own LoRAConfig + PEFTHelper give the same verdict."""
+    pytest.importorskip("vllm")
+    from vllm.config.lora import LoRAConfig
+    from vllm.lora.peft_helper import PEFTHelper
+
+    try:
+        PEFTHelper.from_dict(adapter(**overrides)).validate_legal(LoRAConfig(**engine))
+        accepted = True
+    except Exception:
+        accepted = False
+    assert accepted == (expected == ())
