@@ -22,12 +22,34 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState
 
 from ..adapters import summarize_adapter
-from ..builtin import BandwidthConfig, default_builtins
+from ..builtin import BandwidthConfig, KLMonitorConfig, default_builtins
 from ..capacity import DEFAULT_BITS_PER_PARAM
-from ..events import AdapterReady, RolloutsScored, RunStarted, StepEnded, StopTraining
+from ..events import AdapterReady, PolicySample, RolloutsScored, RunStarted, SetKLPenalty, StepEnded, StopTraining
+from ..kl_free import check_kl_free
 from ..plugins import PluginHost, make_plugin_manager
 
-__all__ = ["LoraRLCallback", "LoraRLCheckpointState"]
+__all__ = ["AccelerateCollective", "LoraRLCallback", "LoraRLCheckpointState"]
+
+
+class AccelerateCollective:
+    """Cross-process sums and maxima through the trainer's ``accelerate.Accelerator``."""
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+        self.world_size = accelerator.num_processes
+        self.rank = accelerator.process_index
+
+    def _gathered(self, values: list[float]) -> Any:
+        import torch
+
+        local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.gather(local.unsqueeze(0)).view(self.world_size, -1)
+
+    def sum(self, values: list[float]) -> list[float]:
+        return self._gathered(values).sum(dim=0).tolist() if self.world_size > 1 else [float(v) for v in values]
+
+    def max(self, values: list[float]) -> list[float]:
+        return self._gathered(values).amax(dim=0).tolist() if self.world_size > 1 else [float(v) for v in values]
 
 
 class LoraRLCheckpointState(TrainerCallback, ExportableState):
@@ -58,6 +80,12 @@ class LoraRLCallback(TrainerCallback):
             (``{"max_lora_rank": 16, "max_loras": 1, ...}``); the adapter is checked against them
             before training. TRL's own ``use_vllm`` generation merges the adapter, so
             ``max_lora_rank`` does not apply to it.
+        kl_free: train without a reference (beta = 0, no reference model, no "ref" adapter, no
+            reference forward pass); settings that contradict it raise ``KLFreeError``. The KL
+            monitor stays on as guard rail.
+        kl_every, kl_max_sequences, kl_budget, on_budget, kl_penalty_beta, kl_reference: options of
+            the KL monitor (see ``KLMonitorConfig``); ``on_budget="penalize"`` sets the trainer's
+            ``beta`` to ``kl_penalty_beta`` from the next generation batch.
         plugins: extra plugin objects to register for this run.
         block: names of plugins (built-in or entry-point) not to load.
         load_entry_points: load third-party plugins from the ``lora_rl_plugins`` entry points.
@@ -74,6 +102,13 @@ class LoraRLCallback(TrainerCallback):
         token_reward_levels: int | None = None,
         bits_per_param: float = DEFAULT_BITS_PER_PARAM,
         vllm_serving: Mapping[str, Any] | None = None,
+        kl_free: bool = False,
+        kl_every: int | None = None,
+        kl_max_sequences: int | None = None,
+        kl_budget: float | None = None,
+        on_budget: str = "warn",
+        kl_penalty_beta: float = 0.04,
+        kl_reference: str = "auto",
         plugins: Iterable[object] = (),
         block: Iterable[str] = (),
         load_entry_points: bool = True,
@@ -84,6 +119,26 @@ class LoraRLCallback(TrainerCallback):
                 "Create the trainer first, then: trainer.add_callback(LoraRLCallback(trainer))."
             )
         self.trainer = trainer
+        self.kl_free = kl_free
+        if kl_free:
+            peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", None) or {}
+            check_kl_free(
+                beta=trainer.beta,
+                sync_ref_model=bool(getattr(trainer.args, "sync_ref_model", False)),
+                reference_model=getattr(trainer, "ref_model", None),
+                reference_adapter="ref" in peft_config,
+            )
+        defaults = KLMonitorConfig()
+        kl_monitor = KLMonitorConfig(
+            kl_every=kl_every or defaults.kl_every,
+            kl_max_sequences=kl_max_sequences or defaults.kl_max_sequences,
+            kl_budget=kl_budget,
+            on_budget=on_budget,  # type: ignore[arg-type]
+            penalty_beta=kl_penalty_beta,
+            reference=kl_reference,  # type: ignore[arg-type]
+        )
+        kl_required = kl_free or kl_budget is not None or kl_every is not None
+        self._pending_beta: float | None = None
         bandwidth = BandwidthConfig(
             reward_levels=reward_levels,
             reward_range=reward_range,
@@ -93,7 +148,10 @@ class LoraRLCallback(TrainerCallback):
             bits_per_param=bits_per_param,
         )
         pm = make_plugin_manager(
-            default_builtins(bandwidth, vllm_serving), extra=plugins, block=block, load_entry_points=load_entry_points
+            default_builtins(bandwidth, vllm_serving, kl_monitor, kl_required=kl_required),
+            extra=plugins,
+            block=block,
+            load_entry_points=load_entry_points,
         )
         self.host = PluginHost(pm)
         self._metric_infos = self.host.metric_infos()
@@ -101,6 +159,7 @@ class LoraRLCallback(TrainerCallback):
         self.checkpoint_state.owner = self
         trainer.add_callback(self.checkpoint_state)
         self._wrap_reward_calculation(trainer)
+        self._wrap_generation(trainer)
 
     # -- trainer events -> hooks ---------------------------------------------------------------
     def on_train_begin(
@@ -134,6 +193,8 @@ class LoraRLCallback(TrainerCallback):
             for action in actions:
                 if isinstance(action, StopTraining):
                     control.should_training_stop = True
+                elif isinstance(action, SetKLPenalty):
+                    self._pending_beta = action.beta  # applied before the next generation batch
         self.host.step_ended()
         self._publish(self.host.metrics())
 
@@ -153,6 +214,35 @@ class LoraRLCallback(TrainerCallback):
             return rewards_per_func
 
         trainer._calculate_rewards = calculate_rewards
+
+    def _wrap_generation(self, trainer: Any) -> None:
+        original = trainer._generate_and_score_completions
+
+        def generate_and_score_completions(inputs: Any) -> Any:
+            if trainer.model.training and self._pending_beta is not None:
+                # Between generation batches, so every buffered batch has reference log-probs if beta > 0.
+                trainer.beta, self._pending_beta = self._pending_beta, None
+            output = original(inputs)
+            if trainer.model.training:
+                self._policy_sampled(output)
+            return output
+
+        trainer._generate_and_score_completions = generate_and_score_completions
+
+    def _policy_sampled(self, output: Mapping[str, Any]) -> None:
+        import torch
+
+        trainer = self.trainer
+        sample = PolicySample(
+            step=trainer.state.global_step + 1,
+            model=trainer.accelerator.unwrap_model(trainer.model),
+            input_ids=torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
+            attention_mask=torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1),
+            completion_mask=output["completion_mask"],
+            temperature=trainer.temperature,
+            collective=AccelerateCollective(trainer.accelerator),
+        )
+        self.host.call("on_policy_sampled", sample=sample)
 
     def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any]) -> None:
         trainer = self.trainer
