@@ -1,0 +1,115 @@
+"""Shared pieces of the benchmarks: GRPO runs in fresh processes, timed per step, peak memory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from typing import Any
+
+#: "tiny": the demo's model (~80k parameters); "medium": tens of millions of parameters.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
+    "medium": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4, "intermediate_size": 1536},
+}
+
+
+def machine() -> str:
+    import torch
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def _run(spec: dict[str, Any]) -> dict[str, Any]:
+    """One GRPO run described by ``spec`` (executed in a fresh process)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer
+    from lora_rl_plugins.demo.task import CodebookTask
+    from lora_rl_plugins.integrations.trl import LoraRLCallback
+
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    tokenizer = build_tokenizer()
+    task = CodebookTask()
+    model: Any = build_tiny_model(**MODEL_SIZES[spec["size"]])
+    workdir = tempfile.mkdtemp(prefix="lora-rl-bench-")
+    if not spec["peft"] and spec["beta"] > 0:  # TRL loads the full reference copy from disk
+        model.save_pretrained(os.path.join(workdir, "model"))
+        model = os.path.join(workdir, "model")
+    args = GRPOConfig(
+        output_dir=workdir,
+        per_device_train_batch_size=spec.get("batch", 16),
+        num_generations=spec.get("generations", 8),
+        max_completion_length=spec.get("completion_length", 8),
+        learning_rate=1e-3,
+        beta=spec["beta"],
+        max_steps=spec["steps"],
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=task.reward,
+        args=args,
+        train_dataset=task.dataset(spec["steps"] * 4 + 64),
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear") if spec["peft"] else None,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if spec.get("callback"):
+        trainer.add_callback(LoraRLCallback(trainer, load_entry_points=False, **spec.get("callback_options", {})))
+
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            stamps.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    started = time.perf_counter()
+    trainer.train()
+    warm = spec.get("warmup_steps", 2)
+    intervals = [b - a for a, b in zip(stamps[warm - 1 : -1], stamps[warm:], strict=True)] if warm else []
+    plugin_ms = {key: value for key, value in trainer.state.log_history[-2].items() if key.startswith("plugins/")}
+    return {
+        "spec": spec,
+        "step_seconds": statistics.median(intervals),
+        "mean_step_seconds": statistics.fmean(intervals),
+        "total_seconds": time.perf_counter() - started,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "plugin_ms": plugin_ms,
+    }
+
+
+def run_isolated(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``spec`` in a fresh process, so peak memory belongs to that run alone."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_run, (spec,))
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
