@@ -20,10 +20,11 @@ import logging
 from typing import Any
 
 from ..capacity import DEFAULT_BITS_PER_PARAM
+from ..kl_free import check_kl_free
 from ..rank_selection import RankChoice, RunPlan, select_rank
 from ..unsloth_rules import UNSLOTH_DEFAULT_TARGET_MODULES, check_unsloth_lora, unsloth_lora_config
 
-__all__ = ["engine_max_lora_rank", "get_peft_model"]
+__all__ = ["engine_max_lora_rank", "get_peft_model", "kl_free_config"]
 
 logger = logging.getLogger("lora_rl_plugins")
 
@@ -80,3 +81,15 @@ def get_peft_model(
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.get_peft_model(model, r=r, **kwargs)
+
+
+def kl_free_config(config: Any) -> Any:
+    """Make a TRL / Unsloth ``GRPOConfig`` KL-free, in place: ``beta = 0.0``.
+
+    Unsloth resolves an unset ``beta`` to 0.001 unless ``loss_type`` is "dapo" or "dr_grpo"
+    (THEORY.md §4), so KL-free training must set it explicitly; ``sync_ref_model=True`` is refused.
+    Then add ``LoraRLCallback(trainer, kl_free=True)`` to keep the KL monitor as guard rail.
+    """
+    check_kl_free(beta=0.0, sync_ref_model=bool(getattr(config, "sync_ref_model", False)))
+    config.beta = 0.0
+    return config

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def readme_metric_kinds() -> dict[str, str]:
-    rows = re.findall(r"^\| `([a-z_]+/[a-z_<>]+)` \| (\w+) \|", README, flags=re.MULTILINE)
+    rows = re.findall(r"^\| `([a-z0-9_]+/[a-z0-9_<>]+)` \| (\w+) \|", README, flags=re.MULTILINE)
     return dict(rows)
 
 
@@ -26,9 +26,10 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_every_builtin_metric_is_in_the_readme_with_its_kind() -> None:
     from lora_rl_plugins.builtin.bandwidth import BANDWIDTH_METRICS
+    from lora_rl_plugins.builtin.kl_monitor import KL_METRICS
 
     documented = readme_metric_kinds()
-    for info in BANDWIDTH_METRICS:
+    for info in (*BANDWIDTH_METRICS, *KL_METRICS):
         assert documented.get(info.name) == info.kind, info.name
 
 

@@ -1,0 +1,45 @@
+"""Each example runs as a user would run it (a few steps here; the Unsloth one up to its GPU boundary)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+pytestmark = pytest.mark.slow
+
+
+def test_trl_example(tmp_path, capsys) -> None:
+    pytest.importorskip("trl")
+    import trl_grpo
+
+    trainer = trl_grpo.main(["--steps", "3", "--kl-free", "--output-dir", str(tmp_path)])
+    assert trainer.state.global_step == 3
+    assert "bandwidth/bits_total" in capsys.readouterr().out
+
+
+def test_unsloth_example_up_to_the_gpu_boundary(capsys) -> None:
+    pytest.importorskip("peft")
+    import unsloth_grpo
+
+    assert unsloth_grpo.main(["--max-lora-rank", "10", "--episodes", "50000"]) == 0
+    out = capsys.readouterr().out
+    assert "Unsloth starts vLLM with max_lora_rank=16" in out
+    assert "vLLM check: the adapter fits the engine" in out
+    assert "stopping at that boundary" in out
+
+
+def test_kl_free_config_sets_beta_and_refuses_sync(tmp_path) -> None:
+    pytest.importorskip("trl")
+    from trl import GRPOConfig
+
+    from lora_rl_plugins.integrations.unsloth import kl_free_config
+    from lora_rl_plugins.kl_free import KLFreeError
+
+    config = kl_free_config(GRPOConfig(output_dir=str(tmp_path), beta=0.001, use_cpu=True, report_to=[]))
+    assert config.beta == 0.0
+    with pytest.raises(KLFreeError, match="sync_ref_model"):
+        kl_free_config(GRPOConfig(output_dir=str(tmp_path), sync_ref_model=True, use_cpu=True, report_to=[]))
