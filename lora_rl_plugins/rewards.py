@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["RewardValueError", "RolloutShapeError", "combine_rewards", "split_groups"]
+__all__ = ["RewardValueError", "RolloutShapeError", "combine_rewards", "partly_missing", "split_groups"]
 
 
 class RewardValueError(ValueError):
@@ -74,3 +74,14 @@ def split_groups(values: Sequence[Any], group_size: int) -> list[Sequence[Any]]:
             f"hold whole groups (a multiple of num_generations={group_size})"
         )
     return [values[start : start + group_size] for start in range(0, len(values), group_size)]
+
+
+def partly_missing(rewards: Sequence[Sequence[Any]], names: Sequence[str]) -> dict[str, int]:
+    """Per reward function: rollouts it left unscored (None/NaN) while another function scored them."""
+    counts = dict.fromkeys(names, 0)
+    for values in rewards:
+        missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+        if any(missing) and not all(missing):
+            for name, gap in zip(names, missing, strict=True):
+                counts[name] += gap
+    return {name: count for name, count in counts.items() if count}

@@ -19,13 +19,14 @@ from ..events import AdapterReady, RolloutsScored, RunStarted, StepEnded
 from ..hookspecs import hookimpl
 from ..information import quantise
 from ..metrics import MetricInfo
-from ..rewards import combine_rewards, split_groups
+from ..rewards import combine_rewards, partly_missing, split_groups
 
 __all__ = [
     "BANDWIDTH_METRICS",
     "BandwidthConfig",
     "BandwidthPlugin",
     "CapacityWarning",
+    "MissingRewardWarning",
     "RewardLevelsWarning",
 ]
 
@@ -41,6 +42,10 @@ class CapacityWarning(UserWarning):
 
 class RewardLevelsWarning(UserWarning):
     """The reward levels declared or inferred look wrong for the rewards seen."""
+
+
+class MissingRewardWarning(UserWarning):
+    """Some rollouts or whole groups have no reward."""
 
 
 def _m(name: str, kind: str, unit: str, definition: str, reduce: str = "last") -> MetricInfo:
@@ -276,6 +281,14 @@ class BandwidthPlugin:
         """Account every group of ``batch`` (updates the inferred reward levels)."""
         config = self.config
         combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
+        for name, count in partly_missing(batch.rewards, batch.reward_names).items():
+            self._warn_once(
+                f"partly_missing:{name}",
+                f"lora_rl_plugins: reward function {name!r} returned None/NaN for {count} of {len(combined)} "
+                "rollouts that other reward functions scored; those rollouts are combined from the other functions "
+                "alone (TRL sums with nansum). Return a number for every rollout if that is not intended.",
+                MissingRewardWarning,
+            )
         if config.reward_range is not None and config.reward_levels is not None:
             low, high = config.reward_range
             combined = [r if math.isnan(r) else float(quantise(r, config.reward_levels, low, high)) for r in combined]
@@ -346,6 +359,14 @@ class BandwidthPlugin:
         pending["zero_groups"] += account.constant
         self.missing_total += account.missing
         self.small_groups_total += account.rule == "too_small"
+        if account.rule == "too_small":
+            self._warn_once(
+                "too_small",
+                f"lora_rl_plugins: a group has {account.scored} scored rollout(s) of {account.size}: a group needs at "
+                "least 2 rewards for a group-normalised advantage, so it delivers 0 bits (counted in "
+                "bandwidth/small_groups). Check for reward functions returning None, or num_generations < 2.",
+                MissingRewardWarning,
+            )
 
     @staticmethod
     def _per_group(values: Sequence[Any] | None, size: int, what: str, expected: int) -> list[Sequence[Any]] | None:

@@ -1,0 +1,94 @@
+"""One process of a 2-process TRL GRPO run (launched by tests/test_distributed.py with accelerate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+warnings.filterwarnings("ignore")
+
+from peft import LoraConfig  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from lora_rl_plugins import hookimpl  # noqa: E402
+from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer  # noqa: E402
+from lora_rl_plugins.demo.task import CodebookTask  # noqa: E402
+from lora_rl_plugins.integrations.trl import LoraRLCallback  # noqa: E402
+from lora_rl_plugins.kl_measure import measure_kl  # noqa: E402
+
+
+class ShardKL:
+    """Records this process's own KL sums on the same samples the monitor measures."""
+
+    def __init__(self) -> None:
+        self.shards: list[dict[str, float]] = []
+
+    @hookimpl
+    def on_policy_sampled(self, sample):
+        sums = measure_kl(
+            sample.model,
+            sample.input_ids,
+            sample.attention_mask,
+            sample.completion_mask,
+            temperature=sample.temperature,
+        )
+        self.shards.append({"kl": sums.kl, "tokens": sums.tokens, "kl_max": sums.kl_max})
+
+
+def main(out_dir: str) -> None:
+    task, tokenizer = CodebookTask(), build_tokenizer()
+    calls: list[dict] = []
+
+    def reward(prompts, completions, **_):
+        values = [
+            float(c[:1] == task.code[p[0]]) if i % 5 else (0.5 if c[:1] in "01234" else 0.0)
+            for i, (p, c) in enumerate(zip(prompts, completions, strict=True))
+        ]
+        calls.append({"completions": list(completions), "rewards": values})
+        return values
+
+    config = GRPOConfig(
+        output_dir=os.path.join(out_dir, "trl"),
+        per_device_train_batch_size=12,
+        num_generations=8,
+        max_completion_length=2,
+        learning_rate=5e-2,
+        max_steps=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=build_tiny_model(),
+        processing_class=tokenizer,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=task.dataset(64),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
+    shard = ShardKL()
+    callback = LoraRLCallback(trainer, kl_every=1, kl_max_sequences=64, plugins=[shard], load_entry_points=False)
+    trainer.add_callback(callback)
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    result = {
+        "rank": rank,
+        "world_size": trainer.accelerator.num_processes,
+        "calls": calls,
+        "log_history": trainer.state.log_history,
+        "state": callback.host.state_dict(),
+        "shards": shard.shards,
+    }
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+        json.dump(result, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
