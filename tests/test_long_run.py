@@ -1,0 +1,79 @@
+"""Over 10,000 simulated steps the plugins' state and memory stay bounded (no per-step growth)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import tracemalloc
+
+import pytest
+
+from lora_rl_plugins import (
+    AdapterReady,
+    PluginHost,
+    RolloutsScored,
+    RunStarted,
+    StepEnded,
+    hookimpl,
+    make_plugin_manager,
+)
+from lora_rl_plugins.adapters import AdaptedMatrix, AdapterSummary
+from lora_rl_plugins.builtin import default_builtins
+
+pytestmark = pytest.mark.slow
+
+
+class Slow:
+    """A third-party plugin that takes 2 ms per step: it must show in its timing metric."""
+
+    @hookimpl
+    def on_step_end(self, step):
+        time.sleep(0.002)
+
+
+def test_ten_thousand_steps_stay_bounded() -> None:
+    import warnings
+
+    host = PluginHost(make_plugin_manager(default_builtins(), load_entry_points=False))
+    host.call("on_run_start", run=RunStarted("test", 8, total_steps=10_000))
+    adapter = AdapterSummary((AdaptedMatrix("q", 64, 64, 8, 2.0),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the KL monitor warns it is off without a model; capacity warnings
+        host.call("on_adapter_ready", adapter=AdapterReady(adapter))
+    rng = random.Random(0)
+    sizes, memory = {}, {}
+    tracemalloc.start()
+    for step in range(1, 10_001):
+        # continuous rewards: the distinct-level set is the only thing that could grow; it is capped
+        rewards = [[round(rng.random(), 3) if rng.random() > 0.05 else None] for _ in range(32)]
+        completions = [str(rng.randrange(50)) for _ in range(32)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            host.call("on_rollouts_scored", batch=RolloutsScored(step, rewards, ["r"], [1.0], 8, completions))
+            host.call("on_step_end", step=StepEnded(step, 10_000))
+        host.step_ended()
+        metrics = host.metrics()
+        if step in (2_000, 10_000):
+            sizes[step] = len(json.dumps(host.state_dict()))
+            memory[step] = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert sizes[10_000] <= sizes[2_000] * 1.01
+    assert memory[10_000] - memory[2_000] < 256 * 1024
+    assert metrics["bandwidth/reward_levels"] == 1001  # 0.000 ... 1.000
+    assert len(host.plugin("bandwidth").warned) <= 5
+
+
+def test_slow_plugin_shows_in_its_timing_metric() -> None:
+    host = PluginHost(make_plugin_manager(extra=[Slow()], load_entry_points=False))
+    for step in range(1, 6):
+        host.call("on_step_end", step=StepEnded(step))
+        host.step_ended()
+    metrics = host.metrics()
+    slow = next(
+        name
+        for name in metrics
+        if name.startswith("plugins/") and "bandwidth" not in name and "kl_monitor" not in name and "vllm" not in name
+    )
+    assert metrics[slow] >= 2.0  # ms per step
+    assert metrics["plugins/bandwidth/ms_per_step"] < metrics[slow]
