@@ -50,6 +50,10 @@ CONTRACT = (
 )
 
 
+#: Progress-bar name -> metric shown there.
+PROGRESS_BAR = {"bits": "bandwidth/bits_total", "cap_used": "bandwidth/capacity_used", "kl": "kl_monitor/kl_mean"}
+
+
 class GRPOOutputError(ValueError):
     """``training_step``'s output does not follow the contract; the message shows the expected shape."""
 
@@ -355,3 +359,6 @@ class LoraRLCallback(Callback):
         metrics = self.host.metrics()
         if metrics:
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True, batch_size=1)
+            # the live view: headline numbers in Lightning's progress bar (not sent to loggers twice)
+            headline = {short: metrics[name] for short, name in PROGRESS_BAR.items() if name in metrics}
+            pl_module.log_dict(headline, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)

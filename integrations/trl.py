@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from ..adapters import summarize_adapter
 from ..builtin import BandwidthConfig, KLMonitorConfig, default_builtins
@@ -89,6 +89,8 @@ class LoraRLCallback(TrainerCallback):
         plugins: extra plugin objects to register for this run.
         block: names of plugins (built-in or entry-point) not to load.
         load_entry_points: load third-party plugins from the ``lora_rl_plugins`` entry points.
+        live_view: show the plugins' one-line summary (bits, capacity used, KL vs budget) in the
+            progress bar at the logging interval.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class LoraRLCallback(TrainerCallback):
         plugins: Iterable[object] = (),
         block: Iterable[str] = (),
         load_entry_points: bool = True,
+        live_view: bool = True,
     ) -> None:
         if not hasattr(trainer, "_calculate_rewards") or not hasattr(trainer, "num_generations"):
             raise TypeError(
@@ -119,6 +122,7 @@ class LoraRLCallback(TrainerCallback):
                 "Create the trainer first, then: trainer.add_callback(LoraRLCallback(trainer))."
             )
         self.trainer = trainer
+        self.live_view = live_view
         self.kl_free = kl_free
         if kl_free:
             peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", None) or {}
@@ -197,6 +201,23 @@ class LoraRLCallback(TrainerCallback):
                     self._pending_beta = action.beta  # applied before the next generation batch
         self.host.step_ended()
         self._publish(self.host.metrics())
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any
+    ) -> None:
+        """The live view: the plugins' one-line summary at the logging interval, in the progress bar
+        (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log."""
+        if not self.live_view or not state.is_local_process_zero or "train_runtime" in (logs or {}):
+            return
+        summary = self.host.summary()
+        if not summary:
+            return
+        callbacks = self.trainer.callback_handler.callbacks
+        bar = next((cb.training_bar for cb in callbacks if isinstance(cb, ProgressCallback) and cb.training_bar), None)
+        if bar is not None:
+            bar.set_postfix_str(summary, refresh=False)
+        elif any(isinstance(cb, PrinterCallback) for cb in callbacks):
+            print(f"lora-rl step {state.global_step}: {summary}")
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -1,4 +1,4 @@
-"""The ``lora-rl`` command line: ``demo``, ``rank``, ``check-vllm``."""
+"""The ``lora-rl`` command line: ``demo``, ``rank``, ``check-vllm``, ``report``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ def _demo(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\b")
     result = run_demo(steps=args.steps, rank=args.rank, seed=args.seed, output_dir=args.output_dir)
     print(format_summary(result))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"wrote {path} (figures beside it)")
     return 0
 
 
@@ -171,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-cpu-loras", type=int, default=None)
     check.add_argument("--lora-dtype", default="auto")
     check.set_defaults(handler=_check_vllm)
+
+    report = commands.add_parser("report", help="an HTML page and PNG figures of a run's bits, capacity, reward, KL")
+    report.add_argument("run_dir", help="TRL output_dir (trainer_state.json / checkpoints) or Lightning log dir")
+    report.add_argument("--out", default=None, help="where to write (default: RUN_DIR/lora_rl_report)")
+    report.set_defaults(handler=_report)
     return parser
 
 

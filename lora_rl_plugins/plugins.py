@@ -179,7 +179,8 @@ class PluginHost:
         return infos
 
     def summary(self) -> str:
-        return " | ".join(line for _, line in self.call("summary_line") if line)
+        """The plugins' summary lines, in registration order (built-ins first)."""
+        return " | ".join(line for _, line in reversed(self.call("summary_line")) if line)
 
     def state_dict(self) -> dict[str, Any]:
         """Each plugin's ``get_state`` under its name (JSON-serialisable)."""

@@ -110,6 +110,8 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "rank",
         "smallest uniform rank r with bits_per_param·r·Σ(d_in+d_out) >= projected_bits",
     ),
+    _m("adapter_rank", "setting", "rank", "the largest LoRA rank among the adapted matrices"),
+    _m("params_per_rank", "exact", "parameters", "Σ(d_in+d_out) over the adapted matrices: parameters per unit rank"),
 )
 
 
@@ -231,6 +233,8 @@ class BandwidthPlugin:
             values["capacity_used"] = self.bits_total / capacity
             values["projected_bits"] = self.projected_bits
             values["rank_sufficient"] = float(self.rank_sufficient or 0)
+            values["adapter_rank"] = float(self.adapter.max_rank)  # type: ignore[union-attr]
+            values["params_per_rank"] = float(self.adapter.params_per_rank)  # type: ignore[union-attr]
         return {f"bandwidth/{name}": value for name, value in values.items()}
 
     @hookimpl

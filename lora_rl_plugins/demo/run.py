@@ -32,6 +32,7 @@ class DemoResult:
     rank: int = 8
     bits_to_learn: float = 0.0
     seconds: float = 0.0
+    output_dir: str = ""
 
 
 def run_demo(
@@ -88,7 +89,8 @@ def run_demo(
     if progress:
         trainer.add_callback(_ProgressBar(callback))
     trainer.train()
-    result = DemoResult(rank=rank, bits_to_learn=task.bits_to_learn)
+    trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
+    result = DemoResult(rank=rank, bits_to_learn=task.bits_to_learn, output_dir=args.output_dir)
     for entry in trainer.state.log_history:
         if "reward" in entry and "bandwidth/bits_step" in entry:
             result.steps.append(int(entry["step"]))
@@ -157,4 +159,5 @@ def format_summary(result: DemoResult) -> str:
             f"  rank advice     r={int(final['bandwidth/rank_sufficient'])} would hold the "
             f"{final['bandwidth/projected_bits']:,.0f} bits this run delivered",
         ]
+    lines += ["", f"  the run's logs are in {result.output_dir}: `lora-rl report {result.output_dir}` draws them"]
     return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""The report page: one self-contained HTML file (figures embedded) plus the figures as PNG files."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from .figures import build_figures, capacity_ranks
+from .runlog import RunLog, load_run
+
+__all__ = ["rank_advice", "write_report"]
+
+CAPTIONS = {
+    "bits": "Cumulative bits delivered (estimate) and their upper bound against the adapter's capacity at this "
+    "run's rank and neighbouring ranks (uniform rank). Log scale.",
+    "per_step": "Bits delivered per optimizer step, and the fraction of groups whose rewards were all equal: GRPO's "
+    "advantage is zero there, so they teach nothing.",
+    "reward": "Mean reward per step, as the trainer logged it.",
+    "kl": "Measured KL between the policy and its reference (nats per token), the Hoeffding certificate and, for an "
+    "adapted output layer, the rank-dependent bound; the budget when one is set.",
+}
+
+
+def rank_advice(run: RunLog) -> list[str]:
+    """The rank advice with its reasoning, as sentences."""
+    bits, capacity = run.last("bandwidth/bits_total"), run.last("bandwidth/capacity_bits")
+    if bits is None:
+        return ["No bandwidth metrics were logged."]
+    bound, steps = run.last("bandwidth/bound_total") or 0.0, max(run.steps("bandwidth/bits_total"))
+    lines = [
+        f"The run delivered an estimated {bits:,.0f} bits of task information (upper bound {bound:,.0f}) "
+        f"over {steps} steps."
+    ]
+    if capacity is None:
+        return [*lines, "The model carries no LoRA adapter, so there is no adapter capacity to compare with."]
+    rank = int(run.last("bandwidth/adapter_rank") or 0)
+    projected = run.last("bandwidth/projected_bits") or bits
+    sufficient = int(run.last("bandwidth/rank_sufficient") or 1)
+    lines.append(f"At rank {rank} the adapter holds {capacity:,.0f} bits; the run used {bits / capacity:.3%} of it.")
+    lines.append(
+        f"Projected over the planned steps: {projected:,.0f} bits. The smallest rank whose capacity holds "
+        f"that is r = {sufficient} (capacity {capacity * sufficient / max(rank, 1):,.0f} bits)."
+    )
+    if sufficient < rank:
+        lines.append(
+            f"Rank {rank} has {capacity / max(projected, 1):,.0f}× the capacity the signal needs: the "
+            "bottleneck is the reward signal, not the adapter. A lower rank would do, on this evidence."
+        )
+    elif sufficient > rank:
+        lines.append(
+            f"Rank {rank} is below what the projected signal needs: consider r ≥ {sufficient}, or adapt more modules."
+        )
+    zero = run.values("bandwidth/zero_info_frac")
+    if zero:
+        tail = zero[-max(1, len(zero) // 10) :]
+        lines.append(
+            f"In the last tenth of the run {sum(tail) / len(tail):.0%} of groups had all-equal rewards and "
+            "delivered no information."
+        )
+    return lines
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _summary_rows(run: RunLog) -> str:
+    from ..builtin.bandwidth import BANDWIDTH_METRICS
+    from ..builtin.kl_monitor import KL_METRICS
+
+    rows = []
+    for info in (*BANDWIDTH_METRICS, *KL_METRICS):
+        value = run.last(info.name)
+        if value is None:
+            continue
+        rows.append(
+            f"<tr><td><code>{html.escape(info.name)}</code></td><td>{value:,.6g}</td>"
+            f"<td class='{info.kind}'>{info.kind}</td><td>{html.escape(info.definition)}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;color:#222;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em} .meta{color:#666;font-size:.9em}
+.advice{background:#f3f7ff;border-left:4px solid #3b6fd8;padding:.6em 1em;margin:1em 0}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em} figure{margin:0}
+figure img{width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
+table{border-collapse:collapse;font-size:.8em;width:100%} td,th{border-bottom:1px solid #eee;padding:3px 6px;
+text-align:left;vertical-align:top} .exact{color:#1a7f37} .bound{color:#b35900} .estimate{color:#3b6fd8}
+.setting{color:#666}
+"""
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``report.html`` and one PNG per figure into ``out_dir`` (default RUN_DIR/lora_rl_report)."""
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "lora_rl_report"
+    out.mkdir(parents=True, exist_ok=True)
+    import matplotlib.pyplot as plt
+
+    blocks = []
+    for name, figure in build_figures(run).items():
+        data = _png(figure)
+        plt.close(figure)
+        (out / f"{name}.png").write_bytes(data)
+        encoded = base64.b64encode(data).decode()
+        blocks.append(
+            f"<figure id='{name}'><img alt='{name}' src='data:image/png;base64,{encoded}'>"
+            f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
+        )
+    advice = "".join(f"<p>{html.escape(line)}</p>" for line in rank_advice(run))
+    ranks = ", ".join(f"r={r}: {c:,.0f} bits" for r, c in capacity_ranks(run).items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lora-rl report</title><style>{STYLE}</style></head>
+<body>
+<h1>lora-rl report</h1>
+<p class="meta">{html.escape(run.kind)} log: {html.escape(run.source.name)}</p>
+<div class="advice"><strong>Rank advice.</strong>{advice}<p class="meta">{html.escape(ranks)}</p></div>
+<div class="grid">
+{chr(10).join(blocks)}
+</div>
+<h2>Latest values</h2>
+<p class="meta">Every number says whether it is exact, a bound or an estimate.</p>
+<table><tr><th>metric</th><th>value</th><th>kind</th><th>definition</th></tr>
+{_summary_rows(run)}
+</table>
+</body></html>
+"""
+    target = out / "report.html"
+    target.write_text(page)
+    return target

@@ -1,0 +1,117 @@
+"""Read a run's logged metrics from what the frameworks wrote: TRL ``trainer_state.json``,
+Lightning ``metrics.csv``, or TensorBoard event files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["RunLog", "load_run"]
+
+
+@dataclass
+class RunLog:
+    """Metric series of one run: name -> [(step, value)], in step order."""
+
+    source: Path
+    kind: str
+    """"trl", "lightning-csv" or "tensorboard"."""
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def add(self, name: str, step: int, value: float) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        self.series.setdefault(name, []).append((int(step), float(value)))
+
+    def steps(self, name: str) -> list[int]:
+        return [s for s, _ in self.series.get(name, [])]
+
+    def values(self, name: str) -> list[float]:
+        return [v for _, v in self.series.get(name, [])]
+
+    def last(self, name: str) -> float | None:
+        points = self.series.get(name)
+        return points[-1][1] if points else None
+
+    def finish(self) -> RunLog:
+        for name, points in self.series.items():
+            merged = dict(sorted(points))  # one value per step, the last one written
+            self.series[name] = sorted(merged.items())
+        return self
+
+
+def _newest(paths: list[Path], key) -> Path | None:
+    return max(paths, key=key) if paths else None
+
+
+def _trl(path: Path) -> RunLog:
+    state = json.loads(path.read_text())
+    run = RunLog(path, "trl")
+    for entry in state.get("log_history", []):
+        step = entry.get("step")
+        if step is None or "train_runtime" in entry:
+            continue
+        for name, value in entry.items():
+            if isinstance(value, (int, float)) and name not in ("step", "epoch"):
+                run.add(name, step, value)
+    return run.finish()
+
+
+def _csv(path: Path) -> RunLog:
+    run = RunLog(path, "lightning-csv")
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            step = row.get("step")
+            if not step:
+                continue
+            for name, value in row.items():
+                if name in ("step", "epoch") or value in ("", None):
+                    continue
+                try:
+                    run.add(name, int(float(step)), float(value))
+                except ValueError:
+                    continue
+    return run.finish()
+
+
+def _tensorboard(directory: Path) -> RunLog:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = RunLog(directory, "tensorboard")
+    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    for tag in accumulator.Tags().get("scalars", []):
+        name = tag.removeprefix("train/")
+        for event in accumulator.Scalars(tag):
+            run.add(name, event.step, event.value)
+    return run.finish()
+
+
+def load_run(run_dir: str | Path) -> RunLog:
+    """The newest log under ``run_dir``: TRL state (final or latest checkpoint), Lightning CSV, TensorBoard."""
+    root = Path(run_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"no run at {root}")
+    candidates: list[RunLog] = []
+    states = [root] if root.name == "trainer_state.json" else list(root.rglob("trainer_state.json"))
+    if states:  # the one with the longest history is the most recent
+        candidates.append(
+            max((_trl(p) for p in states), key=lambda r: (max(r.steps("loss"), default=0), len(r.series)))
+        )
+    tables = [root] if root.suffix == ".csv" else list(root.rglob("metrics.csv"))
+    if table := _newest(tables, key=lambda p: p.stat().st_mtime_ns):
+        candidates.append(_csv(table))
+    events = list(root.rglob("events.out.tfevents.*"))
+    if events and not candidates:
+        newest = _newest(events, key=lambda p: p.stat().st_mtime_ns)
+        candidates.append(_tensorboard(newest.parent))  # type: ignore[union-attr]
+    candidates = [c for c in candidates if any(name.startswith("bandwidth/") for name in c.series)]
+    if not candidates:
+        raise FileNotFoundError(
+            f"no lora-rl-plugins metrics under {root}: looked for TRL trainer_state.json, Lightning metrics.csv "
+            "and TensorBoard event files with bandwidth/* metrics"
+        )
+    return max(candidates, key=lambda r: max((s for pts in r.series.values() for s, _ in pts), default=0))
