@@ -91,7 +91,10 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     trainer.train()
     warm = spec.get("warmup_steps", 2)
     intervals = [b - a for a, b in zip(stamps[warm - 1 : -1], stamps[warm:], strict=True)] if warm else []
-    plugin_ms = {key: value for key, value in trainer.state.log_history[-2].items() if key.startswith("plugins/")}
+    # each plugin's own time per step, averaged over every logged step after the warm-up
+    logged = [entry for entry in trainer.state.log_history[warm:] if "train_runtime" not in entry]
+    names = {key for entry in logged for key in entry if key.startswith("plugins/")}
+    plugin_ms = {name: statistics.fmean(entry.get(name, 0.0) for entry in logged) for name in sorted(names)}
     return {
         "spec": spec,
         "step_seconds": statistics.median(intervals),

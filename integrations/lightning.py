@@ -29,16 +29,23 @@ No math lives here: everything is translated into the core's events.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch import Callback
 
 from ..adapters import summarize_adapter
-from ..builtin import BandwidthConfig, KLMonitorConfig, default_builtins
-from ..capacity import DEFAULT_BITS_PER_PARAM
-from ..events import AdapterReady, PolicySample, RolloutsScored, RunStarted, SetKLPenalty, StepEnded, StopTraining
-from ..plugins import PluginHost, make_plugin_manager
+from ..events import (
+    AdapterReady,
+    PolicySample,
+    RolloutsScored,
+    RunStarted,
+    SetKLPenalty,
+    StepEnded,
+    StopTraining,
+    TensorCollective,
+)
+from ..options import PluginOptions
 
 __all__ = ["GRPOOutputError", "LightningCollective", "LoraRLCallback"]
 
@@ -58,25 +65,12 @@ class GRPOOutputError(ValueError):
     """``training_step``'s output does not follow the contract; the message shows the expected shape."""
 
 
-class LightningCollective:
-    """Cross-process sums and maxima through the Lightning strategy (DDP, single device, ...)."""
+class LightningCollective(TensorCollective):
+    """Cross-process sums, maxima and object gathering through the Lightning strategy."""
 
     def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        self.world_size = trainer.world_size
-        self.rank = trainer.global_rank
-
-    def _gathered(self, values: list[float]) -> Any:
-        import torch
-
-        local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.trainer.strategy.root_device)
-        return self.trainer.strategy.all_gather(local).reshape(self.world_size, -1)
-
-    def sum(self, values: list[float]) -> list[float]:
-        return self._gathered(values).sum(dim=0).tolist() if self.world_size > 1 else [float(v) for v in values]
-
-    def max(self, values: list[float]) -> list[float]:
-        return self._gathered(values).amax(dim=0).tolist() if self.world_size > 1 else [float(v) for v in values]
+        strategy = trainer.strategy
+        super().__init__(strategy.all_gather, strategy.root_device, trainer.world_size, trainer.global_rank)
 
     def gather_objects(self, values: list[Any]) -> list[Any]:
         if self.world_size == 1:
@@ -115,63 +109,16 @@ class LoraRLCallback(Callback):
     Args:
         model_attribute: the attribute of the LightningModule that holds the PEFT model (the module
             itself when None).
-        reward_levels, reward_range, answer_extractor, answer_space_size, token_reward_levels,
-        bits_per_param: the bandwidth plugin's options (``BandwidthConfig``).
-        kl_free, kl_every, kl_max_sequences, kl_budget, on_budget, kl_penalty_beta, kl_reference:
-            the KL monitor's options (``KLMonitorConfig``); with ``kl_free=True`` the module should
-            compute no reference log-probs while ``kl_beta(0.0) == 0``.
-        vllm_serving, plugins, block, load_entry_points: as for the TRL callback.
+        **options: ``lora_rl_plugins.options.PluginOptions``, as for the TRL callback; with
+            ``kl_free=True`` the module should compute no reference log-probs while
+            ``kl_beta(0.0) == 0``.
     """
 
-    def __init__(
-        self,
-        *,
-        model_attribute: str | None = "model",
-        reward_levels: int | None = None,
-        reward_range: tuple[float, float] | None = None,
-        answer_extractor: Callable[[Any], Hashable | None] | None = None,
-        answer_space_size: int | None = None,
-        token_reward_levels: int | None = None,
-        bits_per_param: float = DEFAULT_BITS_PER_PARAM,
-        kl_free: bool = False,
-        kl_every: int | None = None,
-        kl_max_sequences: int | None = None,
-        kl_budget: float | None = None,
-        on_budget: str = "warn",
-        kl_penalty_beta: float = 0.04,
-        kl_reference: str = "auto",
-        vllm_serving: Mapping[str, Any] | None = None,
-        plugins: Iterable[object] = (),
-        block: Iterable[str] = (),
-        load_entry_points: bool = True,
-    ) -> None:
+    def __init__(self, *, model_attribute: str | None = "model", **options: Any) -> None:
         self.model_attribute = model_attribute
-        self.kl_free = kl_free
-        defaults = KLMonitorConfig()
-        kl_monitor = KLMonitorConfig(
-            kl_every=kl_every or defaults.kl_every,
-            kl_max_sequences=kl_max_sequences or defaults.kl_max_sequences,
-            kl_budget=kl_budget,
-            on_budget=on_budget,  # type: ignore[arg-type]
-            penalty_beta=kl_penalty_beta,
-            reference=kl_reference,  # type: ignore[arg-type]
-        )
-        bandwidth = BandwidthConfig(
-            reward_levels=reward_levels,
-            reward_range=reward_range,
-            answer_extractor=answer_extractor,
-            answer_space_size=answer_space_size,
-            token_reward_levels=token_reward_levels,
-            bits_per_param=bits_per_param,
-        )
-        kl_required = kl_free or kl_budget is not None or kl_every is not None
-        pm = make_plugin_manager(
-            default_builtins(bandwidth, vllm_serving, kl_monitor, kl_required=kl_required),
-            extra=plugins,
-            block=block,
-            load_entry_points=load_entry_points,
-        )
-        self.host = PluginHost(pm)
+        self.options = PluginOptions(**options)
+        self.kl_free = self.options.kl_free
+        self.host = self.options.build_host()
         self._metric_infos = self.host.metric_infos()
         self._started = False
         self._steps_done = 0

@@ -15,41 +15,34 @@ Its state is saved in checkpoints through transformers' ``ExportableState`` (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from ..adapters import summarize_adapter
-from ..builtin import BandwidthConfig, KLMonitorConfig, default_builtins
-from ..capacity import DEFAULT_BITS_PER_PARAM
-from ..events import AdapterReady, PolicySample, RolloutsScored, RunStarted, SetKLPenalty, StepEnded, StopTraining
+from ..events import (
+    AdapterReady,
+    PolicySample,
+    RolloutsScored,
+    RunStarted,
+    SetKLPenalty,
+    StepEnded,
+    StopTraining,
+    TensorCollective,
+)
 from ..kl_free import check_kl_free
-from ..plugins import PluginHost, make_plugin_manager
+from ..options import PluginOptions
 
-__all__ = ["AccelerateCollective", "LoraRLCallback", "LoraRLCheckpointState"]
+__all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective"]
 
 
-class AccelerateCollective:
+def accelerate_collective(accelerator: Any) -> TensorCollective:
     """Cross-process sums and maxima through the trainer's ``accelerate.Accelerator``."""
-
-    def __init__(self, accelerator: Any) -> None:
-        self.accelerator = accelerator
-        self.world_size = accelerator.num_processes
-        self.rank = accelerator.process_index
-
-    def _gathered(self, values: list[float]) -> Any:
-        import torch
-
-        local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.accelerator.device)
-        return self.accelerator.gather(local.unsqueeze(0)).view(self.world_size, -1)
-
-    def sum(self, values: list[float]) -> list[float]:
-        return self._gathered(values).sum(dim=0).tolist() if self.world_size > 1 else [float(v) for v in values]
-
-    def max(self, values: list[float]) -> list[float]:
-        return self._gathered(values).amax(dim=0).tolist() if self.world_size > 1 else [float(v) for v in values]
+    return TensorCollective(
+        accelerator.gather, accelerator.device, accelerator.num_processes, accelerator.process_index
+    )
 
 
 class LoraRLCheckpointState(TrainerCallback, ExportableState):
@@ -70,52 +63,24 @@ class LoraRLCheckpointState(TrainerCallback, ExportableState):
 
 
 class LoraRLCallback(TrainerCallback):
-    """Information-bandwidth accounting (and the other plugins) for a TRL ``GRPOTrainer``.
+    """Information-bandwidth accounting, KL monitor and adapter checks for a TRL ``GRPOTrainer``.
 
     Args:
         trainer: the ``GRPOTrainer`` to observe.
-        reward_levels, reward_range, answer_extractor, answer_space_size, token_reward_levels,
-        bits_per_param: options of the bandwidth plugin (see ``BandwidthConfig``).
-        vllm_serving: the vLLM settings the trained adapter will be served with
-            (``{"max_lora_rank": 16, "max_loras": 1, ...}``); the adapter is checked against them
-            before training. TRL's own ``use_vllm`` generation merges the adapter, so
-            ``max_lora_rank`` does not apply to it.
-        kl_free: train without a reference (beta = 0, no reference model, no "ref" adapter, no
-            reference forward pass); settings that contradict it raise ``KLFreeError``. The KL
-            monitor stays on as guard rail.
-        kl_every, kl_max_sequences, kl_budget, on_budget, kl_penalty_beta, kl_reference: options of
-            the KL monitor (see ``KLMonitorConfig``); ``on_budget="penalize"`` sets the trainer's
-            ``beta`` to ``kl_penalty_beta`` from the next generation batch.
-        plugins: extra plugin objects to register for this run.
-        block: names of plugins (built-in or entry-point) not to load.
-        load_entry_points: load third-party plugins from the ``lora_rl_plugins`` entry points.
         live_view: show the plugins' one-line summary (bits, capacity used, KL vs budget) in the
             progress bar at the logging interval.
+        **options: ``lora_rl_plugins.options.PluginOptions``, among them: ``reward_levels``,
+            ``reward_range``, ``answer_extractor``, ``answer_space_size`` (bandwidth);
+            ``kl_free`` (no reference model, no "ref" adapter, no reference forward pass;
+            contradicting settings raise ``KLFreeError``); ``kl_every``, ``kl_budget``,
+            ``on_budget`` ("warn", "stop", or "penalize": TRL's ``beta`` becomes
+            ``kl_penalty_beta`` from the next generation batch), ``kl_reference``;
+            ``vllm_serving`` (the vLLM settings the adapter will be served with; TRL's own
+            ``use_vllm`` merges the adapter, so ``max_lora_rank`` does not apply to it);
+            ``plugins``, ``block``, ``load_entry_points``.
     """
 
-    def __init__(
-        self,
-        trainer: Any,
-        *,
-        reward_levels: int | None = None,
-        reward_range: tuple[float, float] | None = None,
-        answer_extractor: Callable[[Any], Hashable | None] | None = None,
-        answer_space_size: int | None = None,
-        token_reward_levels: int | None = None,
-        bits_per_param: float = DEFAULT_BITS_PER_PARAM,
-        vllm_serving: Mapping[str, Any] | None = None,
-        kl_free: bool = False,
-        kl_every: int | None = None,
-        kl_max_sequences: int | None = None,
-        kl_budget: float | None = None,
-        on_budget: str = "warn",
-        kl_penalty_beta: float = 0.04,
-        kl_reference: str = "auto",
-        plugins: Iterable[object] = (),
-        block: Iterable[str] = (),
-        load_entry_points: bool = True,
-        live_view: bool = True,
-    ) -> None:
+    def __init__(self, trainer: Any, *, live_view: bool = True, **options: Any) -> None:
         if not hasattr(trainer, "_calculate_rewards") or not hasattr(trainer, "num_generations"):
             raise TypeError(
                 f"LoraRLCallback needs a trl.GRPOTrainer, got {type(trainer).__name__}. "
@@ -123,8 +88,9 @@ class LoraRLCallback(TrainerCallback):
             )
         self.trainer = trainer
         self.live_view = live_view
-        self.kl_free = kl_free
-        if kl_free:
+        self.options = PluginOptions(**options)
+        self.kl_free = self.options.kl_free
+        if self.kl_free:
             peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", None) or {}
             check_kl_free(
                 beta=trainer.beta,
@@ -132,32 +98,8 @@ class LoraRLCallback(TrainerCallback):
                 reference_model=getattr(trainer, "ref_model", None),
                 reference_adapter="ref" in peft_config,
             )
-        defaults = KLMonitorConfig()
-        kl_monitor = KLMonitorConfig(
-            kl_every=kl_every or defaults.kl_every,
-            kl_max_sequences=kl_max_sequences or defaults.kl_max_sequences,
-            kl_budget=kl_budget,
-            on_budget=on_budget,  # type: ignore[arg-type]
-            penalty_beta=kl_penalty_beta,
-            reference=kl_reference,  # type: ignore[arg-type]
-        )
-        kl_required = kl_free or kl_budget is not None or kl_every is not None
         self._pending_beta: float | None = None
-        bandwidth = BandwidthConfig(
-            reward_levels=reward_levels,
-            reward_range=reward_range,
-            answer_extractor=answer_extractor,
-            answer_space_size=answer_space_size,
-            token_reward_levels=token_reward_levels,
-            bits_per_param=bits_per_param,
-        )
-        pm = make_plugin_manager(
-            default_builtins(bandwidth, vllm_serving, kl_monitor, kl_required=kl_required),
-            extra=plugins,
-            block=block,
-            load_entry_points=load_entry_points,
-        )
-        self.host = PluginHost(pm)
+        self.host = self.options.build_host()
         self._metric_infos = self.host.metric_infos()
         self.checkpoint_state = LoraRLCheckpointState()
         self.checkpoint_state.owner = self
@@ -261,7 +203,7 @@ class LoraRLCallback(TrainerCallback):
             attention_mask=torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1),
             completion_mask=output["completion_mask"],
             temperature=trainer.temperature,
-            collective=AccelerateCollective(trainer.accelerator),
+            collective=accelerate_collective(trainer.accelerator),
         )
         self.host.call("on_policy_sampled", sample=sample)
 

@@ -16,6 +16,7 @@ __all__ = [
     "Action",
     "AdapterReady",
     "Collective",
+    "GatheringCollective",
     "PolicySample",
     "RolloutsScored",
     "RunStarted",
@@ -23,6 +24,7 @@ __all__ = [
     "SingleProcess",
     "StepEnded",
     "StopTraining",
+    "TensorCollective",
 ]
 
 
@@ -40,6 +42,44 @@ class Collective(Protocol):
     def max(self, values: Sequence[float]) -> list[float]:
         """Element-wise maximum of ``values`` over all processes."""
         ...
+
+
+class GatheringCollective:
+    """A ``Collective`` built on one primitive: gather a vector from every process.
+
+    Integrations implement ``gather_rows`` with their framework's all-gather (rows in process
+    order); sums and maxima follow.
+    """
+
+    world_size: int = 1
+    rank: int = 0
+
+    def gather_rows(self, values: Sequence[float]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def _rows(self, values: Sequence[float]) -> list[list[float]]:
+        return self.gather_rows(values) if self.world_size > 1 else [[float(v) for v in values]]
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        return [float(sum(column)) for column in zip(*self._rows(values), strict=True)]
+
+    def max(self, values: Sequence[float]) -> list[float]:
+        return [float(max(column)) for column in zip(*self._rows(values), strict=True)]
+
+
+class TensorCollective(GatheringCollective):
+    """A ``Collective`` from a framework's tensor all-gather (accelerate's ``gather``, Lightning's
+    ``strategy.all_gather``); torch is imported only when there is more than one process."""
+
+    def __init__(self, all_gather: Any, device: Any, world_size: int, rank: int) -> None:
+        self.all_gather, self.device = all_gather, device
+        self.world_size, self.rank = world_size, rank
+
+    def gather_rows(self, values: Sequence[float]) -> list[list[float]]:
+        import torch
+
+        local = torch.tensor([[float(v) for v in values]], dtype=torch.float64, device=self.device)
+        return self.all_gather(local).reshape(self.world_size, -1).tolist()
 
 
 class SingleProcess:

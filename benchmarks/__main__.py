@@ -1,0 +1,27 @@
+"""Every benchmark, one command: ``python -m benchmarks``; results in benchmarks/results/."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+BENCHMARKS = ("throughput", "kl_memory", "overhead", "kl_free")
+
+
+def main() -> None:
+    sections = []
+    for name in BENCHMARKS:
+        print(f"== benchmarks.{name}", flush=True)
+        sys.argv = [f"benchmarks.{name}"]
+        runpy.run_module(f"benchmarks.{name}", run_name="__main__")
+        import json
+
+        data = json.loads(Path(f"benchmarks/results/{name}.json").read_text())
+        sections.append(f"## {name}\n\n{data['markdown']}")
+    Path("benchmarks/results/summary.md").write_text("# Benchmark results\n\n" + "\n".join(sections))
+    print("wrote benchmarks/results/summary.md")
+
+
+if __name__ == "__main__":
+    main()
