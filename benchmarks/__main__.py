@@ -1,4 +1,6 @@
-"""Every benchmark, one command: ``python -m benchmarks``; results in benchmarks/results/."""
+"""Every benchmark, one command: ``python -m benchmarks`` (about 25 minutes on 2 CPU cores); results
+in benchmarks/results/, collected in benchmarks/results/summary.md. ``--summary-only`` rebuilds the
+summary from the results already there."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ BENCHMARKS = ("throughput", "kl_memory", "overhead", "kl_free")
 
 
 def main() -> None:
+    import json
+
+    summary_only = "--summary-only" in sys.argv[1:]
     sections = []
     for name in BENCHMARKS:
-        print(f"== benchmarks.{name}", flush=True)
-        sys.argv = [f"benchmarks.{name}"]
-        runpy.run_module(f"benchmarks.{name}", run_name="__main__")
-        import json
-
+        if not summary_only:
+            print(f"== benchmarks.{name}", flush=True)
+            sys.argv = [f"benchmarks.{name}"]
+            runpy.run_module(f"benchmarks.{name}", run_name="__main__")
         data = json.loads(Path(f"benchmarks/results/{name}.json").read_text())
         sections.append(f"## {name}\n\n{data['markdown']}")
     Path("benchmarks/results/summary.md").write_text("# Benchmark results\n\n" + "\n".join(sections))

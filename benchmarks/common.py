@@ -27,6 +27,17 @@ def machine() -> str:
     )
 
 
+def _timed(function: Any, total: list[float]) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - started
+
+    return timed
+
+
 def _run(spec: dict[str, Any]) -> dict[str, Any]:
     """One GRPO run described by ``spec`` (executed in a fresh process)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -77,8 +88,14 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    callback_seconds = [0.0]
     if spec.get("callback"):
-        trainer.add_callback(LoraRLCallback(trainer, load_entry_points=False, **spec.get("callback_options", {})))
+        callback = LoraRLCallback(trainer, load_entry_points=False, **spec.get("callback_options", {}))
+        # Time everything the callback does per step, the integration's own work included: its trainer
+        # hooks and what its wrappers around _calculate_rewards / _generate_and_score_completions add.
+        for name in ("on_step_end", "on_log", "_rollouts_scored", "_policy_sampled"):
+            setattr(callback, name, _timed(getattr(callback, name), callback_seconds))
+        trainer.add_callback(callback)
 
     stamps: list[float] = []
 
@@ -102,6 +119,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - started,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "plugin_ms": plugin_ms,
+        "callback_ms_per_step": 1000 * callback_seconds[0] / spec["steps"],
     }
 
 

@@ -171,7 +171,7 @@ class LoraRLCallback(Callback):
             )
         step = trainer.global_step if trainer.global_step > self._steps_done else self._steps_done + 1
         self._rollouts_scored(report, collective, rewards, names, weights, generations, step)
-        if "completion_ids" in report and "prompt_ids" in report:
+        if "completion_ids" in report and "prompt_ids" in report and self.host.implements("on_policy_sampled"):
             self._policy_sampled(report, pl_module, collective, step)
         if trainer.global_step > self._steps_done:  # an optimizer step finished with this batch
             self._steps_done = trainer.global_step

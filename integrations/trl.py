@@ -131,7 +131,8 @@ class LoraRLCallback(TrainerCallback):
                 },
             ),
         )
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
+        self._collective = accelerate_collective(trainer.accelerator)
         self.host.call("on_adapter_ready", adapter=AdapterReady(summarize_adapter(model), model))
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -193,17 +194,19 @@ class LoraRLCallback(TrainerCallback):
         trainer._generate_and_score_completions = generate_and_score_completions
 
     def _policy_sampled(self, output: Mapping[str, Any]) -> None:
+        if not self.host.implements("on_policy_sampled"):
+            return
         import torch
 
         trainer = self.trainer
         sample = PolicySample(
             step=trainer.state.global_step + 1,
-            model=trainer.accelerator.unwrap_model(trainer.model),
+            model=self._model,
             input_ids=torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
             attention_mask=torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1),
             completion_mask=output["completion_mask"],
             temperature=trainer.temperature,
-            collective=accelerate_collective(trainer.accelerator),
+            collective=self._collective,
         )
         self.host.call("on_policy_sampled", sample=sample)
 

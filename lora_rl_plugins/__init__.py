@@ -20,6 +20,7 @@ from .events import (
 )
 from .hookspecs import hookimpl, hookspec
 from .metrics import MetricInfo
+from .options import PluginOptions
 from .plugins import PluginHost, make_plugin_manager
 from .rank_selection import RankChoice, RunPlan, select_rank
 from .rewards import RewardValueError, RolloutShapeError
@@ -42,6 +43,7 @@ __all__ = [
     "MetricInfo",
     "NotALoraModelError",
     "PluginHost",
+    "PluginOptions",
     "PolicySample",
     "RankChoice",
     "RewardValueError",

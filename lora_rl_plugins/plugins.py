@@ -136,6 +136,10 @@ class PluginHost:
                 results.append((name, result))
         return results
 
+    def implements(self, hook_name: str) -> bool:
+        """Whether any registered plugin implements ``hook_name`` (to skip building its event)."""
+        return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
+
     def first(self, hook_name: str, **kwargs: Any) -> Any:
         """The first non-None result of ``hook_name`` (for firstresult hooks), or None."""
         results = self.call(hook_name, **kwargs)

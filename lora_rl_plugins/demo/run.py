@@ -97,7 +97,7 @@ def run_demo(
             result.reward.append(float(entry["reward"]))
             result.bits_step.append(float(entry["bandwidth/bits_step"]))
             result.zero_info_frac.append(float(entry.get("bandwidth/zero_info_frac", float("nan"))))
-            result.final = {k: float(v) for k, v in entry.items() if k.startswith("bandwidth/")}
+            result.final = {k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/"))}
     result.seconds = time.perf_counter() - started
     return result
 
@@ -159,5 +159,10 @@ def format_summary(result: DemoResult) -> str:
             f"  rank advice     r={int(final['bandwidth/rank_sufficient'])} would hold the "
             f"{final['bandwidth/projected_bits']:,.0f} bits this run delivered",
         ]
+    if "kl_monitor/kl_mean" in final:
+        lines.append(
+            f"  policy drift    KL(policy || base) {final['kl_monitor/kl_mean']:.2f} nats/token at step "
+            f"{int(final['kl_monitor/measured_step'])} (exact, measured every 10 batches; no KL penalty was used)"
+        )
     lines += ["", f"  the run's logs are in {result.output_dir}: `lora-rl report {result.output_dir}` draws them"]
     return "\n".join(lines)
