@@ -99,6 +99,7 @@ class GRPOModule(L.LightningModule):
         self.generations, self.max_new_tokens, self.temperature = generations, max_new_tokens, temperature
         self.learning_rate, self.beta, self.clip_epsilon = learning_rate, beta, clip_epsilon
         self.sampling_seed = sampling_seed
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
 
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.model.parameters() if p.requires_grad]

@@ -62,6 +62,18 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         pm.register(plugin, name=entry_point.name)
 
 
+def _extra_plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A name that is the same in every process and after a restart, so that the plugin's state
+    resumes, its timing metric reads ``plugins/<name>/ms_per_step`` and ``block`` can name it:
+    ``__name__`` for a module or class, else the class name; ``_2``, ``_3``, ... for repeats."""
+    base = getattr(plugin, "__name__", None) or type(plugin).__name__
+    name, count = base, 1
+    while pm.has_plugin(name):
+        count += 1
+        name = f"{base}_{count}"
+    return name
+
+
 def make_plugin_manager(
     builtins: Mapping[str, object] | None = None,
     *,
@@ -72,7 +84,8 @@ def make_plugin_manager(
     """A new plugin manager with the built-in plugins, ``extra`` ones and entry-point plugins.
 
     ``builtins`` maps names to configured plugin instances (default: ``default_builtins()``);
-    names in ``block`` (or in ``$LORA_RL_PLUGINS_BLOCK``) are never registered.
+    ``extra`` plugins are named after their class (see ``_extra_plugin_name``); names in
+    ``block`` (or in ``$LORA_RL_PLUGINS_BLOCK``) are never registered.
     """
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -85,7 +98,7 @@ def make_plugin_manager(
     for name, plugin in builtins.items():
         pm.register(plugin, name=name)
     for plugin in extra:
-        pm.register(plugin)
+        pm.register(plugin, name=_extra_plugin_name(pm, plugin))
     if load_entry_points:
         _load_entry_points(pm)
     pm.check_pending()
@@ -111,7 +124,7 @@ class PluginHost:
 
     @property
     def plugin_names(self) -> list[str]:
-        return sorted(name for name, _ in self.pm.list_name_plugin())
+        return sorted(name for name, plugin in self.pm.list_name_plugin() if plugin is not None)  # not blocked
 
     def plugin(self, name: str) -> Any:
         return self.pm.get_plugin(name)

@@ -1,4 +1,4 @@
-"""Two real processes (gloo on CPU): TRL under torchrun and Lightning DDP. Every rollout is counted
+"""Two real processes (gloo on CPU): TRL under `accelerate launch` and Lightning DDP. Every rollout is counted
 once (the totals equal a single-process accounting of the same rollouts), KL is measured on each
 process's shard and reduced, and every process ends with the same state."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -49,13 +48,23 @@ def replay(steps: list[list[tuple[list[float], list[str]]]], group_size: int) ->
 
 
 def test_trl_two_processes(tmp_path) -> None:
-    torchrun = shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run"
+    # `accelerate launch` as users run TRL; on a machine without CUDA its multi-process launcher
+    # starts 2 CPU processes and accelerate picks gloo (there is no separate multi-CPU flag).
     launch(
         [
-            *torchrun.split(),
-            "--nproc_per_node",
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
             "2",
-            "--master_port",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
             str(free_port()),
             str(WORKERS / "trl_worker.py"),
             str(tmp_path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import textwrap
@@ -126,11 +127,47 @@ def test_faulty_third_party_plugin_is_reported_once_and_disabled(caplog) -> None
     assert exploding.calls == 1
     assert caplog.text.count("raised in on_rollouts_scored") == 1
     assert "RuntimeError: boom" in caplog.text
-    name = next(iter(host.disabled))
-    assert "boom" in host.disabled[name]
+    assert list(host.disabled) == ["Exploding"]  # the plugin's class names it in the report
+    assert "'Exploding' raised in on_rollouts_scored" in caplog.text
+    assert "boom" in host.disabled["Exploding"]
     bandwidth = {k: v for k, v in host.metrics().items() if k.startswith("bandwidth/")}
     expected = {k: v for k, v in reference.metrics().items() if k.startswith("bandwidth/")}
     assert bandwidth == expected
+
+
+class Counter:
+    """A stateful third-party plugin passed in code (``plugins=[...]``)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    @hookimpl
+    def on_rollouts_scored(self, batch):
+        self.batches += 1
+
+    @hookimpl
+    def get_state(self):
+        return {"batches": self.batches}
+
+    @hookimpl
+    def set_state(self, state):
+        self.batches = state["batches"]
+
+
+def test_plugins_passed_in_code_have_stable_names_and_resume() -> None:
+    first, second = Counter(), Counter()
+    host = PluginHost(make_plugin_manager(extra=[first, second], load_entry_points=False))
+    assert {"Counter", "Counter_2"} <= set(host.plugin_names)
+    for _ in range(3):
+        host.call("on_rollouts_scored", batch=scored())
+    saved = json.loads(json.dumps(host.state_dict()))  # as a checkpoint stores it
+    assert saved["Counter"] == saved["Counter_2"] == {"batches": 3}
+    # a new process: new objects, same names, so the state finds its plugins again
+    resumed = PluginHost(make_plugin_manager(extra=[Counter(), Counter()], load_entry_points=False))
+    resumed.load_state_dict(saved)
+    assert resumed.plugin("Counter").batches == resumed.plugin("Counter_2").batches == 3
+    blocked = PluginHost(make_plugin_manager(extra=[Counter()], block=["Counter"], load_entry_points=False))
+    assert "Counter" not in blocked.plugin_names
 
 
 def test_fail_fast_plugins_raise() -> None:

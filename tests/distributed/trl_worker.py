@@ -1,4 +1,4 @@
-"""One process of a 2-process TRL GRPO run (launched by tests/test_distributed.py with accelerate)."""
+"""One process of a 2-process TRL GRPO run (launched by tests/test_distributed.py with `accelerate launch`)."""
 
 from __future__ import annotations
 
