@@ -145,7 +145,9 @@ def select_rank(
     Give the bits (``bits=``, or a ``plan=``), and the shape: ``hidden_size`` (seed rule, one
     d x d matrix, 32 bits/param unless told otherwise) or ``model``/``model_config`` with
     ``target_modules`` (adapter rule). With ``vllm=True`` the rank must fit under a legal
-    ``max_lora_rank`` (and under ``max_lora_rank`` when given, else ``ValueError``).
+    ``max_lora_rank`` (and under ``max_lora_rank`` when given, else ``ValueError``). A rank above
+    the adapted matrices' full rank (max over matrices of min(d_in, d_out)) is a ``ValueError``:
+    beyond it more rank adds parameters but no expressiveness.
     """
     if (bits is None) == (plan is None):
         raise ValueError("give exactly one of bits= or plan=")
@@ -171,6 +173,13 @@ def select_rank(
         per_rank, rule = sum(m.d_in + m.d_out for m in matrices), "adapter"
         inputs["target_modules"] = target_modules if isinstance(target_modules, str) else list(target_modules)
     rank = smallest_rank(needed, per_rank, bits_per_param)
+    full_rank = hidden_size if hidden_size is not None else max(min(m.d_in, m.d_out) for m in matrices)
+    if rank > full_rank:
+        raise ValueError(
+            f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above {full_rank}, the rank at which "
+            "every adapted matrix is already full rank: no LoRA adapter of these modules holds that much. "
+            "Adapt more modules (target_modules), plan fewer bits (episodes, margin), or fine-tune fully"
+        )
     serving_rank = None
     if vllm or max_lora_rank is not None:
         serving_rank = smallest_legal_max_lora_rank(rank)

@@ -91,8 +91,19 @@ def test_select_rank_from_plan_and_vllm_constraint() -> None:
     assert choice.capacity_bits >= 5_000_000 > choice.capacity_at(choice.rank - 1)
     with pytest.raises(ValueError, match="above max_lora_rank=16; serve with max_lora_rank=32"):
         select_rank(plan=plan, hidden_size=4096, max_lora_rank=16)
-    with pytest.raises(ValueError, match="above vLLM's largest max_lora_rank 512"):
-        select_rank(bits=1e12, hidden_size=64, vllm=True)
+    with pytest.raises(ValueError, match="rank 3815 is above vLLM's largest max_lora_rank 512"):
+        select_rank(bits=1e9, hidden_size=4096, vllm=True)
+
+
+def test_select_rank_refuses_ranks_beyond_full_rank() -> None:
+    assert select_rank(bits=32 * 128 * 64, hidden_size=64).rank == 64  # exactly full rank: allowed
+    with pytest.raises(ValueError, match="r=65, above 64, the rank at which every adapted matrix is already full"):
+        select_rank(bits=32 * 128 * 64 + 1, hidden_size=64)
+    # the adapter rule: Llama-3.2-1B all-linear, the widest matrix pair has min(d_in, d_out) = 2048
+    per_rank = select_rank(bits=1, model_config=LLAMA_32_1B).params_per_rank
+    assert select_rank(bits=32 * per_rank * 2048, model_config=LLAMA_32_1B).rank == 2048
+    with pytest.raises(ValueError, match="above 2048"):
+        select_rank(bits=32 * per_rank * 2048 + 1, model_config=LLAMA_32_1B)
 
 
 def test_select_rank_input_errors() -> None:
