@@ -48,7 +48,7 @@ def _naive(model, ids, attention, mask) -> float:
 
 
 def _chunked(model, ids, attention, mask) -> float:
-    from lora_rl_plugins.kl_measure import measure_kl
+    from lora_rl_plugins.kl.measure import measure_kl
 
     sums = measure_kl(model, ids, attention, mask)
     return sums.kl / sums.tokens

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lora_rl_plugins import PluginHost, RolloutsScored, StepEnded, make_plugin_manager
-from lora_rl_plugins.builtin import BandwidthConfig, BandwidthPlugin
+from lora_rl_plugins.bandwidth import BandwidthConfig, BandwidthPlugin
 
 from .common import machine, markdown_table
 
@@ -32,9 +32,9 @@ def groups_per_second(group_size: int, groups_per_batch: int = 64, batches: int 
         data.append((rewards, completions))
     started = time.perf_counter()
     for step, (rewards, completions) in enumerate(data, start=1):
-        host.call("on_rollouts_scored", batch=RolloutsScored(step, rewards, ["r"], [1.0], group_size, completions))
-        host.call("on_step_end", step=StepEnded(step))
-        host.metrics()
+        host.on_rollouts_scored(RolloutsScored(step, rewards, ["r"], [1.0], group_size, completions))
+        host.on_step_end(StepEnded(step))
+        host.collect_metrics()
     return batches * groups_per_batch / (time.perf_counter() - started)
 
 

@@ -1,4 +1,4 @@
-"""Does policy drift grow with LoRA rank?  A KL-free GRPO sweep over ranks (seed 004's claim).
+"""Does policy drift grow with LoRA rank?  A KL-free GRPO sweep over ranks ([Rottman]'s claim, docs/theory.md §3).
 
     python examples/kl_vs_rank.py [--steps 60] [--ranks 1,2,4,8,16,32,64] [--out kl_vs_rank.png]
 
@@ -7,9 +7,9 @@ The tiny local model (no download) learns the codebook task with LoRA on its out
 the single-layer setting in which the rank-dependent bound (γ‖BA‖₂)²H²/(4T²) holds for every token.
 Each rank is trained twice, KL-free: with lora_alpha fixed (γ = α/r shrinks as r grows) and with
 α ∝ r (γ fixed). The KL monitor measures the exact KL to the base model at the end; the plot shows
-measured KL (mean and max per token) and the bound against rank. THEORY.md §3 explains the
+measured KL (mean and max per token) and the bound against rank. docs/theory.md §3 explains the
 expectation: early in training KL scales as γ²·r, so it grows with rank at fixed γ and stays flat
-with α fixed; the scaling decides the sign of seed 004's effect.
+with α fixed; the scaling decides the sign of [Rottman]'s effect.
 """
 
 from __future__ import annotations

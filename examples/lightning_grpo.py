@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     tenth = max(1, len(rewards) // 10)
     print(
         f"{trainer.global_step} steps: reward {sum(rewards[:tenth]) / tenth:.2f} -> {sum(rewards[-tenth:]) / tenth:.2f}"
-        f" | {callback.host.summary()}\nmetrics (bandwidth/*, kl_monitor/*, reward) in {metrics_file}"
+        f" | {callback.host.summary_line()}\nmetrics (bandwidth/*, kl_monitor/*, reward) in {metrics_file}"
     )
     return trainer
 

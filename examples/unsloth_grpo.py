@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from lora_rl_plugins import RunPlan, select_rank
-    from lora_rl_plugins.unsloth_rules import (
+    from lora_rl_plugins.serving.unsloth import (
         UNSLOTH_DEFAULT_TARGET_MODULES,
         check_unsloth_lora,
         unsloth_engine_rank,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Plan the rank before loading anything big: only the config is read (meta device).
     engine_rank = unsloth_engine_rank(args.max_lora_rank)
     plan = RunPlan(episodes=args.episodes, reward_levels=2)
-    from lora_rl_plugins.model_shapes import load_model_config
+    from lora_rl_plugins.lora.shapes import load_model_config
 
     if os.path.isdir(model_path):
         config = load_model_config(model_path)

@@ -1,16 +1,34 @@
 """lora-rl-plugins: what an RL fine-tuning run with LoRA is learning, and whether its adapter fits.
 
-The core (this package minus ``integrations``) needs only pluggy; torch is imported lazily by
-the KL measurement, and each framework only by its integration:
-``lora_rl_plugins.integrations.trl``, ``.lightning``, ``.unsloth``.
+The rooms of the package:
+
+* ``plugin``: hook specifications, events, the typed plugin host, metric descriptions (the ground floor);
+* ``lora``: the adapter a model carries, the matrices a config would adapt, capacity in bits;
+* ``bandwidth``: the information the reward stream carries, and its plugin;
+* ``kl``: the exact KL to the reference, its bounds, KL-free checks, and the monitor plugin;
+* ``serving``: vLLM's and Unsloth's LoRA rules, and the serving check plugin;
+* ``planning``: choosing a rank before training;
+* ``bridge``: what the integrations share (options, built-in set, translation into events);
+* ``integrations``: ``lora_rl_plugins.integrations.trl``, ``.lightning``, ``.unsloth``;
+* ``report``, ``demo``, ``cli``: the faces.
+
+The core needs only pluggy; torch is imported inside the functions that measure, and each
+framework only by its integration.
 """
 
 from __future__ import annotations
 
-from .adapters import AdapterSummary, NotALoraModelError, summarize_adapter
-from .builtin import BandwidthConfig, BandwidthPlugin
-from .events import (
+from .bandwidth.plugin import BandwidthConfig, BandwidthPlugin
+from .bandwidth.rewards import RewardValueError, RolloutShapeError
+from .bridge.builtin import make_plugin_manager
+from .bridge.options import PluginOptions
+from .kl.monitor import KLMonitorConfig, KLMonitorPlugin
+from .lora.adapters import NotALoraModelError, summarize_adapter
+from .planning.rank import RankChoice, RunPlan, select_rank
+from .plugin.events import (
+    AdaptedMatrix,
     AdapterReady,
+    AdapterSummary,
     PolicySample,
     RolloutsScored,
     RunStarted,
@@ -18,13 +36,10 @@ from .events import (
     StepEnded,
     StopTraining,
 )
-from .hookspecs import hookimpl, hookspec
-from .metrics import MetricInfo
-from .options import PluginOptions
-from .plugins import PluginHost, make_plugin_manager
-from .rank_selection import RankChoice, RunPlan, select_rank
-from .rewards import RewardValueError, RolloutShapeError
-from .vllm_rules import (
+from .plugin.hookspecs import hookimpl, hookspec
+from .plugin.host import PluginHost, PluginRegistrationError
+from .plugin.metrics import MetricInfo
+from .serving.vllm import (
     VLLMLoRAError,
     VLLMProblem,
     check_vllm_lora,
@@ -33,17 +48,21 @@ from .vllm_rules import (
     vllm_lora_memory_bytes,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "AdaptedMatrix",
     "AdapterReady",
     "AdapterSummary",
     "BandwidthConfig",
     "BandwidthPlugin",
+    "KLMonitorConfig",
+    "KLMonitorPlugin",
     "MetricInfo",
     "NotALoraModelError",
     "PluginHost",
     "PluginOptions",
+    "PluginRegistrationError",
     "PolicySample",
     "RankChoice",
     "RewardValueError",

@@ -35,7 +35,7 @@ def _target_modules(value: str) -> str | list[str]:
 
 
 def _plan(args: argparse.Namespace):  # -> RunPlan | None
-    from .rank_selection import RunPlan
+    from .planning.rank import RunPlan
 
     if args.bits is not None:
         return None
@@ -53,7 +53,7 @@ def _plan(args: argparse.Namespace):  # -> RunPlan | None
 
 
 def _rank(args: argparse.Namespace) -> int:
-    from .rank_selection import select_rank
+    from .planning.rank import select_rank
 
     if (args.hidden_size is None) == (args.model_config is None):
         raise SystemExit("lora-rl rank: give exactly one of --hidden-size (seed rule) or --model-config (adapter rule)")
@@ -70,8 +70,8 @@ def _rank(args: argparse.Namespace) -> int:
     )
     memory = None
     if args.vllm and args.model_config and choice.max_lora_rank:
-        from .model_shapes import load_model_config
-        from .vllm_rules import vllm_lora_memory_bytes
+        from .lora.shapes import load_model_config
+        from .serving.vllm import vllm_lora_memory_bytes
 
         memory = vllm_lora_memory_bytes(
             load_model_config(args.model_config), max_lora_rank=choice.max_lora_rank, max_loras=args.max_loras
@@ -116,7 +116,7 @@ def _explain_rank(choice, plan, memory: int | None) -> str:
 
 
 def _check_vllm(args: argparse.Namespace) -> int:
-    from .vllm_rules import validate_vllm_lora
+    from .serving.vllm import validate_vllm_lora
 
     try:
         problems = validate_vllm_lora(
@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lora-rl`` command line; returns the exit status (2 for bad input, with the reason)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

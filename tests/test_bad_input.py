@@ -13,8 +13,8 @@ import math
 import pytest
 
 from lora_rl_plugins import PluginHost, RolloutShapeError, RolloutsScored, StepEnded, make_plugin_manager
-from lora_rl_plugins.builtin import BandwidthPlugin
-from lora_rl_plugins.builtin.bandwidth import MissingRewardWarning
+from lora_rl_plugins.bandwidth import BandwidthPlugin
+from lora_rl_plugins.bandwidth.plugin import MissingRewardWarning
 
 NAN = math.nan
 
@@ -31,23 +31,23 @@ def test_none_from_one_of_several_reward_functions() -> None:
     h = host()
     rows = [[1.0, 0.5], [None, 0.5], [0.0, 0.5], [NAN, 0.0]]
     with pytest.warns(MissingRewardWarning) as caught:
-        h.call("on_rollouts_scored", batch=scored(rows, 4))
+        h.on_rollouts_scored(scored(rows, 4))
     assert str(caught[0].message) == (
         "lora_rl_plugins: reward function 'accuracy' returned None/NaN for 2 of 4 rollouts that other reward "
         "functions scored; those rollouts are combined from the other functions alone (TRL sums with nansum). "
         "Return a number for every rollout if that is not intended."
     )
-    h.call("on_step_end", step=StepEnded(1))
-    assert h.metrics()["bandwidth/missing_rewards"] == 0  # every rollout has a combined reward
+    h.on_step_end(StepEnded(1))
+    assert h.collect_metrics()["bandwidth/missing_rewards"] == 0  # every rollout has a combined reward
 
 
 def test_all_nan_group() -> None:
     h = host()
     rows = [[NAN, None]] * 4 + [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
     with pytest.warns(MissingRewardWarning, match="a group has 0 scored rollout\\(s\\) of 4"):
-        h.call("on_rollouts_scored", batch=scored(rows, 4))
-    h.call("on_step_end", step=StepEnded(1))
-    metrics = h.metrics()
+        h.on_rollouts_scored(scored(rows, 4))
+    h.on_step_end(StepEnded(1))
+    metrics = h.collect_metrics()
     assert metrics["bandwidth/missing_rewards"] == 4
     assert metrics["bandwidth/small_groups"] == 1
     assert metrics["bandwidth/zero_info_frac"] == 0.5
@@ -56,15 +56,15 @@ def test_all_nan_group() -> None:
 def test_group_size_one() -> None:
     h = host()
     with pytest.warns(MissingRewardWarning, match="a group has 1 scored rollout\\(s\\) of 1: a group needs at least 2"):
-        h.call("on_rollouts_scored", batch=scored([[1.0], [0.0], [1.0]], 1, names=("accuracy",)))
-    h.call("on_step_end", step=StepEnded(1))
-    metrics = h.metrics()
+        h.on_rollouts_scored(scored([[1.0], [0.0], [1.0]], 1, names=("accuracy",)))
+    h.on_step_end(StepEnded(1))
+    metrics = h.collect_metrics()
     assert metrics["bandwidth/bits_step"] == 0 and metrics["bandwidth/small_groups"] == 3
 
 
 def test_batch_that_does_not_split_into_groups() -> None:
     with pytest.raises(RolloutShapeError) as raised:
-        host().call("on_rollouts_scored", batch=scored([[1.0, 0.0]] * 6, 4))
+        host().on_rollouts_scored(scored([[1.0, 0.0]] * 6, 4))
     assert str(raised.value) == (
         "6 rollouts do not split into groups of 4 generations: the batch must hold whole groups "
         "(a multiple of num_generations=4)"
@@ -73,7 +73,7 @@ def test_batch_that_does_not_split_into_groups() -> None:
 
 def test_rewards_of_the_wrong_length() -> None:
     with pytest.raises(RolloutShapeError) as raised:
-        host().call("on_rollouts_scored", batch=scored([[1.0, 0.0], [1.0], [0.0, 0.0], [1.0, 1.0]], 4))
+        host().on_rollouts_scored(scored([[1.0, 0.0], [1.0], [0.0, 0.0], [1.0, 1.0]], 4))
     assert str(raised.value) == (
         "rollout 1 has 1 reward values but there are 2 reward functions (accuracy, format); every rollout needs "
         "one value (or None) per function"
@@ -161,9 +161,9 @@ def test_quantised_base(tmp_path) -> None:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from lora_rl_plugins.adapters import summarize_adapter
     from lora_rl_plugins.demo.model import build_tiny_model
-    from lora_rl_plugins.kl_measure import measure_kl
+    from lora_rl_plugins.kl.measure import measure_kl
+    from lora_rl_plugins.lora.adapters import summarize_adapter
 
     build_tiny_model(hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512).save_pretrained(tmp_path)
     base = AutoModelForCausalLM.from_pretrained(

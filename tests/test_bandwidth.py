@@ -8,7 +8,9 @@ import warnings
 import pytest
 
 from lora_rl_plugins import (
+    AdaptedMatrix,
     AdapterReady,
+    AdapterSummary,
     BandwidthConfig,
     BandwidthPlugin,
     PluginHost,
@@ -19,10 +21,9 @@ from lora_rl_plugins import (
     StepEnded,
     make_plugin_manager,
 )
-from lora_rl_plugins.accounting import account_group, account_token_group
-from lora_rl_plugins.adapters import AdaptedMatrix, AdapterSummary
-from lora_rl_plugins.builtin.bandwidth import CapacityWarning, RewardLevelsWarning
-from lora_rl_plugins.information import binary_entropy, group_uniform_prior_bits
+from lora_rl_plugins.bandwidth.accounting import account_group, account_token_group
+from lora_rl_plugins.bandwidth.information import binary_entropy, group_uniform_prior_bits
+from lora_rl_plugins.bandwidth.plugin import CapacityWarning, RewardLevelsWarning
 
 NAN = math.nan
 
@@ -43,9 +44,9 @@ def batch(rows, group_size, step=1, names=("f",), weights=None, completions=None
 def host_with(config: BandwidthConfig | None = None, adapter: AdapterSummary | None = None, total_steps=None):
     plugin = BandwidthPlugin(config)
     host = PluginHost(make_plugin_manager({"bandwidth": plugin}, load_entry_points=False))
-    host.call("on_run_start", run=RunStarted("test", 4, total_steps=total_steps))
+    host.on_run_start(RunStarted("test", 4, total_steps=total_steps))
     if adapter is not None:
-        host.call("on_adapter_ready", adapter=AdapterReady(adapter))
+        host.on_adapter_ready(AdapterReady(adapter))
     return host, plugin
 
 
@@ -111,17 +112,17 @@ def test_token_group_bound_is_t_log2_a_per_distinct_rollout() -> None:
 # -- plugin -------------------------------------------------------------------------------------
 def test_plugin_step_and_total_metrics() -> None:
     host, _ = host_with(BandwidthConfig(reward_levels=2))
-    host.call("on_rollouts_scored", batch=batch([1, 0, 0, 0, 1, 1, 1, 1], 4))
-    host.call("on_step_end", step=StepEnded(1))
-    metrics = host.metrics()
+    host.on_rollouts_scored(batch([1, 0, 0, 0, 1, 1, 1, 1], 4))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
     assert metrics["bandwidth/bits_step"] == pytest.approx(4 * binary_entropy(0.25))
     assert metrics["bandwidth/bound_step"] == 8.0
     assert metrics["bandwidth/zero_info_frac"] == 0.5
     assert metrics["bandwidth/bits_per_rollout"] == pytest.approx(4 * binary_entropy(0.25) / 8)
     assert metrics["bandwidth/reward_levels"] == 2 and metrics["bandwidth/reward_levels_inferred"] == 0
-    host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0], 4, step=2))
-    host.call("on_step_end", step=StepEnded(2))
-    metrics = host.metrics()
+    host.on_rollouts_scored(batch([1, 0, 1, 0], 4, step=2))
+    host.on_step_end(StepEnded(2))
+    metrics = host.collect_metrics()
     assert metrics["bandwidth/bits_step"] == 4.0
     assert metrics["bandwidth/bits_total"] == pytest.approx(4 * binary_entropy(0.25) + 4.0)
     assert metrics["bandwidth/bound_total"] == 12.0
@@ -130,26 +131,26 @@ def test_plugin_step_and_total_metrics() -> None:
 
 def test_step_without_rollouts_reports_zero_bits() -> None:
     host, _ = host_with()
-    host.call("on_step_end", step=StepEnded(1))
-    metrics = host.metrics()
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
     assert metrics["bandwidth/bits_step"] == 0.0
     assert "bandwidth/bits_per_rollout" not in metrics and "bandwidth/zero_info_frac" not in metrics
 
 
 def test_reward_levels_inferred_from_distinct_values() -> None:
     host, _ = host_with()
-    host.call("on_rollouts_scored", batch=batch([0.0, 0.5, 1.0, 1.0], 4))
-    host.call("on_step_end", step=StepEnded(1))
-    metrics = host.metrics()
+    host.on_rollouts_scored(batch([0.0, 0.5, 1.0, 1.0], 4))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
     assert metrics["bandwidth/reward_levels"] == 3 and metrics["bandwidth/reward_levels_inferred"] == 1
     assert metrics["bandwidth/bound_step"] == pytest.approx(4 * math.log2(3))
 
 
 def test_quantised_continuous_rewards() -> None:
     host, _ = host_with(BandwidthConfig(reward_levels=4, reward_range=(0.0, 1.0)))
-    host.call("on_rollouts_scored", batch=batch([0.01, 0.02, 0.97, 0.99], 4))
-    host.call("on_step_end", step=StepEnded(1))
-    metrics = host.metrics()
+    host.on_rollouts_scored(batch([0.01, 0.02, 0.97, 0.99], 4))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
     # quantised to levels 0, 0, 3, 3: a fair two-valued group, 4 bits; L = 4 -> bound 4 x 2 bits
     assert metrics["bandwidth/bits_step"] == 4.0
     assert metrics["bandwidth/bound_step"] == 8.0
@@ -159,7 +160,7 @@ def test_quantised_continuous_rewards() -> None:
 def test_declared_levels_exceeded_warns_and_uses_observed() -> None:
     host, plugin = host_with(BandwidthConfig(reward_levels=2))
     with pytest.warns(RewardLevelsWarning, match="reward_levels=2 was declared but 3"):
-        host.call("on_rollouts_scored", batch=batch([0.0, 0.5, 1.0, 1.0], 4))
+        host.on_rollouts_scored(batch([0.0, 0.5, 1.0, 1.0], 4))
     assert plugin.reward_levels == 3
 
 
@@ -174,9 +175,9 @@ def test_combined_reward_uses_weights_and_nansum() -> None:
 
 def test_missing_and_small_group_counts() -> None:
     host, _ = host_with()
-    host.call("on_rollouts_scored", batch=batch([NAN, 1.0, NAN, NAN, 1.0, 0.0, 0.0, 1.0], 4))
-    host.call("on_step_end", step=StepEnded(1))
-    metrics = host.metrics()
+    host.on_rollouts_scored(batch([NAN, 1.0, NAN, NAN, 1.0, 0.0, 0.0, 1.0], 4))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
     assert metrics["bandwidth/missing_rewards"] == 3
     assert metrics["bandwidth/small_groups"] == 1
     assert metrics["bandwidth/zero_info_frac"] == 0.5
@@ -185,22 +186,21 @@ def test_missing_and_small_group_counts() -> None:
 def test_infinite_reward_is_a_clear_error_naming_the_function() -> None:
     host, _ = host_with()
     with pytest.raises(RewardValueError, match=r"reward function 'accuracy' returned inf for rollout 2"):
-        host.call(
-            "on_rollouts_scored",
-            batch=batch([[0, 1], [1, 1], [math.inf, 0], [0, 0]], 4, names=("accuracy", "format")),
+        host.on_rollouts_scored(
+            batch([[0, 1], [1, 1], [math.inf, 0], [0, 0]], 4, names=("accuracy", "format")),
         )
     with pytest.raises(RewardValueError, match="'format' returned -inf"):
-        host.call("on_rollouts_scored", batch=batch([[0, -math.inf]] * 4, 4, names=("accuracy", "format")))
+        host.on_rollouts_scored(batch([[0, -math.inf]] * 4, 4, names=("accuracy", "format")))
 
 
 def test_ragged_groups_and_wrong_lengths_are_clear_errors() -> None:
     host, _ = host_with()
     with pytest.raises(RolloutShapeError, match="6 rollouts do not split into groups of 4"):
-        host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0, 1, 0], 4))
+        host.on_rollouts_scored(batch([1, 0, 1, 0, 1, 0], 4))
     with pytest.raises(RolloutShapeError, match="rollout 1 has 1 reward values but there are 2"):
-        host.call("on_rollouts_scored", batch=batch([[1, 0], [1], [0, 0], [1, 1]], 4, names=("a", "b")))
+        host.on_rollouts_scored(batch([[1, 0], [1], [0, 0], [1, 1]], 4, names=("a", "b")))
     with pytest.raises(ValueError, match="3 completions for 4 rollouts"):
-        host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0], 4, completions=["a", "b", "c"]))
+        host.on_rollouts_scored(batch([1, 0, 1, 0], 4, completions=["a", "b", "c"]))
 
 
 def test_capacity_metrics_warnings_and_rank_advice() -> None:
@@ -210,9 +210,9 @@ def test_capacity_metrics_warnings_and_rank_advice() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(1, 21):
-            host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0, 1, 0, 1, 0], 8, step=step))  # 8 bits
-            host.call("on_step_end", step=StepEnded(step, 20))
-            metrics = host.metrics()
+            host.on_rollouts_scored(batch([1, 0, 1, 0, 1, 0, 1, 0], 8, step=step))  # 8 bits
+            host.on_step_end(StepEnded(step, 20))
+            metrics = host.collect_metrics()
             assert metrics["bandwidth/capacity_used"] == pytest.approx(8 * step / 128)
     capacity_warnings = [w for w in caught if issubclass(w.category, CapacityWarning)]
     assert len(capacity_warnings) == 2  # once at 50%, once at 100%
@@ -226,26 +226,26 @@ def test_capacity_metrics_warnings_and_rank_advice() -> None:
 def test_non_lora_model_omits_capacity_with_one_warning() -> None:
     with pytest.warns(UserWarning, match="no LoRA adapter"):
         host, _ = host_with(adapter=AdapterSummary())
-    host.call("on_rollouts_scored", batch=batch([1, 0, 1, 0], 4))
-    host.call("on_step_end", step=StepEnded(1))
-    metrics = host.metrics()
+    host.on_rollouts_scored(batch([1, 0, 1, 0], 4))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
     assert metrics["bandwidth/bits_step"] == 4.0
     assert not any("capacity" in name or "rank" in name for name in metrics)
 
 
 def test_state_round_trip_resumes_exactly() -> None:
     host, _ = host_with()
-    host.call("on_rollouts_scored", batch=batch([0.0, 0.5, 1.0, NAN], 4))
-    host.call("on_step_end", step=StepEnded(1))
-    state = host.state_dict()
+    host.on_rollouts_scored(batch([0.0, 0.5, 1.0, NAN], 4))
+    host.on_step_end(StepEnded(1))
+    state = host.get_state()
     import json
 
     restored_host, restored = host_with()
-    restored_host.load_state_dict(json.loads(json.dumps(state)))
+    restored_host.set_state(json.loads(json.dumps(state)))
     for h in (host, restored_host):
-        h.call("on_rollouts_scored", batch=batch([0.0, 0.25, 1.0, 1.0], 4, step=2))
-        h.call("on_step_end", step=StepEnded(2))
-    left = {k: v for k, v in host.metrics().items() if not k.startswith("plugins/")}
-    right = {k: v for k, v in restored_host.metrics().items() if not k.startswith("plugins/")}
+        h.on_rollouts_scored(batch([0.0, 0.25, 1.0, 1.0], 4, step=2))
+        h.on_step_end(StepEnded(2))
+    left = {k: v for k, v in host.collect_metrics().items() if not k.startswith("plugins/")}
+    right = {k: v for k, v in restored_host.collect_metrics().items() if not k.startswith("plugins/")}
     assert left == right
     assert restored.reward_levels == 4

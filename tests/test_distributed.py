@@ -18,7 +18,7 @@ pytest.importorskip("trl")
 pytest.importorskip("lightning")
 
 from lora_rl_plugins import PluginHost, RolloutsScored, StepEnded, make_plugin_manager
-from lora_rl_plugins.builtin import BandwidthPlugin
+from lora_rl_plugins.bandwidth import BandwidthPlugin
 
 pytestmark = pytest.mark.slow
 WORKERS = Path(__file__).parent / "distributed"
@@ -42,9 +42,9 @@ def replay(steps: list[list[tuple[list[float], list[str]]]], group_size: int) ->
     for step, shards in enumerate(steps, start=1):
         rewards = [[r] for shard_rewards, _ in shards for r in shard_rewards]
         completions = [c for _, shard_completions in shards for c in shard_completions]
-        host.call("on_rollouts_scored", batch=RolloutsScored(step, rewards, ["r"], [1.0], group_size, completions))
-        host.call("on_step_end", step=StepEnded(step))
-    return host.state_dict()["bandwidth"]
+        host.on_rollouts_scored(RolloutsScored(step, rewards, ["r"], [1.0], group_size, completions))
+        host.on_step_end(StepEnded(step))
+    return host.get_state()["bandwidth"]
 
 
 def test_trl_two_processes(tmp_path) -> None:

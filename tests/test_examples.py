@@ -37,7 +37,7 @@ def test_kl_free_config_sets_beta_and_refuses_sync(tmp_path) -> None:
     from trl import GRPOConfig
 
     from lora_rl_plugins.integrations.unsloth import kl_free_config
-    from lora_rl_plugins.kl_free import KLFreeError
+    from lora_rl_plugins.kl.kl_free import KLFreeError
 
     config = kl_free_config(GRPOConfig(output_dir=str(tmp_path), beta=0.001, use_cpu=True, report_to=[]))
     assert config.beta == 0.0

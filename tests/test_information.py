@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from lora_rl_plugins.information import (
+from lora_rl_plugins.bandwidth.information import (
     binary_entropy,
     empirical_entropy,
     group_answer_bound,

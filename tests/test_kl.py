@@ -12,10 +12,10 @@ peft = pytest.importorskip("peft")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from lora_rl_plugins.adapters import NotALoraModelError  # noqa: E402
 from lora_rl_plugins.demo.model import build_tiny_model  # noqa: E402
-from lora_rl_plugins.kl_bounds import hoeffding_certificate, single_layer_kl_bound, update_norms  # noqa: E402
-from lora_rl_plugins.kl_measure import ReferencePolicy, measure_kl  # noqa: E402
+from lora_rl_plugins.kl.bounds import hoeffding_certificate, single_layer_kl_bound, update_norms  # noqa: E402
+from lora_rl_plugins.kl.measure import ReferencePolicy, measure_kl  # noqa: E402
+from lora_rl_plugins.lora.adapters import NotALoraModelError  # noqa: E402
 
 
 def lora_model(targets=("q_proj", "v_proj", "lm_head"), seed=0, r=4):

@@ -8,9 +8,9 @@ pytest.importorskip("trl")
 
 from helpers import RecordingReward, grpo_trainer
 
-from lora_rl_plugins.builtin.kl_monitor import KLBudgetWarning
 from lora_rl_plugins.integrations.trl import LoraRLCallback
-from lora_rl_plugins.kl_free import KLFreeError
+from lora_rl_plugins.kl.kl_free import KLFreeError
+from lora_rl_plugins.kl.monitor import KLBudgetWarning
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_kl_free_refuses_contradicting_settings(tmp_path) -> None:
 
 
 def test_kl_free_without_lora_is_a_clear_error(tmp_path) -> None:
-    from lora_rl_plugins.adapters import NotALoraModelError
+    from lora_rl_plugins.lora.adapters import NotALoraModelError
 
     trainer = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=1, peft=False)
     trainer.add_callback(LoraRLCallback(trainer, kl_free=True, load_entry_points=False))

@@ -10,7 +10,9 @@ import tracemalloc
 import pytest
 
 from lora_rl_plugins import (
+    AdaptedMatrix,
     AdapterReady,
+    AdapterSummary,
     PluginHost,
     RolloutsScored,
     RunStarted,
@@ -18,8 +20,7 @@ from lora_rl_plugins import (
     hookimpl,
     make_plugin_manager,
 )
-from lora_rl_plugins.adapters import AdaptedMatrix, AdapterSummary
-from lora_rl_plugins.builtin import default_builtins
+from lora_rl_plugins.bridge.builtin import default_builtins
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +37,11 @@ def test_ten_thousand_steps_stay_bounded() -> None:
     import warnings
 
     host = PluginHost(make_plugin_manager(default_builtins(), load_entry_points=False))
-    host.call("on_run_start", run=RunStarted("test", 8, total_steps=10_000))
+    host.on_run_start(RunStarted("test", 8, total_steps=10_000))
     adapter = AdapterSummary((AdaptedMatrix("q", 64, 64, 8, 2.0),))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the KL monitor warns it is off without a model; capacity warnings
-        host.call("on_adapter_ready", adapter=AdapterReady(adapter))
+        host.on_adapter_ready(AdapterReady(adapter))
     rng = random.Random(0)
     sizes, memory = {}, {}
     tracemalloc.start()
@@ -50,12 +51,11 @@ def test_ten_thousand_steps_stay_bounded() -> None:
         completions = [str(rng.randrange(50)) for _ in range(32)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            host.call("on_rollouts_scored", batch=RolloutsScored(step, rewards, ["r"], [1.0], 8, completions))
-            host.call("on_step_end", step=StepEnded(step, 10_000))
-        host.step_ended()
-        metrics = host.metrics()
+            host.on_rollouts_scored(RolloutsScored(step, rewards, ["r"], [1.0], 8, completions))
+            host.on_step_end(StepEnded(step, 10_000))
+        metrics = host.collect_metrics()
         if step in (2_000, 10_000):
-            sizes[step] = len(json.dumps(host.state_dict()))
+            sizes[step] = len(json.dumps(host.get_state()))
             memory[step] = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert sizes[10_000] <= sizes[2_000] * 1.01
@@ -67,8 +67,7 @@ def test_ten_thousand_steps_stay_bounded() -> None:
 def test_slow_plugin_shows_in_its_timing_metric() -> None:
     host = PluginHost(make_plugin_manager(extra=[Slow()], load_entry_points=False))
     for step in range(1, 6):
-        host.call("on_step_end", step=StepEnded(step))
-        host.step_ended()
-    metrics = host.metrics()
+        host.on_step_end(StepEnded(step))
+    metrics = host.collect_metrics()
     assert metrics["plugins/Slow/ms_per_step"] >= 2.0  # named after the plugin's class
     assert metrics["plugins/bandwidth/ms_per_step"] < metrics["plugins/Slow/ms_per_step"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lora_rl_plugins import PluginHost, RolloutsScored, RunStarted, StepEnded, hookimpl, make_plugin_manager
-from lora_rl_plugins.builtin import BandwidthPlugin
+from lora_rl_plugins.bandwidth import BandwidthPlugin
 
 
 def install_entry_point_plugin(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str, value: str):
@@ -68,9 +68,9 @@ def test_entry_point_plugin_is_loaded_and_receives_events(tmp_path, monkeypatch)
     host = PluginHost(make_plugin_manager())
     plugin = host.plugin("counting")
     assert type(plugin).__name__ == "CountingPlugin"  # a class is instantiated once per run
-    host.call("on_rollouts_scored", batch=scored(6))
-    host.call("on_step_end", step=StepEnded(1))
-    metrics = host.metrics()
+    host.on_rollouts_scored(scored(6))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
     assert plugin.rollouts == 6 and plugin.steps == 1
     assert metrics["counting/rollouts"] == 6
     assert "bandwidth/bits_step" in metrics  # built-ins unaffected
@@ -117,21 +117,21 @@ class Exploding:
 def test_faulty_third_party_plugin_is_reported_once_and_disabled(caplog) -> None:
     exploding = Exploding()
     host = PluginHost(make_plugin_manager(extra=[exploding], load_entry_points=False))
-    host.call("on_run_start", run=RunStarted("test", 2))
+    host.on_run_start(RunStarted("test", 2))
     reference = PluginHost(make_plugin_manager(load_entry_points=False))
     with caplog.at_level(logging.ERROR, logger="lora_rl_plugins"):
         for h in (host, reference):
             for step in (1, 2, 3):
-                h.call("on_rollouts_scored", batch=scored())
-                h.call("on_step_end", step=StepEnded(step))
+                h.on_rollouts_scored(scored())
+                h.on_step_end(StepEnded(step))
     assert exploding.calls == 1
     assert caplog.text.count("raised in on_rollouts_scored") == 1
     assert "RuntimeError: boom" in caplog.text
     assert list(host.disabled) == ["Exploding"]  # the plugin's class names it in the report
     assert "'Exploding' raised in on_rollouts_scored" in caplog.text
     assert "boom" in host.disabled["Exploding"]
-    bandwidth = {k: v for k, v in host.metrics().items() if k.startswith("bandwidth/")}
-    expected = {k: v for k, v in reference.metrics().items() if k.startswith("bandwidth/")}
+    bandwidth = {k: v for k, v in host.collect_metrics().items() if k.startswith("bandwidth/")}
+    expected = {k: v for k, v in reference.collect_metrics().items() if k.startswith("bandwidth/")}
     assert bandwidth == expected
 
 
@@ -159,12 +159,12 @@ def test_plugins_passed_in_code_have_stable_names_and_resume() -> None:
     host = PluginHost(make_plugin_manager(extra=[first, second], load_entry_points=False))
     assert {"Counter", "Counter_2"} <= set(host.plugin_names)
     for _ in range(3):
-        host.call("on_rollouts_scored", batch=scored())
-    saved = json.loads(json.dumps(host.state_dict()))  # as a checkpoint stores it
+        host.on_rollouts_scored(scored())
+    saved = json.loads(json.dumps(host.get_state()))  # as a checkpoint stores it
     assert saved["Counter"] == saved["Counter_2"] == {"batches": 3}
     # a new process: new objects, same names, so the state finds its plugins again
     resumed = PluginHost(make_plugin_manager(extra=[Counter(), Counter()], load_entry_points=False))
-    resumed.load_state_dict(saved)
+    resumed.set_state(saved)
     assert resumed.plugin("Counter").batches == resumed.plugin("Counter_2").batches == 3
     blocked = PluginHost(make_plugin_manager(extra=[Counter()], block=["Counter"], load_entry_points=False))
     assert "Counter" not in blocked.plugin_names
@@ -176,7 +176,7 @@ def test_fail_fast_plugins_raise() -> None:
 
     host = PluginHost(make_plugin_manager(extra=[Validator()], load_entry_points=False))
     with pytest.raises(RuntimeError, match="boom"):
-        host.call("on_rollouts_scored", batch=scored())
+        host.on_rollouts_scored(scored())
 
 
 def test_core_imports_without_frameworks(tmp_path) -> None:
@@ -198,10 +198,12 @@ def test_core_imports_without_frameworks(tmp_path) -> None:
     )
     code = (
         "import lora_rl_plugins as L, lora_rl_plugins.integrations, lora_rl_plugins.cli;"
-        "from lora_rl_plugins import information, capacity, accounting, adapters;"
+        "from lora_rl_plugins.bandwidth import information, accounting;"
+        "from lora_rl_plugins.lora import capacity, adapters;"
+        "from lora_rl_plugins import kl, serving, planning, bridge, report;"
         "h = L.PluginHost(L.make_plugin_manager());"
-        "h.call('on_rollouts_scored', batch=L.RolloutsScored(1, [[1.0], [0.0]], ['f'], [1.0], 2));"
-        "h.call('on_step_end', step=L.StepEnded(1)); print(h.metrics()['bandwidth/bits_step'])"
+        "h.on_rollouts_scored(L.RolloutsScored(1, [[1.0], [0.0]], ['f'], [1.0], 2));"
+        "h.on_step_end(L.StepEnded(1)); print(h.collect_metrics()['bandwidth/bits_step'])"
     )
     import os
 
@@ -209,3 +211,93 @@ def test_core_imports_without_frameworks(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2.0"
+
+
+# -- the typed host: pluggy's call loop, isolation of a plugin's whole contribution ---------------
+
+
+def test_wrapper_on_a_merged_hook_is_refused_at_registration() -> None:
+    from lora_rl_plugins import PluginRegistrationError
+
+    class WrapsMetrics:
+        @hookimpl(wrapper=True)
+        def collect_metrics(self):
+            result = yield
+            return result
+
+    with pytest.raises(PluginRegistrationError, match=r"WrapsMetrics\.collect_metrics is a hook wrapper"):
+        make_plugin_manager(extra=[WrapsMetrics()], load_entry_points=False)
+
+
+def test_wrapper_on_a_notification_hook_runs_and_is_isolated(caplog) -> None:
+    class Watches:
+        def __init__(self) -> None:
+            self.seen = 0
+
+        @hookimpl(wrapper=True)
+        def on_rollouts_scored(self, batch):
+            result = yield
+            self.seen += 1
+            if self.seen == 2:
+                raise RuntimeError("teardown failed")
+            return result
+
+    watcher = Watches()
+    host = PluginHost(make_plugin_manager(extra=[watcher], load_entry_points=False))
+    with caplog.at_level(logging.ERROR, logger="lora_rl_plugins"):
+        for step in (1, 2, 3):
+            host.on_rollouts_scored(scored())
+            host.on_step_end(StepEnded(step))
+    assert watcher.seen == 2  # disabled after its fault, once
+    assert "Watches" in host.disabled and caplog.text.count("'Watches' raised") == 1
+    assert host.plugin("bandwidth").steps == 3  # the built-in saw every batch
+
+
+@pytest.mark.parametrize("bad", [["not", "a", "mapping"], {"x/y": "seven"}, 3.0])
+def test_collect_metrics_that_cannot_be_merged_disables_only_that_plugin(bad, caplog) -> None:
+    class BadMetrics:
+        @hookimpl
+        def collect_metrics(self):
+            return bad
+
+    host = PluginHost(make_plugin_manager(extra=[BadMetrics()], load_entry_points=False))
+    host.on_rollouts_scored(scored())
+    host.on_step_end(StepEnded(1))
+    with caplog.at_level(logging.ERROR, logger="lora_rl_plugins"):
+        metrics = host.collect_metrics()
+        again = host.collect_metrics()
+    assert "bandwidth/bits_step" in metrics and "bandwidth/bits_total" in again
+    assert "BadMetrics" in host.disabled and caplog.text.count("'BadMetrics' raised in collect_metrics") == 1
+
+
+def test_builtin_faults_raise() -> None:
+    host = PluginHost(make_plugin_manager(load_entry_points=False))
+    with pytest.raises(Exception, match="do not split into groups"):
+        host.on_rollouts_scored(RolloutsScored(1, [[1.0]] * 3, ["r"], [1.0], 2))
+
+
+def test_options_come_from_the_plugins_configs() -> None:
+    from lora_rl_plugins import KLMonitorConfig, PluginOptions
+    from lora_rl_plugins.bridge.options import option_documentation
+
+    for bad in ({"kl_every": 0}, {"kl_max_sequences": 0}, {"reward_levels": 0}, {"on_budget": "explode"}):
+        with pytest.raises(ValueError) as from_options:
+            PluginOptions(**bad)
+        if next(iter(bad)).startswith(("kl_", "on_")):
+            with pytest.raises(ValueError) as from_config:
+                KLMonitorConfig(**bad)
+            assert str(from_options.value) == str(from_config.value)
+    with pytest.raises(TypeError, match="Did you mean 'kl_every'"):
+        PluginOptions(kl_evry=3)
+    names = [doc.name for doc in option_documentation()]
+    assert len(names) == len(set(names)) and {"kl_penalty_beta", "kl_reference", "vllm_serving"} <= set(names)
+    assert all(doc.doc for doc in option_documentation())
+
+
+def test_trl_callback_docstring_lists_every_option() -> None:
+    pytest.importorskip("trl")
+    from lora_rl_plugins.bridge.options import option_documentation
+    from lora_rl_plugins.integrations.trl import LoraRLCallback
+
+    for doc in option_documentation():
+        assert f"        {doc.name} (default {doc.default}): " in LoraRLCallback.__doc__

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from lora_rl_plugins import RunPlan, select_rank
-from lora_rl_plugins.capacity import adapter_capacity_bits, params_per_rank, seed_rule_rank, smallest_rank
+from lora_rl_plugins.lora.capacity import adapter_capacity_bits, params_per_rank, seed_rule_rank, smallest_rank
 
 LLAMA_31_8B = {
     "model_type": "llama",

@@ -25,8 +25,8 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_every_builtin_metric_is_in_the_readme_with_its_kind() -> None:
-    from lora_rl_plugins.builtin.bandwidth import BANDWIDTH_METRICS
-    from lora_rl_plugins.builtin.kl_monitor import KL_METRICS
+    from lora_rl_plugins.bandwidth.plugin import BANDWIDTH_METRICS
+    from lora_rl_plugins.kl.monitor import KL_METRICS
 
     documented = readme_metric_kinds()
     for info in (*BANDWIDTH_METRICS, *KL_METRICS):
@@ -37,3 +37,10 @@ def test_every_builtin_metric_is_in_the_readme_with_its_kind() -> None:
 def test_ruff_clean() -> None:
     done = subprocess.run(["ruff", "check", str(ROOT)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_readme_option_table_is_generated_from_the_configs() -> None:
+    from lora_rl_plugins.bridge.options import options_table
+
+    start, end = README.index("<!-- options:start -->\n"), README.index("<!-- options:end -->")
+    assert README[start + len("<!-- options:start -->\n") : end].strip() == options_table()

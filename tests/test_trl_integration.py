@@ -198,5 +198,5 @@ def test_use_vllm_note_is_given_once(caplog) -> None:
 
     host = PluginHost(make_plugin_manager(load_entry_points=False))
     with caplog.at_level(logging.WARNING, logger="lora_rl_plugins"):
-        host.call("on_run_start", run=RunStarted("trl", 4, options={"use_vllm": True}))
+        host.on_run_start(RunStarted("trl", 4, options={"use_vllm": True}))
     assert caplog.text.count("max_lora_rank does not apply") == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lora_rl_plugins import RunPlan, VLLMLoRAError, select_rank
-from lora_rl_plugins.unsloth_rules import (
+from lora_rl_plugins.serving.unsloth import (
     UNSLOTH_DEFAULT_TARGET_MODULES,
     check_unsloth_lora,
     unsloth_engine_rank,

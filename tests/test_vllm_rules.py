@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lora_rl_plugins import VLLMLoRAError, check_vllm_lora, validate_vllm_lora, vllm_lora_memory_bytes
-from lora_rl_plugins.vllm_rules import LEGAL_MAX_LORA_RANKS, load_lora_config, smallest_legal_max_lora_rank
+from lora_rl_plugins.serving.vllm import LEGAL_MAX_LORA_RANKS, load_lora_config, smallest_legal_max_lora_rank
 
 BASE = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "bias": "none"}
 

@@ -1,2 +1,2 @@
 """The embedded default for ``lora-rl demo``, the examples and the tests: a tiny model built
-locally (no download) and the secret-codebook task of THEORY.md §7."""
+locally (no download) and the secret-codebook task of docs/theory.md §7."""

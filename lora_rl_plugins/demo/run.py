@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..textplot import sparkline
+from ..report.textplot import sparkline
 from .model import build_tiny_model, build_tokenizer
 from .task import CodebookTask
 
@@ -50,7 +50,7 @@ def run_demo(
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    from ..integrations.trl import LoraRLCallback
+    from lora_rl_plugins.integrations.trl import LoraRLCallback
 
     started = time.perf_counter()
     tokenizer = build_tokenizer()
@@ -115,7 +115,7 @@ class _ProgressBar:
 
             def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
                 if logs and "reward" in logs:
-                    self.bar.set_postfix_str(f"reward {logs['reward']:.2f} | {callback.host.summary()}")
+                    self.bar.set_postfix_str(f"reward {logs['reward']:.2f} | {callback.host.summary_line()}")
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 self.bar.update(state.global_step - self.bar.n)

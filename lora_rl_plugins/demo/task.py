@@ -1,4 +1,4 @@
-"""The secret-codebook task (THEORY.md §7): the symbol-emitting bandit of seed 002.
+"""The secret-codebook task (docs/theory.md §7): the symbol-emitting bandit of [Hernandez].
 
 Prompt "d=" for a digit d; reward 1 when the completion starts with code[d] for a hidden
 codebook ``code`` (each digit mapped to an independently drawn digit), else 0. The policy
@@ -28,10 +28,12 @@ class CodebookTask:
         return self.digits * math.log2(self.digits)
 
     def prompts(self, count: int, seed: int = 0) -> list[str]:
+        """``count`` prompts "d=" with digits drawn uniformly (seeded)."""
         rng = random.Random(seed)
         return [f"{rng.randrange(self.digits)}=" for _ in range(count)]
 
     def dataset(self, count: int, seed: int = 0) -> Any:
+        """A ``datasets.Dataset`` with a "prompt" column of ``count`` prompts."""
         from datasets import Dataset
 
         return Dataset.from_dict({"prompt": self.prompts(count, seed)})
@@ -49,7 +51,7 @@ class CodebookTask:
     def warm_up(self, model: Any, tokenizer: Any, steps: int = 150, lr: float = 3e-3, seed: int = 0) -> list[float]:
         """Supervised warm-up of the base model on a related format; returns the losses.
 
-        A random-init model gives LoRA poor features (THEORY.md §7). The warm-up teaches two things
+        A random-init model gives LoRA poor features (docs/theory.md §7). The warm-up teaches two things
         and not the codebook: "d=" -> one uniformly random digit then <eos> (so the initial reward is
         1/digits), and "d+" -> d (copying, so the model learns to carry the prompt digit to the answer
         position; that feature is what the LoRA policy then needs).

@@ -69,8 +69,8 @@ def _png(figure) -> bytes:
 
 
 def _summary_rows(run: RunLog) -> str:
-    from ..builtin.bandwidth import BANDWIDTH_METRICS
-    from ..builtin.kl_monitor import KL_METRICS
+    from ..bandwidth.plugin import BANDWIDTH_METRICS
+    from ..kl.monitor import KL_METRICS
 
     rows = []
     for info in (*BANDWIDTH_METRICS, *KL_METRICS):

@@ -22,21 +22,26 @@ class RunLog:
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def add(self, name: str, step: int, value: float) -> None:
+        """Append (step, value) to series ``name``; None and NaN are skipped."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return
         self.series.setdefault(name, []).append((int(step), float(value)))
 
     def steps(self, name: str) -> list[int]:
+        """The steps of series ``name`` (empty when absent)."""
         return [s for s, _ in self.series.get(name, [])]
 
     def values(self, name: str) -> list[float]:
+        """The values of series ``name`` (empty when absent)."""
         return [v for _, v in self.series.get(name, [])]
 
     def last(self, name: str) -> float | None:
+        """The latest value of series ``name``, or None."""
         points = self.series.get(name)
         return points[-1][1] if points else None
 
     def finish(self) -> RunLog:
+        """Keep one value per step (the last written) and sort each series by step."""
         for name, points in self.series.items():
             merged = dict(sorted(points))  # one value per step, the last one written
             self.series[name] = sorted(merged.items())

@@ -53,7 +53,7 @@ def main(out_dir: str) -> None:
 
     rank_prompts = CodebookTask().prompts(64, seed=int(os.environ.get("LOCAL_RANK", "0")) + 10)
     trainer.fit(module, lightning_grpo.PromptStream(rank_prompts, batch_size=2))
-    result = {"rank": trainer.global_rank, "returned": module.returned, "state": callback.host.state_dict()}
+    result = {"rank": trainer.global_rank, "returned": module.returned, "state": callback.host.get_state()}
     with open(os.path.join(out_dir, f"lightning_rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(result, handle)
 

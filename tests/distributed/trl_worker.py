@@ -17,7 +17,7 @@ from lora_rl_plugins import hookimpl  # noqa: E402
 from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer  # noqa: E402
 from lora_rl_plugins.demo.task import CodebookTask  # noqa: E402
 from lora_rl_plugins.integrations.trl import LoraRLCallback  # noqa: E402
-from lora_rl_plugins.kl_measure import measure_kl  # noqa: E402
+from lora_rl_plugins.kl.measure import measure_kl  # noqa: E402
 
 
 class ShardKL:
@@ -83,7 +83,7 @@ def main(out_dir: str) -> None:
         "world_size": trainer.accelerator.num_processes,
         "calls": calls,
         "log_history": trainer.state.log_history,
-        "state": callback.host.state_dict(),
+        "state": callback.host.get_state(),
         "shards": shard.shards,
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:

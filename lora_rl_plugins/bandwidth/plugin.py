@@ -1,0 +1,452 @@
+"""Information-bandwidth accounting: bits each step delivers, over the run, against adapter capacity.
+
+See ``lora_rl_plugins.bandwidth.accounting`` for the per-group bound and estimate, and the metric
+table in ``BANDWIDTH_METRICS`` for what each reported number is.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, smallest_rank
+from ..plugin.config import option
+from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
+from ..plugin.hookspecs import hookimpl
+from ..plugin.metrics import MetricInfo
+from .accounting import GroupAccount, account_group, account_token_group
+from .information import quantise
+from .rewards import combine_rewards, partly_missing, split_groups
+
+__all__ = [
+    "BANDWIDTH_METRICS",
+    "BandwidthConfig",
+    "BandwidthPlugin",
+    "CapacityWarning",
+    "MissingRewardWarning",
+    "RewardLevelsWarning",
+]
+
+#: Distinct reward values remembered when levels are inferred; past this the count is a lower bound.
+MAX_TRACKED_LEVELS = 4096
+#: Capacity fractions at which a one-time warning is given.
+CAPACITY_THRESHOLDS = (0.5, 1.0)
+
+
+class CapacityWarning(UserWarning):
+    """The run's information estimate approaches or exceeds the adapter's capacity."""
+
+
+class RewardLevelsWarning(UserWarning):
+    """The reward levels declared or inferred look wrong for the rewards seen."""
+
+
+class MissingRewardWarning(UserWarning):
+    """Some rollouts or whole groups have no reward."""
+
+
+def _m(name: str, kind: str, unit: str, definition: str, reduce: str = "last") -> MetricInfo:
+    return MetricInfo(f"bandwidth/{name}", kind, unit, definition, reduce)  # type: ignore[arg-type]
+
+
+BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
+    _m(
+        "bits_step",
+        "estimate",
+        "bits",
+        "Σ over this step's groups of min(K·H(group rewards), group bound)",
+        "mean",
+    ),
+    _m(
+        "bound_step",
+        "bound",
+        "bits",
+        "Σ over this step's groups of the group bound (D·log2 L, log2(M+1) or the uniform-prior value)",
+        "mean",
+    ),
+    _m("bits_total", "estimate", "bits", "bits_step summed over the run"),
+    _m(
+        "bound_total",
+        "bound",
+        "bits",
+        "bound_step summed over the run (a bound: later episodes may repeat earlier information)",
+    ),
+    _m("bits_per_rollout", "estimate", "bits", "bits_step / rollouts scored this step", "mean"),
+    _m(
+        "zero_info_frac",
+        "exact",
+        "fraction",
+        "groups whose rewards are all equal (or < 2 scored) / groups this step: GRPO learns nothing from them",
+        "mean",
+    ),
+    _m(
+        "missing_rewards",
+        "exact",
+        "rollouts",
+        "rollouts with no reward (every function returned None/NaN), excluded, over the run",
+    ),
+    _m("small_groups", "exact", "groups", "groups with fewer than 2 scored rollouts (0 bits), over the run"),
+    _m(
+        "reward_levels",
+        "setting",
+        "levels",
+        "L used in the bounds: declared, or inferred as the distinct reward values seen so far",
+    ),
+    _m(
+        "reward_levels_inferred",
+        "setting",
+        "flag",
+        "1 when reward_levels was inferred from the rewards, 0 when declared",
+    ),
+    _m("capacity_bits", "bound", "bits", "bits_per_param × trainable LoRA parameters Σ r·(d_in+d_out)"),
+    _m("capacity_used", "estimate", "fraction", "bits_total / capacity_bits"),
+    _m("projected_bits", "estimate", "bits", "bits_total / steps done × planned steps"),
+    _m(
+        "rank_sufficient",
+        "estimate",
+        "rank",
+        "smallest uniform rank r with bits_per_param·r·Σ(d_in+d_out) >= projected_bits",
+    ),
+    _m("adapter_rank", "setting", "rank", "the largest LoRA rank among the adapted matrices"),
+    _m("params_per_rank", "exact", "parameters", "Σ(d_in+d_out) over the adapted matrices: parameters per unit rank"),
+)
+
+
+@dataclass
+class BandwidthConfig:
+    """Options of the bandwidth plugin (all optional); each field's ``doc`` is its documentation."""
+
+    reward_levels: int | None = option(
+        doc="L, the number of values the combined reward takes. Unset: inferred as the distinct values seen so far "
+        "(the metrics say so); without quantisation every distinct float of a continuous reward counts as a level, "
+        "which makes the bound loose"
+    )
+    reward_range: tuple[float, float] | None = option(
+        doc="(low, high): quantise a continuous reward to `reward_levels` evenly spaced levels over the range "
+        "before counting (b-bit quantisation)"
+    )
+    answer_extractor: Callable[[Any], Hashable | None] | None = option(
+        doc="completion -> final answer (or None); with binary rewards the group bound tightens to log2(M+1), "
+        "M the distinct answers in the group"
+    )
+    answer_space_size: int | None = option(
+        doc="V, with `answer_extractor`: the uniform-prior group value log2 V − ((V−M)/V)·log2(V−M)"
+    )
+    token_reward_levels: int | None = option(doc="A, for per-token rewards: the alphabet size in Σ_t log2 A")
+    bits_per_param: float = option(
+        DEFAULT_BITS_PER_PARAM,
+        doc="capacity convention: 32 (FP32 storage, the seed rule 64·r·d) or 2 (knowledge capacity)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.reward_levels is not None and self.reward_levels < 1:
+            raise ValueError(f"reward_levels must be >= 1, got {self.reward_levels}")
+        if self.reward_range is not None:
+            if self.reward_levels is None or self.reward_levels < 2:
+                raise ValueError("reward_range quantises the reward: also set reward_levels >= 2")
+            low, high = self.reward_range
+            if not high > low:
+                raise ValueError(f"reward_range must be (low, high) with low < high, got {self.reward_range}")
+        if self.answer_space_size is not None and self.answer_space_size < 1:
+            raise ValueError(f"answer_space_size must be >= 1, got {self.answer_space_size}")
+        if self.bits_per_param <= 0:
+            raise ValueError(f"bits_per_param must be positive, got {self.bits_per_param}")
+
+
+class BandwidthPlugin:
+    """Counts the bits each generation batch delivers and compares the run's total with capacity."""
+
+    fail_fast = True  # a built-in: its faults are bugs to see, not plugins to disable
+
+    def __init__(self, config: BandwidthConfig | None = None) -> None:
+        self.config = config or BandwidthConfig()
+        self.adapter: AdapterSummary | None = None
+        self.total_steps: int | None = None
+        self._warned_no_lora = False
+        # Run state (everything in get_state).
+        self.steps = 0
+        self.bits_total = 0.0
+        self.bound_total = 0.0
+        self.rollouts_total = 0
+        self.missing_total = 0
+        self.small_groups_total = 0
+        self.seen_levels: set[float] = set()
+        self.levels_saturated = False
+        self.warned: set[str] = set()
+        self.last_step: dict[str, float] = {}
+        self._pending = self._empty_pending()
+
+    # -- hooks ------------------------------------------------------------------------------
+    @hookimpl
+    def on_run_start(self, run: RunStarted) -> None:
+        self.total_steps = run.total_steps
+
+    @hookimpl
+    def on_adapter_ready(self, adapter: AdapterReady) -> None:
+        self.adapter = adapter.adapter
+        if not self.adapter.is_lora and not self._warned_no_lora:
+            self._warned_no_lora = True
+            warnings.warn(
+                "lora_rl_plugins: the model has no LoRA adapter, so adapter capacity "
+                "(bandwidth/capacity_bits, capacity_used, rank_sufficient) is not reported; the bits "
+                "delivered are. Pass peft_config= to the trainer (or wrap the model with peft.get_peft_model) "
+                "to train a LoRA adapter.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    @hookimpl
+    def on_rollouts_scored(self, batch: RolloutsScored) -> None:
+        for account in self.account(batch):
+            self._add(account)
+
+    @hookimpl
+    def on_step_end(self, step: StepEnded) -> None:
+        pending = self._pending
+        self._pending = self._empty_pending()
+        self.steps = step.step
+        if step.total_steps:
+            self.total_steps = step.total_steps
+        self.bits_total += pending["bits"]
+        self.bound_total += pending["bound"]
+        self.rollouts_total += int(pending["rollouts"])
+        self.last_step = {"bits_step": pending["bits"], "bound_step": pending["bound"]}
+        if pending["rollouts"]:
+            self.last_step["bits_per_rollout"] = pending["bits"] / pending["rollouts"]
+        if pending["groups"]:
+            self.last_step["zero_info_frac"] = pending["zero_groups"] / pending["groups"]
+        self._check_capacity()
+
+    @hookimpl
+    def collect_metrics(self) -> Mapping[str, float]:
+        values: dict[str, float] = dict(self.last_step)
+        values.update(
+            bits_total=self.bits_total,
+            bound_total=self.bound_total,
+            missing_rewards=float(self.missing_total),
+            small_groups=float(self.small_groups_total),
+        )
+        levels = self.reward_levels
+        if levels is not None:
+            values["reward_levels"] = float(levels)
+            values["reward_levels_inferred"] = float(self.config.reward_levels is None)
+        capacity = self.capacity_bits
+        if capacity is not None:
+            values["capacity_bits"] = capacity
+            values["capacity_used"] = self.bits_total / capacity
+            values["projected_bits"] = self.projected_bits
+            values["rank_sufficient"] = float(self.rank_sufficient or 0)
+            values["adapter_rank"] = float(self.adapter.max_rank)  # type: ignore[union-attr]
+            values["params_per_rank"] = float(self.adapter.params_per_rank)  # type: ignore[union-attr]
+        return {f"bandwidth/{name}": value for name, value in values.items()}
+
+    @hookimpl
+    def describe_metrics(self) -> Sequence[MetricInfo]:
+        return BANDWIDTH_METRICS
+
+    @hookimpl
+    def summary_line(self) -> str | None:
+        if not self.steps:
+            return None
+        line = f"bits {self.bits_total:,.0f} (bound {self.bound_total:,.0f})"
+        capacity = self.capacity_bits
+        if capacity:
+            line += f", capacity used {self.bits_total / capacity:.2%}"
+        return line
+
+    @hookimpl
+    def get_state(self) -> Mapping[str, Any]:
+        return {
+            "steps": self.steps,
+            "bits_total": self.bits_total,
+            "bound_total": self.bound_total,
+            "rollouts_total": self.rollouts_total,
+            "missing_total": self.missing_total,
+            "small_groups_total": self.small_groups_total,
+            "seen_levels": sorted(self.seen_levels),
+            "levels_saturated": self.levels_saturated,
+            "warned": sorted(self.warned),
+            "last_step": dict(self.last_step),
+        }
+
+    @hookimpl
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.bits_total = float(state["bits_total"])
+        self.bound_total = float(state["bound_total"])
+        self.rollouts_total = int(state["rollouts_total"])
+        self.missing_total = int(state["missing_total"])
+        self.small_groups_total = int(state["small_groups_total"])
+        self.seen_levels = {float(v) for v in state["seen_levels"]}
+        self.levels_saturated = bool(state["levels_saturated"])
+        self.warned = set(state["warned"])
+        self.last_step = {k: float(v) for k, v in state["last_step"].items()}
+        self._pending = self._empty_pending()
+
+    # -- accounting -------------------------------------------------------------------------
+    def account(self, batch: RolloutsScored) -> list[GroupAccount]:
+        """Account every group of ``batch`` (updates the inferred reward levels)."""
+        config = self.config
+        combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
+        for name, count in partly_missing(batch.rewards, batch.reward_names).items():
+            self._warn_once(
+                f"partly_missing:{name}",
+                f"lora_rl_plugins: reward function {name!r} returned None/NaN for {count} of {len(combined)} "
+                "rollouts that other reward functions scored; those rollouts are combined from the other functions "
+                "alone (TRL sums with nansum). Return a number for every rollout if that is not intended.",
+                MissingRewardWarning,
+            )
+        if config.reward_range is not None and config.reward_levels is not None:
+            low, high = config.reward_range
+            combined = [r if math.isnan(r) else float(quantise(r, config.reward_levels, low, high)) for r in combined]
+        self._observe_levels(r for r in combined if not math.isnan(r))
+        levels = self.reward_levels or 1
+        groups = split_groups(combined, batch.group_size)
+        completions = self._per_group(batch.completions, batch.group_size, "completions", len(combined))
+        answers = self._answers(batch, len(combined))
+        answer_groups = self._per_group(answers, batch.group_size, "answers", len(combined))
+        tokens = self._per_group(batch.token_rewards, batch.group_size, "token_rewards", len(combined))
+        accounts = []
+        for g, rewards in enumerate(groups):
+            group_completions = completions[g] if completions else None
+            if tokens is not None:
+                account = account_token_group(
+                    tokens[g], alphabet_size=self._token_levels(tokens[g]), completions=group_completions
+                )
+            else:
+                account = account_group(
+                    rewards,
+                    levels=levels,
+                    completions=group_completions,
+                    answers=answer_groups[g] if answer_groups else None,
+                    answer_space_size=config.answer_space_size,
+                )
+            accounts.append(account)
+        return accounts
+
+    @property
+    def reward_levels(self) -> int | None:
+        """L: declared, or the distinct rewards seen so far (None before any reward)."""
+        declared = self.config.reward_levels
+        seen = len(self.seen_levels)
+        if declared is None:
+            return seen or None
+        return max(declared, seen) if self.config.reward_range is None else declared
+
+    @property
+    def capacity_bits(self) -> float | None:
+        """bits_per_param × the adapter's trainable LoRA parameters; None without LoRA."""
+        if self.adapter is None or not self.adapter.is_lora:
+            return None
+        return adapter_capacity_bits(self.adapter.trainable_params, self.config.bits_per_param)
+
+    @property
+    def projected_bits(self) -> float:
+        """bits_total extrapolated linearly to the planned number of steps (bits_total if unknown)."""
+        if self.total_steps and self.steps:
+            return self.bits_total * max(self.total_steps, self.steps) / self.steps
+        return self.bits_total
+
+    @property
+    def rank_sufficient(self) -> int | None:
+        """Smallest uniform rank whose capacity holds ``projected_bits``; None without LoRA."""
+        if self.adapter is None or not self.adapter.is_lora:
+            return None
+        return smallest_rank(self.projected_bits, self.adapter.params_per_rank, self.config.bits_per_param)
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _empty_pending() -> dict[str, float]:
+        return {"bits": 0.0, "bound": 0.0, "rollouts": 0.0, "groups": 0.0, "zero_groups": 0.0}
+
+    def _add(self, account: GroupAccount) -> None:
+        pending = self._pending
+        pending["bits"] += account.estimate
+        pending["bound"] += account.bound
+        pending["rollouts"] += account.scored
+        pending["groups"] += 1
+        pending["zero_groups"] += account.constant
+        self.missing_total += account.missing
+        self.small_groups_total += account.rule == "too_small"
+        if account.rule == "too_small":
+            self._warn_once(
+                "too_small",
+                f"lora_rl_plugins: a group has {account.scored} scored rollout(s) of {account.size}: a group needs at "
+                "least 2 rewards for a group-normalised advantage, so it delivers 0 bits (counted in "
+                "bandwidth/small_groups). Check for reward functions returning None, or num_generations < 2.",
+                MissingRewardWarning,
+            )
+
+    @staticmethod
+    def _per_group(values: Sequence[Any] | None, size: int, what: str, expected: int) -> list[Sequence[Any]] | None:
+        if values is None:
+            return None
+        if len(values) != expected:
+            raise ValueError(f"{len(values)} {what} for {expected} rollouts: give exactly one per rollout")
+        return split_groups(values, size)
+
+    def _answers(self, batch: RolloutsScored, count: int) -> Sequence[Hashable | None] | None:
+        if batch.answers is not None:
+            return batch.answers
+        extractor = self.config.answer_extractor
+        if extractor is None or batch.completions is None:
+            return None
+        return [extractor(completion) for completion in batch.completions]
+
+    def _observe_levels(self, values: Any) -> None:
+        if self.levels_saturated:
+            return
+        for value in values:
+            self.seen_levels.add(value)
+            if len(self.seen_levels) >= MAX_TRACKED_LEVELS:
+                self.levels_saturated = True
+                self._warn_once(
+                    "levels_saturated",
+                    f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen; the reward looks "
+                    "continuous, so every distinct float counts as a level and the bound is loose. Set "
+                    "reward_levels and reward_range to quantise it (e.g. reward_levels=8, reward_range=(0, 1)).",
+                    RewardLevelsWarning,
+                )
+                return
+        declared = self.config.reward_levels
+        if declared is not None and self.config.reward_range is None and len(self.seen_levels) > declared:
+            self._warn_once(
+                "levels_exceeded",
+                f"lora_rl_plugins: reward_levels={declared} was declared but {len(self.seen_levels)} distinct "
+                "rewards were seen; the bounds use the observed count. Declare the right number of levels or "
+                "quantise with reward_range.",
+                RewardLevelsWarning,
+            )
+
+    def _token_levels(self, group: Sequence[Sequence[float]]) -> int:
+        if self.config.token_reward_levels is not None:
+            return self.config.token_reward_levels
+        return max(2, len({r for seq in group if seq is not None for r in seq}))
+
+    def _check_capacity(self) -> None:
+        capacity = self.capacity_bits
+        if not capacity:
+            return
+        used = self.bits_total / capacity
+        for threshold in CAPACITY_THRESHOLDS:
+            key = f"capacity_{threshold:g}"
+            if used >= threshold and key not in self.warned:
+                rank = self.adapter.max_rank if self.adapter else "?"
+                self._warn_once(
+                    key,
+                    f"lora_rl_plugins: the run has delivered an estimated {self.bits_total:,.0f} bits, "
+                    f"{used:.0%} of the adapter's capacity ({capacity:,.0f} bits at "
+                    f"{self.config.bits_per_param:g} bits/parameter, rank {rank}). "
+                    f"Projected over the run: {self.projected_bits:,.0f} bits; the smallest rank that holds them "
+                    f"is r={self.rank_sufficient}.",
+                    CapacityWarning,
+                )
+
+    def _warn_once(self, key: str, message: str, category: type[Warning]) -> None:
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        warnings.warn(message, category, stacklevel=3)

@@ -1,0 +1,116 @@
+"""The options every integration accepts, derived from the plugins' own config classes.
+
+Each option is a field of one config class (``BandwidthConfig``, ``KLMonitorConfig``,
+``ServingConfig``, ``HostConfig``): its name, default, validation and documentation live there
+once. ``PluginOptions(**options)`` routes each keyword to its class, so an invalid value raises
+the same error whichever integration it came through, and an unknown name is a ``TypeError``
+naming the closest option. ``options_table()`` renders them for docs (the README's option table
+is tested against it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..bandwidth.plugin import BandwidthConfig
+from ..kl.monitor import KLMonitorConfig
+from ..plugin.config import OptionDoc, option, option_docs
+from ..plugin.host import PluginHost
+from ..serving.plugin import ServingConfig
+from .builtin import default_builtins, make_plugin_manager
+
+__all__ = ["HostConfig", "PluginOptions", "option_documentation", "options_table"]
+
+
+@dataclass
+class HostConfig:
+    """Options of the plugin host; each field's ``doc`` is its documentation."""
+
+    plugins: Iterable[object] = option(
+        default_factory=tuple,
+        doc="extra plugin instances (each named after its class: `MyPlugin`, `MyPlugin_2`, ...)",
+    )
+    block: Iterable[str] = option(
+        default_factory=tuple,
+        doc='names of plugins not to load (e.g. `["kl_monitor"]`; also `LORA_RL_PLUGINS_BLOCK=a,b`)',
+    )
+    load_entry_points: bool = option(True, doc="load third-party plugins from the entry-point group `lora_rl_plugins`")
+
+    def __post_init__(self) -> None:
+        self.plugins, self.block = tuple(self.plugins), tuple(self.block)
+        if isinstance(self.load_entry_points, str) or not isinstance(self.load_entry_points, bool):
+            raise TypeError(f"load_entry_points must be True or False, got {self.load_entry_points!r}")
+
+
+#: (group name, config class) in documentation order.
+OPTION_GROUPS: tuple[tuple[str, type], ...] = (
+    ("bandwidth", BandwidthConfig),
+    ("kl_monitor", KLMonitorConfig),
+    ("serving", ServingConfig),
+    ("host", HostConfig),
+)
+
+
+def option_documentation() -> list[OptionDoc]:
+    """Every option every integration accepts, with its default and documentation."""
+    return [doc for group, config_class in OPTION_GROUPS for doc in option_docs(config_class, group)]
+
+
+def options_table() -> str:
+    """The options as a Markdown table (option, default, meaning)."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows += [
+        f"| `{doc.name}` | `{doc.default}` | {doc.doc.replace('|', chr(92) + '|')} |" for doc in option_documentation()
+    ]
+    return "\n".join(rows)
+
+
+class PluginOptions:
+    """The options of ``LoraRLCallback`` (TRL and Lightning alike), validated by their config classes.
+
+    Args:
+        **options: any option of ``option_documentation()``.
+
+    Raises:
+        TypeError: an unknown option name (the message names the closest known one).
+        ValueError: an invalid value, from the config class that owns the option.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        by_group: dict[str, dict[str, Any]] = {group: {} for group, _ in OPTION_GROUPS}
+        owners = {f.name: group for group, cls in OPTION_GROUPS for f in dataclasses.fields(cls)}
+        for name, value in options.items():
+            if name not in owners:
+                close = difflib.get_close_matches(name, owners, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(f"unknown lora_rl_plugins option {name!r}.{hint} Known: {', '.join(owners)}")
+            by_group[owners[name]][name] = value
+        self.explicit = frozenset(options)
+        """The options the user set explicitly."""
+        self.bandwidth = BandwidthConfig(**by_group["bandwidth"])
+        self.kl_monitor = KLMonitorConfig(**by_group["kl_monitor"])
+        self.serving = ServingConfig(**by_group["serving"])
+        self.host = HostConfig(**by_group["host"])
+
+    @property
+    def kl_free(self) -> bool:
+        """Train without a reference model (``kl_free=True``)."""
+        return self.kl_monitor.kl_free
+
+    @property
+    def kl_requested(self) -> bool:
+        """The user asked for the KL monitor (KL-free mode, a budget, a cadence): no LoRA is then an error."""
+        cadence = self.explicit & {"kl_every", "kl_max_sequences", "kl_reference"}
+        return self.kl_free or self.kl_monitor.kl_budget is not None or bool(cadence)
+
+    def build_host(self) -> PluginHost:
+        """A plugin host with the configured built-ins, ``plugins`` and entry-point plugins."""
+        builtins = default_builtins(self.bandwidth, self.kl_monitor, self.serving, kl_required=self.kl_requested)
+        pm = make_plugin_manager(
+            builtins, extra=self.host.plugins, block=self.host.block, load_entry_points=self.host.load_entry_points
+        )
+        return PluginHost(pm)

@@ -1,0 +1,82 @@
+"""What every integration does the same way, framework-free: start a run in hook order, build the
+events from a trainer's tensors and lists, and gather them across processes."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from ..lora.adapters import summarize_adapter
+from ..plugin.collective import Collective
+from ..plugin.events import AdapterReady, AdapterSummary, PolicySample, RolloutsScored, RunStarted
+from ..plugin.host import PluginHost
+
+__all__ = ["policy_sample", "rollouts_scored", "start_run"]
+
+
+def start_run(host: PluginHost, run: RunStarted, model: Any) -> AdapterSummary:
+    """``on_run_start`` then ``on_adapter_ready`` (the hook order every integration follows)."""
+    host.on_run_start(run)
+    adapter = summarize_adapter(model)
+    host.on_adapter_ready(AdapterReady(adapter, model))
+    return adapter
+
+
+def rollouts_scored(
+    collective: Collective,
+    *,
+    step: int,
+    rewards: Sequence[Sequence[float]],
+    reward_names: Sequence[str],
+    reward_weights: Sequence[float],
+    group_size: int,
+    completions: Sequence[Any] | None = None,
+    answers: Sequence[Hashable] | None = None,
+    token_rewards: Sequence[Sequence[float]] | None = None,
+    rewards_gathered: bool = False,
+) -> RolloutsScored:
+    """A ``RolloutsScored`` with every process's rollouts in process order.
+
+    Each per-rollout list given for this process only is gathered through ``collective``;
+    ``rewards_gathered=True`` says the trainer already gathered the rewards (TRL does).
+    Every process must call this with the same set of arguments present.
+    """
+
+    def gather(values: Sequence[Any] | None) -> list[Any] | None:
+        return None if values is None else collective.gather_objects(list(values))
+
+    return RolloutsScored(
+        step=step,
+        rewards=[list(row) for row in rewards] if rewards_gathered else gather(rewards),  # type: ignore[arg-type]
+        reward_names=list(reward_names),
+        reward_weights=[float(w) for w in reward_weights],
+        group_size=group_size,
+        completions=gather(completions),
+        answers=gather(answers),
+        token_rewards=gather(token_rewards),
+    )
+
+
+def policy_sample(
+    *,
+    step: int,
+    model: Any,
+    prompt_ids: Any,
+    prompt_mask: Any,
+    completion_ids: Any,
+    completion_mask: Any,
+    temperature: float,
+    collective: Collective,
+) -> PolicySample:
+    """A ``PolicySample`` from prompt [B, P] and completion [B, C] tensors (ids and masks)."""
+    import torch
+
+    return PolicySample(
+        step=step,
+        model=model,
+        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask, completion_mask], dim=1),
+        completion_mask=completion_mask,
+        temperature=float(temperature),
+        collective=collective,
+    )

@@ -1,0 +1,161 @@
+"""PyTorch Lightning integration: ``Trainer(callbacks=[LoraRLCallback(...)])``.
+
+Lightning has no GRPO trainer of its own: a GRPO-style ``LightningModule`` reports what it sampled
+and how it was scored by returning a dict from ``training_step`` (the contract is in
+``lora_rl_plugins.bridge.grpo_output``); the callback reads it in ``on_train_batch_end``, logs
+through ``pl_module.log`` (so every Lightning logger receives the metrics), keeps its state in
+``state_dict()`` under ``state_key`` (so checkpoints resume exactly), gathers across DDP processes
+through the strategy, and answers the module's one question about the KL term:
+``callback.kl_beta(beta)``.
+
+No math or parsing lives here: everything is translated into the core's events.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lightning.pytorch import Callback
+
+from lora_rl_plugins.bridge.grpo_output import CONTRACT, GRPOOutputError, GRPOReport, parse_grpo_output
+from lora_rl_plugins.bridge.options import PluginOptions
+from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
+from lora_rl_plugins.plugin.collective import TensorCollective
+from lora_rl_plugins.plugin.events import RunStarted, StepEnded
+
+__all__ = ["CONTRACT", "GRPOOutputError", "LoraRLCallback", "lightning_collective"]
+
+#: Progress-bar name -> metric shown there.
+PROGRESS_BAR = {"bits": "bandwidth/bits_total", "cap_used": "bandwidth/capacity_used", "kl": "kl_monitor/kl_mean"}
+
+
+def lightning_collective(trainer: Any) -> TensorCollective:
+    """Cross-process sums, maxima and object gathering through the trainer's Lightning strategy."""
+    strategy = trainer.strategy
+    return TensorCollective(strategy.all_gather, strategy.root_device, trainer.world_size, trainer.global_rank)
+
+
+class LoraRLCallback(Callback):
+    """Information-bandwidth accounting, KL monitor and adapter checks for a Lightning GRPO module.
+
+    Args:
+        model_attribute: the attribute of the LightningModule that holds the PEFT model (the module
+            itself when None).
+        **options: ``lora_rl_plugins.bridge.options.PluginOptions``, as for the TRL callback; with
+            ``kl_free=True`` the module should compute no reference log-probs while
+            ``kl_beta(0.0) == 0``.
+
+    Raises:
+        TypeError, ValueError: an unknown option or an invalid value.
+        GRPOOutputError: ``training_step`` returned something outside the contract.
+    """
+
+    def __init__(self, *, model_attribute: str | None = "model", **options: Any) -> None:
+        self.model_attribute = model_attribute
+        self.options = PluginOptions(**options)
+        self.kl_free = self.options.kl_free
+        self.host = self.options.build_host()
+        self._steps_done = 0
+        self._total_steps: int | None = None
+
+    @classmethod
+    def of(cls, trainer: Any) -> LoraRLCallback | None:
+        """The ``LoraRLCallback`` among ``trainer.callbacks`` (None if there is none)."""
+        return next((cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, cls)), None)
+
+    # -- the module's question -------------------------------------------------------------
+    def kl_beta(self, beta: float = 0.0) -> float:
+        """The KL coefficient the module should use now: ``beta``, or the penalty the monitor turned on.
+
+        Compute reference log-probs only when this is > 0 (in KL-free mode it is 0 until a budget
+        action turns a penalty on).
+
+        Raises:
+            ValueError: ``kl_free=True`` and the module uses ``beta != 0``.
+        """
+        if self.kl_free and beta:
+            raise ValueError(f"kl_free=True, but the module uses beta={beta}: set the module's beta to 0.0")
+        penalty = self.host.requests.kl_beta
+        return penalty if penalty is not None else beta
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(model_attribute=self.model_attribute)
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._steps_done = trainer.global_step
+        total = trainer.estimated_stepping_batches
+        self._total_steps = int(total) if total and math.isfinite(total) else None
+        run = RunStarted(
+            framework="lightning",
+            total_steps=self._total_steps,
+            world_size=trainer.world_size,
+            options={"beta": self.kl_beta(0.0)},
+        )
+        start_run(self.host, run, self._policy(pl_module))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        report = parse_grpo_output(outputs)
+        collective = lightning_collective(trainer)
+        step = trainer.global_step if trainer.global_step > self._steps_done else self._steps_done + 1
+        self._rollouts_scored(report, collective, step)
+        if report.sequences is not None and self.host.implements("on_policy_sampled"):
+            prompt_ids, prompt_mask, completion_ids, completion_mask = report.sequences
+            sample = policy_sample(
+                step=step,
+                model=self._policy(pl_module),
+                prompt_ids=prompt_ids,
+                prompt_mask=prompt_mask,
+                completion_ids=completion_ids,
+                completion_mask=completion_mask,
+                temperature=report.temperature,
+                collective=collective,
+            )
+            self.host.on_policy_sampled(sample)
+        if trainer.global_step > self._steps_done:  # an optimizer step finished with this batch
+            self._steps_done = trainer.global_step
+            self._step_ended(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.host.on_run_end()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plugins": self.host.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        plugins = dict(state_dict.get("plugins", {}))
+        if "penalty_beta" in state_dict and state_dict["penalty_beta"] is not None:  # checkpoints of version 0.1
+            plugins.setdefault("_trainer", {"kl_beta": state_dict["penalty_beta"]})
+        self.host.set_state(plugins)
+
+    # -- translation -----------------------------------------------------------------------
+    def _policy(self, pl_module: Any) -> Any:
+        return pl_module if self.model_attribute is None else getattr(pl_module, self.model_attribute)
+
+    def _rollouts_scored(self, report: GRPOReport, collective: TensorCollective, step: int) -> None:
+        batch = rollouts_scored(
+            collective,
+            step=step,
+            rewards=report.rewards,
+            reward_names=report.reward_names,
+            reward_weights=report.reward_weights,
+            group_size=report.generations,
+            completions=report.completions,
+            answers=report.answers,
+            token_rewards=report.token_rewards,
+        )
+        self.host.on_rollouts_scored(batch)
+
+    def _step_ended(self, trainer: Any, pl_module: Any) -> None:
+        self.host.on_step_end(StepEnded(trainer.global_step, self._total_steps))
+        if self.host.requests.take_stop() is not None:
+            trainer.should_stop = True
+        self.host.requests.take_kl_beta()  # the module reads the active penalty through kl_beta()
+        metrics = self.host.collect_metrics()
+        if metrics:
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True, batch_size=1)
+            # the live view: headline numbers in Lightning's progress bar (not sent to loggers twice)
+            headline = {short: metrics[name] for short, name in PROGRESS_BAR.items() if name in metrics}
+            pl_module.log_dict(headline, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)

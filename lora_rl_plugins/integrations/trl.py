@@ -1,0 +1,242 @@
+"""TRL ``GRPOTrainer`` integration: one callback, added with one line.
+
+    trainer = GRPOTrainer(model=..., reward_funcs=..., args=..., peft_config=...)
+    trainer.add_callback(LoraRLCallback(trainer))       # the one added line
+    trainer.train()
+
+Like TRL's own ``LogCompletionsCallback(trainer)``, the callback takes the trainer because
+transformers callbacks never receive it. It sees each generation batch's rewards exactly once by
+wrapping the trainer's ``_calculate_rewards`` (which returns every process's rewards, gathered,
+in global order: TRL 1.16), and hands its metrics to TRL's own metric store, so they are averaged
+like TRL's ``reward`` and reach ``trainer.state.log_history`` and every ``report_to`` backend.
+Its state is saved in checkpoints through transformers' ``ExportableState`` (see
+``LoraRLCheckpointState``) and restored on resume. No math lives here: events are built by
+``lora_rl_plugins.bridge.translate`` and everything else happens in the plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
+
+from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
+from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
+from lora_rl_plugins.kl.kl_free import check_kl_free
+from lora_rl_plugins.plugin.collective import TensorCollective
+from lora_rl_plugins.plugin.events import RunStarted, StepEnded
+
+__all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective"]
+
+
+def accelerate_collective(accelerator: Any) -> TensorCollective:
+    """Cross-process sums and maxima through the trainer's ``accelerate.Accelerator``."""
+    from accelerate.utils import gather_object
+
+    return TensorCollective(
+        accelerator.gather, accelerator.device, accelerator.num_processes, accelerator.process_index, gather_object
+    )
+
+
+class LoraRLCheckpointState(TrainerCallback, ExportableState):
+    """Carries the plugins' state into ``trainer_state.json`` at every checkpoint.
+
+    A separate, argument-free callback so that transformers can rebuild it on resume when
+    ``restore_callback_states_from_checkpoint=True``; ``LoraRLCallback`` restores from it either way.
+    """
+
+    def __init__(self) -> None:
+        self.plugin_state: dict[str, Any] = {}
+        self.owner: LoraRLCallback | None = None
+
+    def state(self) -> dict:
+        if self.owner is not None:
+            self.plugin_state = self.owner.host.get_state()
+        return {"args": {}, "attributes": {"plugin_state": self.plugin_state}}
+
+
+class LoraRLCallback(TrainerCallback):
+    """Information-bandwidth accounting, KL monitor and adapter checks for a TRL ``GRPOTrainer``.
+
+    Args:
+        trainer: the ``GRPOTrainer`` to observe.
+        live_view: show the plugins' one-line summary (bits, capacity used, KL vs budget) in the
+            progress bar at the logging interval.
+        **options: the options below (``lora_rl_plugins.bridge.options.PluginOptions``).
+
+    Raises:
+        TypeError: ``trainer`` is not a ``GRPOTrainer``, or an option is unknown.
+        ValueError: an option's value is invalid (the message names it).
+        KLFreeError: ``kl_free=True`` with settings that contradict it.
+    """
+
+    def __init__(self, trainer: Any, *, live_view: bool = True, **options: Any) -> None:
+        if not hasattr(trainer, "_calculate_rewards") or not hasattr(trainer, "num_generations"):
+            raise TypeError(
+                f"LoraRLCallback needs a trl.GRPOTrainer, got {type(trainer).__name__}. "
+                "Create the trainer first, then: trainer.add_callback(LoraRLCallback(trainer))."
+            )
+        self.trainer = trainer
+        self.live_view = live_view
+        self.options = PluginOptions(**options)
+        self.kl_free = self.options.kl_free
+        if self.kl_free:
+            peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", None) or {}
+            check_kl_free(
+                beta=trainer.beta,
+                sync_ref_model=bool(getattr(trainer.args, "sync_ref_model", False)),
+                reference_model=getattr(trainer, "ref_model", None),
+                reference_adapter="ref" in peft_config,
+            )
+        self.host = self.options.build_host()
+        self._metric_infos = self.host.describe_metrics()
+        self.checkpoint_state = LoraRLCheckpointState()
+        self.checkpoint_state.owner = self
+        trainer.add_callback(self.checkpoint_state)
+        self._wrap_reward_calculation(trainer)
+        self._wrap_generation(trainer)
+
+    # -- trainer events -> hooks ---------------------------------------------------------------
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._restore(state)
+        trainer = self.trainer
+        run = RunStarted(
+            framework="trl",
+            group_size=trainer.num_generations,
+            total_steps=state.max_steps or None,
+            world_size=trainer.accelerator.num_processes,
+            options={
+                "beta": trainer.beta,
+                "temperature": trainer.temperature,
+                "use_vllm": bool(getattr(trainer, "use_vllm", False)),
+                "generation_batch_size": args.generation_batch_size,
+                "steps_per_generation": args.steps_per_generation,
+                "num_iterations": trainer.num_iterations,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            },
+        )
+        self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
+        self._collective = accelerate_collective(trainer.accelerator)
+        start_run(self.host, run, model)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.host.on_step_end(StepEnded(state.global_step, state.max_steps or None))
+        if self.host.requests.take_stop() is not None:
+            control.should_training_stop = True
+        self._publish(self.host.collect_metrics())
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any
+    ) -> None:
+        """The live view: the plugins' one-line summary at the logging interval, in the progress bar
+        (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log."""
+        if not self.live_view or not state.is_local_process_zero or "train_runtime" in (logs or {}):
+            return
+        summary = self.host.summary_line()
+        if not summary:
+            return
+        callbacks = self.trainer.callback_handler.callbacks
+        bar = next((cb.training_bar for cb in callbacks if isinstance(cb, ProgressCallback) and cb.training_bar), None)
+        if bar is not None:
+            bar.set_postfix_str(summary, refresh=False)
+        elif any(isinstance(cb, PrinterCallback) for cb in callbacks):
+            print(f"lora-rl step {state.global_step}: {summary}")
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.host.on_run_end()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _wrap_reward_calculation(self, trainer: Any) -> None:
+        original = trainer._calculate_rewards
+
+        def calculate_rewards(inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
+            rewards_per_func = original(inputs, prompts, completions, completion_ids_list)
+            if trainer.model.training:  # evaluation rollouts train nothing
+                self._rollouts_scored(rewards_per_func, completions)
+            return rewards_per_func
+
+        trainer._calculate_rewards = calculate_rewards
+
+    def _wrap_generation(self, trainer: Any) -> None:
+        original = trainer._generate_and_score_completions
+
+        def generate_and_score_completions(inputs: Any) -> Any:
+            beta = self.host.requests.take_kl_beta() if trainer.model.training else None
+            if beta is not None:
+                # Between generation batches, so every buffered batch has reference log-probs if beta > 0.
+                trainer.beta = beta
+            output = original(inputs)
+            if trainer.model.training:
+                self._policy_sampled(output)
+            return output
+
+        trainer._generate_and_score_completions = generate_and_score_completions
+
+    def _policy_sampled(self, output: Mapping[str, Any]) -> None:
+        if not self.host.implements("on_policy_sampled"):
+            return
+        trainer = self.trainer
+        sample = policy_sample(
+            step=trainer.state.global_step + 1,
+            model=self._model,
+            prompt_ids=output["prompt_ids"],
+            prompt_mask=output["prompt_mask"],
+            completion_ids=output["completion_ids"],
+            completion_mask=output["completion_mask"],
+            temperature=trainer.temperature,
+            collective=self._collective,
+        )
+        self.host.on_policy_sampled(sample)
+
+    def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any]) -> None:
+        trainer = self.trainer
+        batch = rollouts_scored(
+            self._collective,
+            step=trainer.state.global_step + 1,
+            rewards=rewards_per_func.float().cpu().tolist(),
+            rewards_gathered=True,  # TRL's _calculate_rewards returns every process's rewards
+            reward_names=list(trainer.reward_func_names),
+            reward_weights=trainer.reward_weights.float().cpu().tolist(),
+            group_size=trainer.num_generations,
+            completions=completions,
+        )
+        self.host.on_rollouts_scored(batch)
+
+    def _publish(self, metrics: Mapping[str, float]) -> None:
+        """Put metrics into TRL's metric store: per-step ones are averaged over the logging window."""
+        store = self.trainer._metrics["train"]
+        for name, value in metrics.items():
+            info = self._metric_infos.get(name)
+            if (info is not None and info.reduce == "mean") or name.startswith("plugins/"):
+                store[name].append(value)
+            else:
+                store[name] = [value]
+
+    def _restore(self, state: TrainerState) -> None:
+        holder = next(
+            (cb for cb in self.trainer.callback_handler.callbacks if isinstance(cb, LoraRLCheckpointState)),
+            None,
+        )
+        if holder is None:  # transformers removed it while rebuilding callbacks: put ours back
+            holder = self.checkpoint_state
+            self.trainer.add_callback(holder)
+        holder.owner, self.checkpoint_state = self, holder
+        saved = (state.stateful_callbacks or {}).get(type(holder).__name__)
+        if isinstance(saved, list):
+            saved = saved[-1]
+        plugin_state = (saved or {}).get("attributes", {}).get("plugin_state")
+        if plugin_state:
+            self.host.set_state(plugin_state)
+
+
+LoraRLCallback.__doc__ = (
+    (LoraRLCallback.__doc__ or "")
+    + "    Options:\n"
+    + "".join(f"        {doc.name} (default {doc.default}): {doc.doc}.\n" for doc in option_documentation())
+)

@@ -1,0 +1,11 @@
+"""Policy drift: the exact KL between the policy and its reference, its bounds, KL-free checks, the monitor.
+
+``measure`` (chunked exact KL, torch imported inside), ``reference`` (the reference without a copy),
+``bounds`` (rank-dependent bounds and the Hoeffding certificate), ``kl_free`` (what contradicts
+KL-free training) and ``monitor`` (the built-in plugin).
+"""
+
+from .kl_free import KLFreeError, check_kl_free
+from .monitor import KL_METRICS, KLBudgetWarning, KLMonitorConfig, KLMonitorPlugin
+
+__all__ = ["KL_METRICS", "KLBudgetWarning", "KLFreeError", "KLMonitorConfig", "KLMonitorPlugin", "check_kl_free"]

@@ -1,0 +1,54 @@
+"""Rank-dependent bounds on the KL between a LoRA policy and its reference (docs/theory.md §3, derived).
+
+Notation: reference logits z(s), updated logits z(s) + δ(s); pi = softmax(logits / T).
+
+* Hoeffding certificate, per state: KL <= (max_a δ_a − min_a δ_a)² / (8 T²), both directions.
+* Single layer (the setting of [Rottman]): pi(a|s) = softmax(W h(s)), W = W0 + γ B A, ||h(s)|| <= H:
+  sup_s KL <= (γ² H² / (4 T²)) · ||B A||_2².
+* ||B A||_2² = λ_max((BᵀB)(AAᵀ)) and ||B A||_F² = tr((BᵀB)(AAᵀ)): r x r products only;
+  ||B A||_F <= √r ||B A||_2.
+
+torch is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["UpdateNorms", "hoeffding_certificate", "single_layer_kl_bound", "update_norms"]
+
+
+@dataclass(frozen=True)
+class UpdateNorms:
+    """Norms of one module's LoRA update γ·B·A."""
+
+    spectral: float
+    """γ ||B A||_2."""
+    frobenius: float
+    """γ ||B A||_F."""
+    rank: int
+
+
+def update_norms(lora_b: Any, lora_a: Any, scaling: float) -> UpdateNorms:
+    """γ‖BA‖₂ and γ‖BA‖_F from B (d_out x r) and A (r x d_in), via r x r products (float64)."""
+    import torch
+
+    b = lora_b.detach().to(torch.float64).reshape(lora_b.shape[0], -1)
+    a = lora_a.detach().to(torch.float64).reshape(lora_a.shape[0], -1)
+    product = (b.T @ b) @ (a @ a.T)  # r x r; eigenvalues real and >= 0 (product of two PSD matrices)
+    eigenvalues = torch.linalg.eigvals(product).real.clamp_min(0.0)
+    spectral_sq = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
+    frobenius_sq = max(float(torch.trace(product)), 0.0)
+    return UpdateNorms(abs(scaling) * spectral_sq**0.5, abs(scaling) * frobenius_sq**0.5, int(a.shape[0]))
+
+
+def single_layer_kl_bound(update_spectral: float, feature_norm: float, temperature: float = 1.0) -> float:
+    """sup_s KL <= (γ‖BA‖₂)² H² / (4 T²) for an adapted output layer with features ||h(s)|| <= H."""
+    return (update_spectral * feature_norm) ** 2 / (4.0 * temperature**2)
+
+
+def hoeffding_certificate(delta: Any, dim: int = -1) -> Any:
+    """(max δ − min δ)² / 8 along ``dim``: a bound on KL in both directions for log-probability shifts δ."""
+    spread = delta.amax(dim=dim) - delta.amin(dim=dim)
+    return spread.square() / 8.0

@@ -1,0 +1,339 @@
+"""KL monitor: measured drift of the LoRA policy from its reference, a rank-dependent bound, a budget.
+
+Every ``kl_every`` generation batches it measures the exact KL on (up to ``kl_max_sequences``
+per process of) the completions just generated, reduces it over processes, computes the
+adapter's update norms and bounds, and holds ``kl_mean`` against ``kl_budget``: over budget it
+warns, stops training cleanly, or turns on a KL penalty (``on_budget``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from ..lora.adapters import lora_layers
+from ..plugin.config import option
+from ..plugin.events import AdapterReady, AdapterSummary, PolicySample, SetKLPenalty, StepEnded, StopTraining
+from ..plugin.hookspecs import hookimpl
+from ..plugin.log import logger
+from ..plugin.metrics import MetricInfo
+from .reference import ReferencePolicy
+
+__all__ = ["KL_METRICS", "KLBudgetWarning", "KLMonitorConfig", "KLMonitorPlugin"]
+
+#: Generation batches between measurements by default: keeps the monitor's cost under 5 % of a
+#: GRPO step (measured in benchmarks/kl_free.py; see the README).
+DEFAULT_KL_EVERY = 10
+DEFAULT_MAX_SEQUENCES = 32
+#: Output layers the single-layer bound applies to.
+OUTPUT_LAYER_NAMES = ("lm_head", "embed_out", "output")
+
+
+def _standard_error(total: float, total_squared: float, count: float) -> float:
+    """Standard error of a mean from its sum and sum of squares: sqrt((E[x²] − E[x]²) / n)."""
+    mean = total / count
+    return max(total_squared / count - mean * mean, 0.0) ** 0.5 / count**0.5
+
+
+class KLBudgetWarning(UserWarning):
+    """The measured KL exceeded ``kl_budget``."""
+
+
+def _m(name: str, kind: str, unit: str, definition: str) -> MetricInfo:
+    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition)  # type: ignore[arg-type]
+
+
+KL_METRICS: tuple[MetricInfo, ...] = (
+    _m(
+        "kl_mean",
+        "exact",
+        "nats/token",
+        "full-vocabulary KL(π_θ‖π_ref) at each measured completion token, "
+        "averaged over tokens (at the sampling temperature)",
+    ),
+    _m(
+        "kl_seq_mean",
+        "exact",
+        "nats/sequence",
+        "Σ over a sequence's completion tokens of the per-token KL, averaged over sequences",
+    ),
+    _m("kl_max", "exact", "nats/token", "largest per-token KL(π_θ‖π_ref) among the measured tokens"),
+    _m("reverse_kl_mean", "exact", "nats/token", "full-vocabulary KL(π_ref‖π_θ), averaged over tokens"),
+    _m(
+        "k3_mean",
+        "estimate",
+        "nats/token",
+        "TRL's k3 estimator exp(ref−logp)−(ref−logp)−1 on the sampled tokens; comparable to TRL's `kl`",
+    ),
+    _m(
+        "certificate",
+        "bound",
+        "nats/token",
+        "mean over tokens of (max δ − min δ)²/8, δ the log-probability shift: "
+        ">= kl_mean and >= reverse_kl_mean (Hoeffding)",
+    ),
+    _m(
+        "bound",
+        "bound",
+        "nats/token",
+        "single-layer bound (γ‖BA‖₂)²H²/(4T²) for an adapted output layer, H the "
+        "largest feature norm measured; bounds every token's KL when the output layer is the only adapted module",
+    ),
+    _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
+    _m("update_spectral_max", "exact", "norm", "largest γ‖BA‖₂ over the adapted modules"),
+    _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted modules"),
+    _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
+    _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
+)
+
+
+@dataclass
+class KLMonitorConfig:
+    """Options of the KL monitor; each field's ``doc`` is its documentation."""
+
+    kl_free: bool = option(
+        False,
+        doc='no reference model, no "ref" adapter, no reference forward pass (`beta` must be 0.0; '
+        "contradicting settings raise `KLFreeError`). The KL monitor stays on",
+    )
+    kl_every: int = option(
+        DEFAULT_KL_EVERY,
+        doc="generation batches between KL measurements (1 = every batch; the default costs under 5 % of a step, "
+        "see Benchmarks)",
+    )
+    kl_max_sequences: int = option(DEFAULT_MAX_SEQUENCES, doc="sequences measured per process (the batch's first)")
+    kl_budget: float | None = option(doc="the largest `kl_monitor/kl_mean` (nats/token) allowed; None = no budget")
+    on_budget: Literal["warn", "stop", "penalize"] = option(
+        "warn",
+        doc='beyond the budget: "warn" (a `KLBudgetWarning`), "stop" (a clean stop through the trainer\'s '
+        'control flow) or "penalize" (a KL penalty `kl_penalty_beta` toward the reference from the next '
+        "generation batch; saved in checkpoints)",
+    )
+    kl_penalty_beta: float = option(0.04, doc='the KL coefficient on_budget="penalize" turns on')
+    kl_reference: Literal["auto", "base", "initial_adapter"] = option(
+        "auto",
+        doc='"auto" (TRL\'s frozen "ref" adapter if the model has one, else adapters disabled), "base" '
+        '(adapters disabled) or "initial_adapter" (a snapshot of the adapter as this run started: an adapter '
+        "trained before this run, TRL issue #3194)",
+    )
+    kl_module_norms: bool | Literal["auto"] = option(
+        "auto", doc='log each module\'s update norms ("auto": when there are at most 64 modules)'
+    )
+
+    def __post_init__(self) -> None:
+        if self.kl_every < 1:
+            raise ValueError(f"kl_every must be >= 1 (generation batches between measurements), got {self.kl_every}")
+        if self.kl_max_sequences < 1:
+            raise ValueError(f"kl_max_sequences must be >= 1, got {self.kl_max_sequences}")
+        if self.kl_budget is not None and not self.kl_budget > 0:
+            raise ValueError(f"kl_budget must be a positive number of nats per token, got {self.kl_budget}")
+        if self.on_budget not in ("warn", "stop", "penalize"):
+            raise ValueError(f"on_budget must be 'warn', 'stop' or 'penalize', got {self.on_budget!r}")
+        if self.on_budget != "warn" and self.kl_budget is None:
+            raise ValueError(f"on_budget={self.on_budget!r} needs a kl_budget")
+        if not self.kl_penalty_beta > 0:
+            raise ValueError(f"kl_penalty_beta must be > 0, got {self.kl_penalty_beta}")
+        if self.kl_reference not in ("auto", "base", "initial_adapter"):
+            raise ValueError(f"kl_reference must be 'auto', 'base' or 'initial_adapter', got {self.kl_reference!r}")
+        if self.kl_module_norms not in (True, False, "auto"):
+            raise ValueError(f"kl_module_norms must be True, False or 'auto', got {self.kl_module_norms!r}")
+
+
+class KLMonitorPlugin:
+    """Measures KL(π_θ‖π_ref) on generated completions and enforces a budget.
+
+    Args:
+        config: the monitor's options.
+        required: the user asked for the monitor (KL-free mode, a budget, a cadence): a model
+            without LoRA is then a ``NotALoraModelError`` instead of a warning.
+    """
+
+    fail_fast = True  # a built-in: its faults are bugs to see, not plugins to disable
+
+    def __init__(self, config: KLMonitorConfig | None = None, *, required: bool = False) -> None:
+        self.config = config or KLMonitorConfig()
+        self.required = required
+        self.active = True
+        self.adapter: AdapterSummary | None = None
+        self.reference: ReferencePolicy | None = None
+        # run state (get_state)
+        self.batches_seen = 0
+        self.values: dict[str, float] = {}
+        self.module_norms: dict[str, dict[str, float]] = {}
+        self.penalty_beta = 0.0
+        self.over_budget = False
+        self.budget_actions = 0
+        self._pending_action: StopTraining | SetKLPenalty | None = None
+
+    # -- hooks ------------------------------------------------------------------------------
+    @hookimpl
+    def on_adapter_ready(self, adapter: AdapterReady) -> None:
+        self.adapter = adapter.adapter
+        if not adapter.adapter.is_lora:
+            if self.required:
+                ReferencePolicy.require_lora(adapter.model)
+            self.active = False
+            warnings.warn(
+                "lora_rl_plugins: the KL monitor is off: it measures drift through the model's LoRA adapter and "
+                "this model has none.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        mode = self.config.kl_reference
+        peft_config = getattr(adapter.model, "peft_config", {}) or {}
+        if mode == "initial_adapter":
+            self.reference = ReferencePolicy("snapshot")
+            self.reference.take_snapshot(adapter.model)
+        elif mode == "auto" and "ref" in peft_config:
+            self.reference = ReferencePolicy("adapter", "ref")  # TRL's frozen copy of a pre-trained adapter
+        else:
+            self.reference = ReferencePolicy("disable")
+
+    @hookimpl
+    def on_policy_sampled(self, sample: PolicySample) -> None:
+        if not self.active:
+            return
+        due = self.batches_seen % self.config.kl_every == 0
+        self.batches_seen += 1
+        if due:
+            self.measure(sample)
+
+    @hookimpl
+    def on_step_end(self, step: StepEnded) -> Sequence[StopTraining | SetKLPenalty] | None:
+        action, self._pending_action = self._pending_action, None
+        return [action] if action is not None else None
+
+    @hookimpl
+    def collect_metrics(self) -> Mapping[str, float]:
+        values = dict(self.values)
+        if self.config.kl_budget is not None:
+            values["budget"] = self.config.kl_budget
+        if self.values:
+            values["penalty_beta"] = self.penalty_beta
+        metrics = {f"kl_monitor/{name}": value for name, value in values.items()}
+        if self._log_module_norms():
+            for module, norms in self.module_norms.items():
+                for kind, value in norms.items():
+                    metrics[f"kl_monitor/norms/{module}/{kind}"] = value
+        return metrics
+
+    @hookimpl
+    def describe_metrics(self) -> Sequence[MetricInfo]:
+        return KL_METRICS
+
+    @hookimpl
+    def summary_line(self) -> str | None:
+        if "kl_mean" not in self.values:
+            return None
+        line = f"KL {self.values['kl_mean']:.3g}"
+        if self.config.kl_budget is not None:
+            line += f"/{self.config.kl_budget:g} budget"
+        return line
+
+    @hookimpl
+    def get_state(self) -> Mapping[str, Any]:
+        return {
+            "batches_seen": self.batches_seen,
+            "values": dict(self.values),
+            "module_norms": {k: dict(v) for k, v in self.module_norms.items()},
+            "penalty_beta": self.penalty_beta,
+            "over_budget": self.over_budget,
+            "budget_actions": self.budget_actions,
+            "config": asdict(self.config),
+        }
+
+    @hookimpl
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.batches_seen = int(state["batches_seen"])
+        self.values = {k: float(v) for k, v in state["values"].items()}
+        self.module_norms = {k: {n: float(x) for n, x in v.items()} for k, v in state["module_norms"].items()}
+        self.penalty_beta = float(state["penalty_beta"])
+        self.over_budget = bool(state["over_budget"])
+        self.budget_actions = int(state["budget_actions"])
+
+    # -- measurement ------------------------------------------------------------------------
+    def measure(self, sample: PolicySample) -> None:
+        """Measure on ``sample`` (this process's share), reduce over processes, update bounds and budget."""
+        from .measure import KLSums, measure_kl
+
+        limit = self.config.kl_max_sequences
+        local = KLSums()
+        if sample.input_ids.shape[0] > 0:
+            local = measure_kl(
+                sample.model,
+                sample.input_ids[:limit],
+                sample.attention_mask[:limit],
+                sample.completion_mask[:limit],
+                reference=self.reference,
+                temperature=sample.temperature,
+            )
+        total = local.reduce(sample.collective)
+        if total.tokens == 0:
+            return
+        values = {
+            "kl_mean": total.kl / total.tokens,
+            "kl_seq_mean": total.sequence_kl / max(total.sequences, 1.0),
+            "kl_max": total.kl_max,
+            "reverse_kl_mean": total.reverse_kl / total.tokens,
+            "k3_mean": total.k3 / total.tokens,
+            "k3_stderr": _standard_error(total.k3, total.k3_squared, total.tokens),
+            "certificate": total.certificate / total.tokens,
+            "measured_step": float(sample.step),
+        }
+        values.update(self._update_bounds(sample.model, total.feature_norm_max, sample.temperature))
+        self.values = values
+        self._check_budget(values["kl_mean"], sample.step)
+
+    def _update_bounds(self, model: Any, feature_norm: float, temperature: float) -> dict[str, float]:
+        from .bounds import single_layer_kl_bound, update_norms
+
+        name = self.adapter.adapter_name if self.adapter else None
+        norms: dict[str, dict[str, float]] = {}
+        output_spectral = None
+        spectral_max, frobenius_sq = 0.0, 0.0
+        for layer in lora_layers(model, name):
+            result = update_norms(layer.weight_b, layer.weight_a, layer.scaling)
+            norms[layer.name] = {"spectral": result.spectral, "frobenius": result.frobenius}
+            spectral_max = max(spectral_max, result.spectral)
+            frobenius_sq += result.frobenius**2
+            if layer.name.split(".")[-1] in OUTPUT_LAYER_NAMES:
+                output_spectral = result.spectral
+        self.module_norms = norms
+        values = {"update_spectral_max": spectral_max, "update_frobenius": frobenius_sq**0.5}
+        if output_spectral is not None:
+            values["bound"] = single_layer_kl_bound(output_spectral, feature_norm, temperature)
+        return values
+
+    def _check_budget(self, kl_mean: float, step: int) -> None:
+        budget = self.config.kl_budget
+        if budget is None:
+            return
+        if kl_mean <= budget:
+            self.over_budget = False
+            return
+        if self.over_budget:  # already acted on this excursion
+            return
+        self.over_budget = True
+        self.budget_actions += 1
+        message = f"lora_rl_plugins: measured KL {kl_mean:.4g} nats/token exceeds kl_budget={budget:g} at step {step}"
+        action = self.config.on_budget
+        if action == "warn":
+            warnings.warn(message + ".", KLBudgetWarning, stacklevel=2)
+        elif action == "stop":
+            logger.warning("%s: stopping training (on_budget='stop').", message)
+            self._pending_action = StopTraining(message)
+        elif self.penalty_beta == 0:
+            self.penalty_beta = self.config.kl_penalty_beta
+            logger.warning(
+                "%s: turning on the KL penalty beta=%g from the next generation batch (on_budget='penalize').",
+                message,
+                self.penalty_beta,
+            )
+            self._pending_action = SetKLPenalty(self.penalty_beta, message)
+
+    def _log_module_norms(self) -> bool:
+        setting = self.config.kl_module_norms
+        return len(self.module_norms) <= 64 if setting == "auto" else bool(setting)

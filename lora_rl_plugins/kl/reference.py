@@ -1,0 +1,80 @@
+"""The reference policy, evaluated with the model in hand and never copied.
+
+The reference is the same model with its adapters disabled (PEFT ``disable_adapter``), a named
+frozen adapter (TRL's "ref"), or a snapshot of the starting adapter's weights swapped in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from ..lora.adapters import NotALoraModelError, summarize_adapter
+
+__all__ = ["ReferencePolicy"]
+
+
+class ReferencePolicy:
+    """How to evaluate the reference policy with the model in hand, without copying it.
+
+    mode "disable": adapters disabled (the base model; the reference of a new adapter).
+    mode "adapter": switch to a frozen adapter kept in the model (TRL's "ref").
+    mode "snapshot": swap a saved copy of the starting adapter's weights in, then back.
+    """
+
+    def __init__(self, mode: str = "disable", adapter_name: str | None = None) -> None:
+        if mode not in {"disable", "adapter", "snapshot"}:
+            raise ValueError(f"unknown reference mode {mode!r}: use 'disable', 'adapter' or 'snapshot'")
+        self.mode = mode
+        self.adapter_name = adapter_name
+        self.snapshot: dict[str, Any] = {}
+
+    @staticmethod
+    def require_lora(model: Any) -> None:
+        if not summarize_adapter(model).is_lora:
+            raise NotALoraModelError(
+                "the KL monitor measures drift from the reference through the model's LoRA adapter (adapters "
+                "disabled = reference), and this model has none; it does not make a silent full copy. Train with "
+                "peft_config= / peft.get_peft_model, or turn the KL monitor off (block=['kl_monitor'])."
+            )
+
+    def take_snapshot(self, model: Any) -> None:
+        """Remember the active adapter's current weights as the reference (a pre-trained adapter)."""
+        self.require_lora(model)
+        self.snapshot = {
+            name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters() if "lora_" in name
+        }
+
+    @contextlib.contextmanager
+    def activate(self, model: Any) -> Iterator[None]:
+        """Within the block, ``model`` computes the reference policy."""
+        if self.mode == "disable":
+            if not hasattr(model, "disable_adapter"):
+                self.require_lora(model)
+                raise NotALoraModelError("the model has LoRA layers but no disable_adapter(); wrap it with PEFT")
+            with model.disable_adapter():
+                yield
+        elif self.mode == "adapter":
+            previous = model.active_adapter
+            model.set_adapter(self.adapter_name)
+            try:
+                yield
+            finally:
+                model.set_adapter(previous)
+        else:
+            if not self.snapshot:
+                raise RuntimeError("no adapter snapshot was taken: call take_snapshot(model) at the start of training")
+            import torch
+
+            params = dict(model.named_parameters())
+            current = {name: params[name].detach().clone() for name in self.snapshot}
+            try:
+                with torch.no_grad():
+                    for name, saved in self.snapshot.items():
+                        params[name].copy_(saved.to(params[name].device, params[name].dtype))
+                yield
+            finally:
+                with torch.no_grad():
+                    for name, value in current.items():
+                        params[name].copy_(value)

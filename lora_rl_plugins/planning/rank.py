@@ -1,0 +1,221 @@
+"""Choosing a LoRA rank from the bits a run will deliver.
+
+Rules (docs/theory.md §2):
+
+* seed rule ([Li] §4.4): the smallest r with 64·r·d >= bits for one d x d matrix;
+* adapter rule: the smallest r with bits_per_param · r · Σ_m (d_in,m + d_out,m) >= bits over the
+  matrices ``target_modules`` selects (``lora_rl_plugins.model_shapes``);
+* with vLLM serving, r must also fit under a legal ``max_lora_rank``; the result reports the
+  smallest legal one >= r.
+
+The bits come from a ``RunPlan``: episodes (dataset size × generations × epochs, or steps ×
+rollouts per step) × bits per episode (log2 of the reward levels, or a measured rate) × a safety
+margin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..bandwidth.information import rollout_bound
+from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, params_per_rank, smallest_rank
+from ..plugin.events import AdaptedMatrix
+from ..serving.vllm import LEGAL_MAX_LORA_RANKS, smallest_legal_max_lora_rank
+
+__all__ = ["RankChoice", "RunPlan", "select_rank"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How many bits a run will deliver (an upper-bound plan, before training).
+
+    Episodes: ``episodes``, or ``dataset_size × generations × epochs``, or
+    ``steps × rollouts_per_step``. Bits per episode: ``bits_per_episode`` (e.g. the measured
+    ``bandwidth/bits_per_rollout``) or log2(``reward_levels``). ``margin`` multiplies the result.
+    """
+
+    episodes: float | None = None
+    dataset_size: int | None = None
+    generations: int | None = None
+    epochs: float = 1.0
+    steps: int | None = None
+    rollouts_per_step: int | None = None
+    reward_levels: int | None = None
+    bits_per_episode: float | None = None
+    margin: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.margin < 1:
+            raise ValueError(f"margin must be >= 1 (a safety factor), got {self.margin}")
+
+    @property
+    def episode_count(self) -> float:
+        """Rollouts in the run, from ``episodes``, dataset × generations × epochs, or steps × rollouts.
+
+        Raises:
+            ValueError: none of these is given (the message names the missing fields).
+        """
+        if self.episodes is not None:
+            return float(self.episodes)
+        if self.dataset_size is not None and self.generations is not None:
+            return float(self.dataset_size * self.generations * self.epochs)
+        if self.steps is not None and self.rollouts_per_step is not None:
+            return float(self.steps * self.rollouts_per_step)
+        raise ValueError(
+            "the plan needs episodes=, or dataset_size= with generations= (and epochs=), "
+            "or steps= with rollouts_per_step="
+        )
+
+    @property
+    def episode_bits(self) -> float:
+        """Bits per episode: ``bits_per_episode``, or log2(``reward_levels``).
+
+        Raises:
+            ValueError: neither is given.
+        """
+        if self.bits_per_episode is not None:
+            return float(self.bits_per_episode)
+        if self.reward_levels is not None:
+            return rollout_bound(self.reward_levels)
+        raise ValueError("the plan needs reward_levels= (bits per episode = log2 L) or bits_per_episode=")
+
+    @property
+    def bits(self) -> float:
+        """episodes × bits per episode × margin."""
+        return self.episode_count * self.episode_bits * self.margin
+
+    def explain(self) -> str:
+        """One line: episodes × bits per episode × margin = bits."""
+        source = (
+            f"{self.bits_per_episode:g} bits/episode (given)"
+            if self.bits_per_episode is not None
+            else f"log2({self.reward_levels}) = {self.episode_bits:g} bits/episode"
+        )
+        return f"{self.episode_count:,.0f} episodes × {source} × margin {self.margin:g} = {self.bits:,.0f} bits"
+
+
+@dataclass(frozen=True)
+class RankChoice:
+    """The chosen rank, its capacity, and everything that went into it."""
+
+    rank: int
+    capacity_bits: float
+    params_per_rank: int
+    bits: float
+    rule: str
+    """"seed" (64·r·d, one d x d matrix) or "adapter" (the real adapted matrices)."""
+    bits_per_param: float
+    max_lora_rank: int | None = None
+    """Smallest legal vLLM max_lora_rank >= rank, when serving with vLLM."""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    matrices: tuple[AdaptedMatrix, ...] = ()
+
+    def capacity_at(self, rank: int) -> float:
+        """Capacity in bits at ``rank`` over the same matrices (bits_per_param · rank · params_per_rank)."""
+        return adapter_capacity_bits(rank * self.params_per_rank, self.bits_per_param)
+
+    def table(self, ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> list[dict[str, Any]]:
+        """Rows of rank, parameters, capacity and whether it holds the bits (the chosen rank included)."""
+        rows = []
+        for rank in sorted({*ranks, self.rank}):
+            rows.append(
+                {
+                    "rank": rank,
+                    "params": rank * self.params_per_rank,
+                    "capacity_bits": self.capacity_at(rank),
+                    "holds_bits": self.capacity_at(rank) >= self.bits,
+                    "chosen": rank == self.rank,
+                    "vllm_max_lora_rank": smallest_legal_max_lora_rank(rank),
+                }
+            )
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the choice, with the matrix count and the rank table."""
+        data = asdict(self)
+        data["matrices"] = len(self.matrices)
+        data["table"] = self.table()
+        return data
+
+
+def select_rank(
+    *,
+    bits: float | None = None,
+    plan: RunPlan | None = None,
+    hidden_size: int | None = None,
+    model: Any = None,
+    model_config: Any = None,
+    target_modules: Any = "all-linear",
+    bits_per_param: float = DEFAULT_BITS_PER_PARAM,
+    vllm: bool = False,
+    max_lora_rank: int | None = None,
+    **lora_options: Any,
+) -> RankChoice:
+    """The smallest LoRA rank whose capacity holds the bits the run will deliver.
+
+    Give the bits (``bits=``, or a ``plan=``), and the shape: ``hidden_size`` (seed rule, one
+    d x d matrix, 32 bits/param unless told otherwise) or ``model``/``model_config`` with
+    ``target_modules`` (adapter rule). With ``vllm=True`` the rank must fit under a legal
+    ``max_lora_rank`` (and under ``max_lora_rank`` when given, else ``ValueError``). A rank above
+    the adapted matrices' full rank (max over matrices of min(d_in, d_out)) is a ``ValueError``:
+    beyond it more rank adds parameters but no expressiveness.
+    """
+    if (bits is None) == (plan is None):
+        raise ValueError("give exactly one of bits= or plan=")
+    needed = plan.bits if plan is not None else float(bits)  # type: ignore[arg-type]
+    if math.isnan(needed) or needed < 0:
+        raise ValueError(f"bits must be a non-negative number, got {needed}")
+    inputs: dict[str, Any] = {"bits": needed, "bits_per_param": bits_per_param}
+    if plan is not None:
+        inputs["plan"] = asdict(plan)
+        inputs["plan_explained"] = plan.explain()
+    matrices: tuple[AdaptedMatrix, ...] = ()
+    if hidden_size is not None:
+        if model is not None or model_config is not None:
+            raise ValueError("give hidden_size= (seed rule) or model=/model_config= (adapter rule), not both")
+        per_rank, rule = params_per_rank([(hidden_size, hidden_size)]), "seed"
+        inputs["hidden_size"] = hidden_size
+    else:
+        from ..lora.shapes import adapted_matrices
+
+        matrices = adapted_matrices(
+            model=model, model_config=model_config, target_modules=target_modules, **lora_options
+        )
+        per_rank, rule = sum(m.params_per_rank for m in matrices), "adapter"
+        inputs["target_modules"] = target_modules if isinstance(target_modules, str) else list(target_modules)
+    rank = smallest_rank(needed, per_rank, bits_per_param)
+    full_rank = hidden_size if hidden_size is not None else max(m.full_rank for m in matrices)
+    if rank > full_rank:
+        raise ValueError(
+            f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above {full_rank}, the rank at which "
+            "every adapted matrix is already full rank: no LoRA adapter of these modules holds that much. "
+            "Adapt more modules (target_modules), plan fewer bits (episodes, margin), or fine-tune fully"
+        )
+    serving_rank = None
+    if vllm or max_lora_rank is not None:
+        serving_rank = smallest_legal_max_lora_rank(rank)
+        inputs["max_lora_rank"] = max_lora_rank
+        if serving_rank is None:
+            raise ValueError(
+                f"rank {rank} is above vLLM's largest max_lora_rank {LEGAL_MAX_LORA_RANKS[-1]}: the plan needs "
+                "more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge the adapter"
+            )
+        if max_lora_rank is not None and rank > max_lora_rank:
+            raise ValueError(
+                f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above max_lora_rank={max_lora_rank}; "
+                f"serve with max_lora_rank={serving_rank}, or adapt more modules (target_modules) so that a lower "
+                "rank holds it"
+            )
+    return RankChoice(
+        rank=rank,
+        capacity_bits=adapter_capacity_bits(rank * per_rank, bits_per_param),
+        params_per_rank=per_rank,
+        bits=needed,
+        rule=rule,
+        bits_per_param=bits_per_param,
+        max_lora_rank=serving_rank,
+        inputs=inputs,
+        matrices=matrices,
+    )
