@@ -58,7 +58,7 @@ def one_matrix_adapter(rank: int, d: int) -> AdapterSummary:
 def test_constant_group_carries_zero_bits() -> None:
     account = account_group([1.0, 1.0, 1.0, 1.0], levels=2)
     assert account.estimate == 0.0
-    assert account.constant
+    assert account.zero_info
     assert account.bound == 4.0  # D = K = 4 rollouts, log2 L = 1
 
 
@@ -75,16 +75,17 @@ def test_distinct_completions_cap_the_bound() -> None:
     assert account.estimate == 2.0  # K·H = 4 > 2
 
 
-def test_answers_tighten_to_log2_m_plus_1_and_uniform_prior_is_exact() -> None:
+def test_answers_tighten_to_log2_m_plus_1_and_uniform_prior_is_reported_apart() -> None:
     rewards = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     answers = ["7", "3", "3", "9", None, "9"]  # M = 3 distinct parseable answers
     account = account_group(rewards, levels=2, answers=answers)
-    assert account.rule == "answers"
+    assert account.rule == "answers" and account.uniform_prior is None
     assert account.bound == pytest.approx(2.0)  # log2(3 + 1)
-    exact = account_group(rewards, levels=2, answers=answers, answer_space_size=10)
-    assert exact.rule == "uniform_prior"
-    assert exact.bound == pytest.approx(group_uniform_prior_bits(3, 10))
-    assert exact.estimate <= exact.bound
+    with_v = account_group(rewards, levels=2, answers=answers, answer_space_size=10)
+    # the uniform-prior value is exact only under a uniform prior: not a bound, so it does not replace it
+    assert with_v.rule == "answers" and with_v.bound == pytest.approx(2.0)
+    assert with_v.uniform_prior == pytest.approx(group_uniform_prior_bits(3, 10))
+    assert with_v.estimate == pytest.approx(min(6 * binary_entropy(1 / 6), 2.0))
 
 
 def test_answers_ignored_for_non_binary_rewards() -> None:
@@ -151,10 +152,22 @@ def test_quantised_continuous_rewards() -> None:
     host.on_rollouts_scored(batch([0.01, 0.02, 0.97, 0.99], 4))
     host.on_step_end(StepEnded(1))
     metrics = host.collect_metrics()
-    # quantised to levels 0, 0, 3, 3: a fair two-valued group, 4 bits; L = 4 -> bound 4 x 2 bits
-    assert metrics["bandwidth/bits_step"] == 4.0
+    # the bound counts L = 4 declared levels: 4 rollouts x 2 bits. The trainer's advantages come from the
+    # raw rewards, four distinct values: the estimate is 4·log2 4 = 8 bits, capped by the bound (8)
     assert metrics["bandwidth/bound_step"] == 8.0
+    assert metrics["bandwidth/bits_step"] == 8.0
     assert metrics["bandwidth/reward_levels"] == 4
+
+
+def test_quantised_to_one_level_still_follows_the_trainers_advantages() -> None:
+    # issue 13: rewards 0.50-0.56 fall in one of 4 levels over (0, 1), but TRL's advantages are not zero
+    host, _ = host_with(BandwidthConfig(reward_levels=4, reward_range=(0.0, 1.0)))
+    host.on_rollouts_scored(batch([0.50, 0.52, 0.54, 0.56, 0.5, 0.5, 0.5, 0.5], 4))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
+    assert metrics["bandwidth/zero_info_frac"] == 0.5  # only the constant group
+    assert metrics["bandwidth/bound_step"] == 16.0  # 2 groups x 4 rollouts x log2 4
+    assert metrics["bandwidth/bits_step"] == 8.0  # four distinct advantages: 4·log2 4, within the bound
 
 
 def test_declared_levels_exceeded_warns_and_uses_observed() -> None:
