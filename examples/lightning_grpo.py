@@ -80,6 +80,12 @@ class GRPOModule(L.LightningModule):
             exactly what an uninterrupted one would have.
     """
 
+    # How training_step turns rewards into advantages, for the callback (names as in TRL's GRPOConfig):
+    # (r - group mean) / (group std + 1e-4), one reward function.
+    scale_rewards = "group"
+    multi_objective_aggregation = "sum_then_normalize"
+    advantage_epsilon = 1e-4
+
     def __init__(
         self,
         model: Any,

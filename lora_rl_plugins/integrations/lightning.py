@@ -18,7 +18,13 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from lora_rl_plugins.bridge.grpo_output import CONTRACT, GRPOOutputError, GRPOReport, parse_grpo_output
+from lora_rl_plugins.bridge.grpo_output import (
+    CONTRACT,
+    GRPOOutputError,
+    GRPOReport,
+    advantage_options,
+    parse_grpo_output,
+)
 from lora_rl_plugins.bridge.options import PluginOptions
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
 from lora_rl_plugins.plugin.collective import TensorCollective
@@ -92,7 +98,7 @@ class LoraRLCallback(Callback):
             framework="lightning",
             total_steps=self._total_steps,
             world_size=trainer.world_size,
-            options={"beta": self.kl_beta(0.0)},
+            options={"beta": self.kl_beta(0.0), **advantage_options(pl_module)},
         )
         start_run(self.host, run, self._policy(pl_module))
 

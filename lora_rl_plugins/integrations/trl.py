@@ -117,6 +117,8 @@ class LoraRLCallback(TrainerCallback):
                 "steps_per_generation": args.steps_per_generation,
                 "num_iterations": trainer.num_iterations,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "scale_rewards": getattr(trainer, "scale_rewards", None),
+                "multi_objective_aggregation": getattr(trainer, "multi_objective_aggregation", None),
             },
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
