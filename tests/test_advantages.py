@@ -321,3 +321,16 @@ def test_zero_information_groups_are_where_trls_advantages_are_zero(tmp_path, na
         assert set(fractions) <= {0.0, 1.0}  # one batch-wide std: all or nothing
     if name in ("none_and_tiny_groups", "float32_ties"):
         assert sum(fractions) < sum(logged)  # NaN std (< 2 scored) and float32 noise are never "zero std" in TRL
+
+
+def test_a_lightning_module_declares_its_advantage_settings() -> None:
+    from lora_rl_plugins.bridge.grpo_output import advantage_options
+
+    class Module:
+        scale_rewards = "batch"
+        advantage_epsilon = 1e-6
+
+    options = advantage_options(Module())
+    assert options == {"scale_rewards": "batch", "advantage_epsilon": 1e-6}
+    assert AdvantageSettings.from_options(options) == AdvantageSettings("batch", "sum_then_normalize", 1e-6)
+    assert AdvantageSettings.from_options(advantage_options(object())) == AdvantageSettings()  # TRL's defaults

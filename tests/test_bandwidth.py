@@ -262,3 +262,89 @@ def test_state_round_trip_resumes_exactly() -> None:
     right = {k: v for k, v in restored_host.collect_metrics().items() if not k.startswith("plugins/")}
     assert left == right
     assert restored.reward_levels == 4
+
+
+# -- the trainer's advantage settings, levels and labels (issue 13) ---------------------------------------
+def host_for(options: dict, config: BandwidthConfig | None = None):
+    plugin = BandwidthPlugin(config)
+    host = PluginHost(make_plugin_manager({"bandwidth": plugin}, load_entry_points=False))
+    host.on_run_start(RunStarted("test", 4, options=options))
+    return host, plugin
+
+
+def test_settings_from_run_options_decide_zero_information() -> None:
+    # two functions whose weighted sum (2·a + b) is 2 for every rollout of the first group
+    rows = [[1.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 2.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 2.0]]
+    for aggregation, zero_frac in (("sum_then_normalize", 1.0), ("normalize_then_sum", 0.0)):
+        host, plugin = host_for({"multi_objective_aggregation": aggregation})
+        host.on_rollouts_scored(batch(rows, 4, names=("a", "b"), weights=[2.0, 1.0]))
+        host.on_step_end(StepEnded(1))
+        metrics = host.collect_metrics()
+        assert metrics["bandwidth/zero_info_frac"] == zero_frac, aggregation
+        assert (metrics["bandwidth/bits_step"] > 0) == (zero_frac == 0.0)
+    # normalize_then_sum: levels are the vectors of function values (2 seen), not the one weighted sum
+    assert plugin.reward_levels == 2
+
+
+def test_invalid_trainer_setting_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="scale_rewards='groups' is not one GRPO knows"):
+        host_for({"scale_rewards": "groups"})
+
+
+def test_uniform_prior_value_is_reported_apart_from_the_bound() -> None:
+    config = BandwidthConfig(answer_extractor=lambda text: text, answer_space_size=10)
+    host, _ = host_for({}, config)
+    host.on_rollouts_scored(batch([1, 0, 0, 0], 4, completions=["7", "3", "3", "9"]))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
+    assert metrics["bandwidth/bound_step"] == pytest.approx(2.0)  # log2(M + 1), M = 3: a bound
+    assert metrics["bandwidth/uniform_prior_step"] == pytest.approx(group_uniform_prior_bits(3, 10))
+    assert metrics["bandwidth/uniform_prior_total"] == pytest.approx(group_uniform_prior_bits(3, 10))
+    assert metrics["bandwidth/bits_step"] == pytest.approx(min(4 * binary_entropy(0.25), 2.0))
+    plain, _ = host_for({})
+    plain.on_rollouts_scored(batch([1, 0, 0, 0], 4))
+    plain.on_step_end(StepEnded(1))
+    assert not any("uniform_prior" in name for name in plain.collect_metrics())
+
+
+def test_continuous_reward_without_levels_warns_once_and_says_so() -> None:
+    from lora_rl_plugins.bandwidth.plugin import ContinuousRewardWarning
+
+    rng = __import__("random").Random(0)
+    host, _ = host_for({})
+    with pytest.warns(ContinuousRewardWarning, match=r"K·log2 K = 8.0 bits for a group of K=4"):
+        host.on_rollouts_scored(batch([rng.random() for _ in range(8)], 4))
+    host.on_step_end(StepEnded(1))
+    assert host.collect_metrics()["bandwidth/bits_step"] == pytest.approx(2 * 4 * math.log2(4))
+    assert "K·log2 K per group" in host.summary_line()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        host.on_rollouts_scored(batch([rng.random() for _ in range(8)], 4, step=2))  # once
+    # binary rewards and declared levels never warn
+    for config, rows in (
+        (None, [1, 0, 1, 0, 0, 1, 1, 0]),
+        (BandwidthConfig(reward_levels=8, reward_range=(0, 1)), None),
+    ):
+        quiet, _ = host_for({}, config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet.on_rollouts_scored(batch(rows or [rng.random() for _ in range(8)], 4))
+
+
+def test_state_round_trip_with_vector_levels_and_uniform_prior() -> None:
+    import json
+
+    config = BandwidthConfig(answer_extractor=lambda text: text, answer_space_size=10)
+    options = {"multi_objective_aggregation": "normalize_then_sum"}
+    rows = [[1.0, 0.0], [0.0, None], [1.0, 0.5], [0.0, 0.5]]
+    host, _ = host_for(options, config)
+    host.on_rollouts_scored(batch(rows, 4, names=("a", "b"), completions=["1", "2", "3", "4"]))
+    host.on_step_end(StepEnded(1))
+    restored_host, restored = host_for(options, config)
+    restored_host.set_state(json.loads(json.dumps(host.get_state())))
+    for h in (host, restored_host):
+        h.on_rollouts_scored(batch(rows[::-1], 4, names=("a", "b"), step=2, completions=["1", "2", "2", "4"]))
+        h.on_step_end(StepEnded(2))
+    left = {k: v for k, v in host.collect_metrics().items() if not k.startswith("plugins/")}
+    right = {k: v for k, v in restored_host.collect_metrics().items() if not k.startswith("plugins/")}
+    assert left == right and restored.reward_levels == 4
