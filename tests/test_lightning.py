@@ -190,3 +190,30 @@ def test_example_runs_and_reward_rises(tmp_path, capsys) -> None:
     assert len(rewards) == 60
     assert sum(rewards[-15:]) / 15 > sum(rewards[:15]) / 15 + 0.1
     assert "reward" in capsys.readouterr().out
+
+
+def test_module_declares_its_advantage_settings_and_zero_information_follows_them(tmp_path) -> None:
+    module, prompts, _ = lightning_grpo.build(steps=3, kl_free=True, beta=0.0)
+    module.__class__ = Recording
+    module.returned = []
+    callback = LoraRLCallback(kl_free=True, kl_every=1000, load_entry_points=False)
+    trainer = trainer_for(callback, 3, tmp_path, enable_checkpointing=False)
+    trainer.fit(module, prompts)
+    settings = callback.host.plugin("bandwidth").advantage_settings
+    assert (settings.scale_rewards, settings.aggregation, settings.epsilon) == ("group", "sum_then_normalize", 1e-4)
+    # the module's own advantages (its training_step formula), recomputed from what it returned
+    expected = []
+    for step_rewards, _ in module.returned:
+        rewards = torch.tensor(step_rewards)
+        advantages = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
+        expected.append(float((advantages.abs().amax(1) == 0).float().mean()))
+    assert column(read_metrics(trainer), "bandwidth/zero_info_frac") == pytest.approx(expected)
+
+    class Declared(lightning_grpo.GRPOModule):
+        scale_rewards = "batch"
+        multi_objective_aggregation = "normalize_then_sum"
+
+    other = LoraRLCallback(load_entry_points=False)
+    other.on_train_start(trainer, Declared(module.model, module.tokenizer, module.reward_fn))
+    declared = other.host.plugin("bandwidth").advantage_settings
+    assert (declared.scale_rewards, declared.aggregation) == ("batch", "normalize_then_sum")
