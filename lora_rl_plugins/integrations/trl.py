@@ -117,6 +117,13 @@ class LoraRLCallback(TrainerCallback):
                 "steps_per_generation": args.steps_per_generation,
                 "num_iterations": trainer.num_iterations,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "min_p": args.min_p,
+                "repetition_penalty": args.repetition_penalty,
+                "generation_kwargs": args.generation_kwargs,
+                "bf16": args.bf16,
+                "fp16": args.fp16,
             },
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
