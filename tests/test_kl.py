@@ -39,7 +39,9 @@ def naive(model, ids, attention, mask, temperature=1.0, reference=None):
     reference = reference or ReferencePolicy()
     c = mask.shape[1]
     with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, -c - 1 : -1].double() / temperature, -1)
+        lp = torch.log_softmax(
+            model(input_ids=ids, attention_mask=attention).logits[:, -c - 1 : -1].double() / temperature, -1
+        )
         with reference.activate(model):
             lr = torch.log_softmax(
                 model(input_ids=ids, attention_mask=attention).logits[:, -c - 1 : -1].double() / temperature, -1
