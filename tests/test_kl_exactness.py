@@ -15,9 +15,9 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from lora_rl_plugins.demo.model import build_tiny_model  # noqa: E402
+from lora_rl_plugins.kl.bounds import single_layer_kl_bound, update_norms  # noqa: E402
 from lora_rl_plugins.kl.measure import LogitsSource, measure_kl  # noqa: E402
 from lora_rl_plugins.kl.monitor import KLMonitorConfig, KLMonitorPlugin  # noqa: E402
-from lora_rl_plugins.kl.bounds import single_layer_kl_bound, update_norms  # noqa: E402
 from lora_rl_plugins.lora.adapters import lora_layers, summarize_adapter  # noqa: E402
 from lora_rl_plugins.plugin.events import AdapterReady, PolicySample, RunStarted  # noqa: E402
 
@@ -113,6 +113,7 @@ def own_kl(model, ids, attention, mask, temperature=1.0):
         "reverse": float((reverse * mask).sum() / n),
         "k3": float((k3 * mask).sum() / n),
         "max": float((kl * mask).max()),
+        "seq": float((kl * mask).sum(-1).mean()),
     }
 
 
@@ -132,6 +133,7 @@ def test_kl_equals_the_models_own_logits(family, chunk) -> None:
     assert sums.reverse_kl / sums.tokens == pytest.approx(expected["reverse"], rel=rel)
     assert sums.k3 / sums.tokens == pytest.approx(expected["k3"], rel=rel, abs=1e-12)
     assert sums.kl_max == pytest.approx(expected["max"], rel=rel)
+    assert sums.sequence_kl / sums.sequences == pytest.approx(expected["seq"], rel=rel)
     assert sums.certificate >= sums.kl
     assert model.training  # restored
 
