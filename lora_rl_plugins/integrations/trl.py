@@ -119,6 +119,13 @@ class LoraRLCallback(TrainerCallback):
                 "gradient_accumulation_steps": args.gradient_accumulation_steps,
                 "scale_rewards": getattr(trainer, "scale_rewards", None),
                 "multi_objective_aggregation": getattr(trainer, "multi_objective_aggregation", None),
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "min_p": args.min_p,
+                "repetition_penalty": args.repetition_penalty,
+                "generation_kwargs": args.generation_kwargs,
+                "bf16": args.bf16,
+                "fp16": args.fp16,
             },
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
