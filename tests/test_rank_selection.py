@@ -91,7 +91,7 @@ def test_select_rank_from_plan_and_vllm_constraint() -> None:
     assert choice.capacity_bits >= 5_000_000 > choice.capacity_at(choice.rank - 1)
     with pytest.raises(ValueError, match="above max_lora_rank=16; serve with max_lora_rank=32"):
         select_rank(plan=plan, hidden_size=4096, max_lora_rank=16)
-    with pytest.raises(ValueError, match="rank 3815 is above vLLM's largest max_lora_rank 512"):
+    with pytest.raises(ValueError, match="r=3815 is above vLLM's largest max_lora_rank 512"):
         select_rank(bits=1e9, hidden_size=4096, vllm=True)
 
 
