@@ -705,6 +705,9 @@ def vllm_lora_memory_bytes(
     config = _model_config(model_config)
     arch = vllm_architecture(config)
     text = _text_config(config)
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if not _config_value(text, k)]
+    if missing:
+        raise ValueError(f"the model config lacks {', '.join(missing)}: give the full config.json of the base model")
     hidden = int(_config_value(text, "hidden_size"))
     layers = int(_config_value(text, "num_hidden_layers"))
     heads = int(_config_value(text, "num_attention_heads"))
