@@ -119,8 +119,10 @@ def _explain_rank(choice, plan, memory: int | None, memory_note: str | None = No
     lines += ["", f"chosen rank: r = {choice.rank} ({choice.capacity_bits:,.0f} bits of capacity)"]
     if choice.max_lora_rank:
         effective = choice.max_effective_rank()
-        reason = "smallest legal value >= r" if effective == choice.rank else (
-            f"smallest legal value >= {effective}, the largest per-matrix rank at r = {choice.rank}"
+        reason = (
+            "smallest legal value >= r"
+            if effective == choice.rank
+            else (f"smallest legal value >= {effective}, the largest per-matrix rank at r = {choice.rank}")
         )
         lines.append(f"vLLM:         serve with max_lora_rank >= {choice.max_lora_rank} ({reason})")
     if memory is not None:

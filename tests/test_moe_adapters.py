@@ -59,7 +59,7 @@ CASES = [
     ({**QWEN3_30B_A3B, **SMALL, "hidden_size": 64, "num_experts": 8, "moe_intermediate_size": 32}, "all-linear", {}),
     (
         {**QWEN3_30B_A3B, **SMALL, "hidden_size": 64, "num_experts": 8, "moe_intermediate_size": 32},
-        ATTENTION + ["gate_proj", "up_proj", "down_proj"],  # transformers-v4 names: PEFT fuses and doubles
+        [*ATTENTION, "gate_proj", "up_proj", "down_proj"],  # transformers-v4 names: PEFT fuses and doubles
         {},
     ),
     (
@@ -67,8 +67,16 @@ CASES = [
         ATTENTION,
         {"target_parameters": EXPERTS},
     ),
-    ({"model_type": "mixtral", **SMALL, "hidden_size": 64, "intermediate_size": 48, "num_local_experts": 4}, "all-linear", {}),
-    ({"model_type": "olmoe", **SMALL, "hidden_size": 64, "intermediate_size": 48, "num_experts": 4}, ATTENTION, {"target_parameters": EXPERTS}),
+    (
+        {"model_type": "mixtral", **SMALL, "hidden_size": 64, "intermediate_size": 48, "num_local_experts": 4},
+        "all-linear",
+        {},
+    ),
+    (
+        {"model_type": "olmoe", **SMALL, "hidden_size": 64, "intermediate_size": 48, "num_experts": 4},
+        ATTENTION,
+        {"target_parameters": EXPERTS},
+    ),
     (
         {"model_type": "llama", **SMALL, "hidden_size": 64, "intermediate_size": 96, "vocab_size": 128},
         "all-linear",
@@ -118,12 +126,16 @@ def test_absolute_rank_pattern_is_fixed_in_the_plan() -> None:
     from lora_rl_plugins import select_rank
 
     config = {"model_type": "llama", **SMALL, "hidden_size": 64, "intermediate_size": 96, "vocab_size": 128}
-    choice = select_rank(bits=32 * 5_000, model_config=config, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 16})
+    choice = select_rank(
+        bits=32 * 5_000, model_config=config, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 16}
+    )
     # q_proj 64->32 per layer stays at 16; v_proj 64->16 grows with r: params(r) = 2*16*(64+32) + r*2*(64+16)
     assert choice.fixed_params == 2 * 16 * (64 + 32) and choice.params_per_rank == 2 * (64 + 16)
     assert choice.rank == math.ceil((5_000 - 2 * 16 * 96) / 160) == 13
     for r in (1, 5):
-        peft_count = _peft_count(_meta_peft(config, r=r, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 16}))
+        peft_count = _peft_count(
+            _meta_peft(config, r=r, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 16})
+        )
         assert choice.params_at(r) == peft_count
 
 
@@ -136,8 +148,16 @@ def test_per_expert_update_norms_match_peft_delta_weight() -> None:
 
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(
-        "qwen3_moe", hidden_size=32, num_hidden_layers=1, num_experts=4, num_experts_per_tok=2,
-        moe_intermediate_size=16, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        "qwen3_moe",
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
         vocab_size=64,
     )
     model = AutoModelForCausalLM.from_config(cfg).to(torch.float64)
@@ -156,7 +176,11 @@ def test_per_expert_update_norms_match_peft_delta_weight() -> None:
                 frobenius = float(torch.linalg.matrix_norm(delta[e], ord="fro"))
                 assert norms["spectral"] == pytest.approx(spectral, rel=1e-10)
                 assert norms["frobenius"] == pytest.approx(frobenius, rel=1e-10)
-                spectral_max, frobenius_sq, checked = max(spectral_max, spectral), frobenius_sq + frobenius**2, checked + 1
+                spectral_max, frobenius_sq, checked = (
+                    max(spectral_max, spectral),
+                    frobenius_sq + frobenius**2,
+                    checked + 1,
+                )
         elif hasattr(layer, "get_delta_weight") and "default" in getattr(layer, "lora_A", {}):
             delta = layer.get_delta_weight("default").to(torch.float64)
             spectral_max = max(spectral_max, float(torch.linalg.matrix_norm(delta, ord=2)))
@@ -192,8 +216,8 @@ def test_cli_rank_vllm_on_moe_configs(tmp_path, capsys) -> None:
     assert "chosen rank: r = 17" in out and "serve with max_lora_rank >= 64" in out
     # vLLM 0.33 buffers (vllm_rules.md §4), per unit of max_lora_rank: 48 x [qkv 3H+Q+2KV, o Q+H, router H+E,
     # experts 3E(H+I)] + embed_tokens (V+H) + lm_head (H+V)
-    H, Q, KV, E, I, V = 2048, 4096, 512, 128, 768, 151936
-    per_rank = 48 * ((3 * H + Q + 2 * KV) + (Q + H) + (H + E) + 3 * E * (H + I)) + 2 * (V + H)
+    H, Q, KV, E, FF, V = 2048, 4096, 512, 128, 768, 151936
+    per_rank = 48 * ((3 * H + Q + 2 * KV) + (Q + H) + (H + E) + 3 * E * (H + FF)) + 2 * (V + H)
     assert per_rank == 53_152_512
     assert f"~{2 * 64 * per_rank / 2**20:,.1f} MiB of LoRA buffers" in out
     mixtral = tmp_path / "mixtral.json"

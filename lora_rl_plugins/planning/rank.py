@@ -250,7 +250,7 @@ def select_rank(
         if serving_rank is None:
             raise ValueError(
                 f"the adapter at {where} is above vLLM's largest max_lora_rank {LEGAL_MAX_LORA_RANKS[-1]}: the plan "
-                "needs more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge the adapter"
+                "needs more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge it"
             )
         if max_lora_rank is not None and effective > max_lora_rank:
             raise ValueError(

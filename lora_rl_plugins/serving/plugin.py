@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..lora.shapes import peft_weight_shapes
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, RunStarted
 from ..plugin.hookspecs import hookimpl
-from ..lora.shapes import peft_weight_shapes
 from ..plugin.log import logger
 from .vllm import LORA_DTYPES, VLLMLoRAError, validate_vllm_lora
 
@@ -95,8 +95,10 @@ class VLLMServingCheck:
         weights = None
         try:  # the tensors save_pretrained would write: checked as vLLM checks a saved adapter's keys
             weights = peft_weight_shapes(adapter.model, name)
-        except Exception as error:  # noqa: BLE001 - not a PEFT model PEFT can save: check the config alone
-            logger.warning("lora_rl_plugins: the adapter's weight names could not be read (%s); checking its config", error)
+        except Exception as error:
+            logger.warning(
+                "lora_rl_plugins: the adapter's weight names could not be read (%s); checking its config", error
+            )
         problems = validate_vllm_lora(
             peft_config[name],
             max_lora_rank=serving.max_lora_rank,

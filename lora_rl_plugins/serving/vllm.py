@@ -28,18 +28,18 @@ from typing import Any
 
 __all__ = [
     "LEGAL_MAX_LORA_RANKS",
+    "LM_HEAD_LORA_MAX_VOCAB",
     "LORA_DTYPES",
+    "VLLM_ARCHITECTURES",
+    "VLLMArchitecture",
     "VLLMLoRAError",
     "VLLMProblem",
     "check_vllm_lora",
-    "LM_HEAD_LORA_MAX_VOCAB",
-    "VLLM_ARCHITECTURES",
-    "VLLMArchitecture",
     "load_lora_config",
     "read_adapter_weights",
     "smallest_legal_max_lora_rank",
-    "vllm_architecture",
     "validate_vllm_lora",
+    "vllm_architecture",
     "vllm_lora_memory_bytes",
 ]
 
@@ -455,7 +455,7 @@ def read_adapter_weights(directory: Any) -> dict[str, tuple[int, ...]] | None:
 
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 - a safe_open handle, not a dict
     except Exception as error:  # safetensors raises its own SafetensorError
         raise ValueError(f"{path} is not a readable safetensors file ({error}); re-save the adapter") from None
 
@@ -541,7 +541,7 @@ def _weight_problems(
     config_values = _model_config(model_config)
     text = _text_config(config_values)
     vocab = _config_value(text, "vocab_size")
-    for key, (module, part) in parsed.items():  # vllm/lora/lora_model.py:159-168
+    for key, (_module, part) in parsed.items():  # vllm/lora/lora_model.py:159-168
         shape = weights[key]
         if part == "A" and "lora_embedding_A" in key and vocab and shape and len(shape) == 2 and shape[1] != vocab:
             problems.append(
@@ -569,7 +569,11 @@ def _weight_problems(
         unexpected = list(dict.fromkeys(unexpected))
         why = (
             f" ({arch.name} in vLLM 0.33 has no LoRA on embed_tokens/lm_head"
-            + (": Gemma-2 computes logits with the tied embedding and has no lm_head module" if "Gemma2" in arch.name else "")
+            + (
+                ": Gemma-2 computes logits with the tied embedding and has no lm_head module"
+                if "Gemma2" in arch.name
+                else ""
+            )
             + ")"
             if any(m.rsplit(".", 1)[-1] in _EMBEDDINGS for m in unexpected) and not arch.embeddings
             else ""
@@ -705,7 +709,11 @@ def vllm_lora_memory_bytes(
     config = _model_config(model_config)
     arch = vllm_architecture(config)
     text = _text_config(config)
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if not _config_value(text, k)]
+    missing = [
+        k
+        for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        if not _config_value(text, k)
+    ]
     if missing:
         raise ValueError(f"the model config lacks {', '.join(missing)}: give the full config.json of the base model")
     hidden = int(_config_value(text, "hidden_size"))
@@ -717,7 +725,9 @@ def vllm_lora_memory_bytes(
     q, kv = heads * head_dim, kv_heads * head_dim
     attention = 4 * hidden + 2 * q + 2 * kv
     is_moe = bool(
-        _config_value(text, "num_experts") or _config_value(text, "num_local_experts") or _config_value(text, "n_routed_experts")
+        _config_value(text, "num_experts")
+        or _config_value(text, "num_local_experts")
+        or _config_value(text, "n_routed_experts")
     )
     if is_moe and (arch is None or not arch.moe):
         names = _config_value(config, "architectures", None) or [_config_value(config, "model_type", "this model")]
