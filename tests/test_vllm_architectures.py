@@ -235,3 +235,29 @@ def test_cli_check_vllm_with_model_config(tmp_path, capsys) -> None:
     assert "module rules are not checked" in capsys.readouterr().err
     assert main(["check-vllm", str(adapter), "--max-lora-rank", "8", "--model-config", str(base)]) == 1
     assert "but received ['lm_head']" in capsys.readouterr().out
+
+
+def test_score_module_refused_only_on_generative_architectures() -> None:
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": ["score"]}
+    weights = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": (4, 32),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": (32, 4),
+        "base_model.model.score.weight": (2, 32),
+    }
+    assert validate_vllm_lora(lora, max_lora_rank=8, weights=weights) == []  # a classifier may serve it
+    (problem,) = validate_vllm_lora(
+        lora, max_lora_rank=8, weights=weights, model_config={"model_type": "qwen2", **SMALL}
+    )
+    assert str(problem).startswith(
+        "Cannot load full module 'score': the model does not expose a unique classification head"
+    )
+
+
+def test_config_only_with_base_model_builds_the_adapter_on_meta() -> None:
+    from peft import LoraConfig
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"])
+    gemma = {"model_type": "gemma2", **SMALL}
+    (problem,) = validate_vllm_lora(config, max_lora_rank=8, model_config=gemma)
+    assert "but received ['lm_head']" in str(problem)
+    assert validate_vllm_lora(config, max_lora_rank=8, model_config={"model_type": "qwen3", **SMALL}) == []

@@ -527,7 +527,9 @@ def _weight_problems(
         parsed[key] = result
     arch = vllm_architecture(model_config) if model_config is not None else None
     full = sorted({module for module, part in parsed.values() if part == "full"})
-    if full and (model_config is None or arch is not None):  # vllm/lora/model_manager.py:1326-1334
+    # vllm/lora/model_manager.py:1326-1334; every architecture of the table is generative (no classification
+    # head); without the base model's config it cannot be told, so it is not flagged
+    if full and arch is not None:
         problems.append(
             VLLMProblem(
                 "full_module",
