@@ -225,3 +225,37 @@ def test_cli_rank_vllm_on_moe_configs(tmp_path, capsys) -> None:
     assert main(["rank", "--model-config", str(mixtral), "--bits", "1e6", "--vllm"]) == 0
     out = capsys.readouterr().out
     assert "chosen rank: r =" in out and "LoRA buffer memory not estimated" in out
+
+
+def test_matrices_carry_their_own_rank_scaling_and_expert_shape() -> None:
+    from lora_rl_plugins.lora.adapters import lora_layers, summarize_adapter
+
+    config = {**QWEN3_30B_A3B, **SMALL, "hidden_size": 64, "num_experts": 8, "moe_intermediate_size": 32}
+    model = _meta_peft(config, r=4, lora_alpha=12, target_modules="all-linear")
+    by_name = {m.name.rsplit(".", 1)[-1]: m for m in summarize_adapter(model).matrices}
+    gate_up, down, router = by_name["gate_up_proj"], by_name["down_proj"], by_name["weight"]
+    # PEFT's conversion: gate_up_proj at rank 2r with alpha 2α, so scaling 24/8 = α/r; per expert [2I, H]
+    assert (gate_up.rank, gate_up.scaling, gate_up.experts, gate_up.d_in, gate_up.d_out) == (8, 3.0, 8, 64, 64)
+    assert (down.rank, down.scaling, down.experts, down.d_in, down.d_out) == (4, 3.0, 8, 32, 64)
+    assert (router.rank, router.experts, router.d_in, router.d_out) == (4, 1, 64, 8)  # router [E, H]
+    assert gate_up.full_rank == 64 and down.full_rank == 32  # per expert, not of the stack
+    experts = [v for v in lora_layers(model) if v.kind == "expert"]
+    assert len(experts) == 2 * 2 * 8  # 2 layers x (gate_up, down) x 8 experts
+    first = next(v for v in experts if v.name.endswith("gate_up_proj[3]"))
+    assert tuple(first.weight_a.shape) == (8, 64) and tuple(first.weight_b.shape) == (64, 8)
+
+    llama = {"model_type": "llama", **SMALL, "hidden_size": 64, "intermediate_size": 96, "vocab_size": 128}
+    model = _meta_peft(
+        llama,
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
+        rank_pattern={"q_proj": 32},
+        alpha_pattern={"v_proj": 7},
+    )
+    summary = summarize_adapter(model)
+    q = next(m for m in summary.matrices if m.name.endswith("q_proj"))
+    v = next(m for m in summary.matrices if m.name.endswith("v_proj"))
+    assert (q.rank, q.scaling, v.rank, v.scaling) == (32, 16 / 32, 8, 7 / 8)
+    assert summary.max_rank == 32 and summary.base_rank == 8
+    assert summary.params_per_rank * 8 == summary.trainable_params == _peft_count(model)
