@@ -82,8 +82,8 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "largest feature norm measured; bounds every token's KL when the output layer is the only adapted module",
     ),
     _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
-    _m("update_spectral_max", "exact", "norm", "largest γ‖BA‖₂ over the adapted modules"),
-    _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted modules"),
+    _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
+    _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted matrices (each expert its own)"),
     _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
     _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
 )
