@@ -68,30 +68,42 @@ def _rank(args: argparse.Namespace) -> int:
         vllm=args.vllm,
         max_lora_rank=args.max_lora_rank,
     )
-    memory = None
+    memory, memory_note = None, None
     if args.vllm and args.model_config and choice.max_lora_rank:
         from .lora.shapes import load_model_config
         from .serving.vllm import vllm_lora_memory_bytes
 
-        memory = vllm_lora_memory_bytes(
-            load_model_config(args.model_config), max_lora_rank=choice.max_lora_rank, max_loras=args.max_loras
-        )
+        try:
+            memory = vllm_lora_memory_bytes(
+                load_model_config(args.model_config), max_lora_rank=choice.max_lora_rank, max_loras=args.max_loras
+            )
+        except ValueError as error:
+            memory_note = str(error)
     if args.json:
         data = choice.to_dict()
         data["vllm_lora_memory_bytes"] = memory
+        data["vllm_lora_memory_note"] = memory_note
         print(json.dumps(data, indent=2, default=str))
         return 0
-    print(_explain_rank(choice, plan, memory))
+    print(_explain_rank(choice, plan, memory, memory_note))
     return 0
 
 
-def _explain_rank(choice, plan, memory: int | None) -> str:
-    rule = (
-        f"seed rule 64·r·d >= bits with d = {choice.inputs['hidden_size']}"
-        if choice.rule == "seed"
-        else f"adapter rule {choice.bits_per_param:g}·r·Σ(d_in+d_out) >= bits over {len(choice.matrices)} matrices "
-        f"(target_modules={choice.inputs['target_modules']!r}), Σ(d_in+d_out) = {choice.params_per_rank:,}"
-    )
+def _explain_rank(choice, plan, memory: int | None, memory_note: str | None = None) -> str:
+    if choice.rule == "seed":
+        rule = f"seed rule 64·r·d >= bits with d = {choice.inputs['hidden_size']}"
+    else:
+        experts = sum(m.experts for m in choice.matrices)
+        multiplied = sorted({m.name.rsplit(".", 1)[-1] for m in choice.matrices if m.rank_ratio > 1})
+        rule = (
+            f"adapter rule {choice.bits_per_param:g}·params(r) >= bits over {experts:,} matrices "
+            f"(target_modules={choice.inputs['target_modules']!r}); parameters per unit of r "
+            f"Σ E·(d_in+d_out)·r_m/r = {choice.params_per_rank:,}"
+        )
+        if multiplied:
+            rule += f"; PEFT trains {', '.join(multiplied)} at a multiple of r (rank_pattern)"
+        if choice.fixed_params:
+            rule += f"; + {choice.fixed_params:,} parameters at ranks fixed by rank_pattern"
     lines = [
         f"bits to hold: {plan.explain() if plan else f'{choice.bits:,.0f} bits (given)'}",
         f"rule:         {rule}",
@@ -106,17 +118,25 @@ def _explain_rank(choice, plan, memory: int | None) -> str:
         )
     lines += ["", f"chosen rank: r = {choice.rank} ({choice.capacity_bits:,.0f} bits of capacity)"]
     if choice.max_lora_rank:
-        lines.append(f"vLLM:         serve with max_lora_rank >= {choice.max_lora_rank} (smallest legal value >= r)")
+        effective = choice.max_effective_rank()
+        reason = (
+            "smallest legal value >= r"
+            if effective == choice.rank
+            else (f"smallest legal value >= {effective}, the largest per-matrix rank at r = {choice.rank}")
+        )
+        lines.append(f"vLLM:         serve with max_lora_rank >= {choice.max_lora_rank} ({reason})")
     if memory is not None:
         lines.append(
             f"              vLLM pre-allocates ~{memory / 2**20:,.1f} MiB of LoRA buffers at that max_lora_rank "
-            "(estimate; the trained rank does not change it)"
+            "(estimate, TP 1; the trained rank does not change it)"
         )
+    elif memory_note:
+        lines.append(f"              LoRA buffer memory not estimated: {memory_note}")
     return "\n".join(lines)
 
 
 def _check_vllm(args: argparse.Namespace) -> int:
-    from .serving.vllm import validate_vllm_lora
+    from .serving.vllm import validate_vllm_lora, vllm_architecture
 
     try:
         problems = validate_vllm_lora(
@@ -125,10 +145,21 @@ def _check_vllm(args: argparse.Namespace) -> int:
             max_loras=args.max_loras,
             max_cpu_loras=args.max_cpu_loras,
             lora_dtype=args.lora_dtype,
+            model_config=args.model_config,
+            enable_mixed_moe_lora_format=args.enable_mixed_moe_lora_format,
         )
+        architecture = vllm_architecture(args.model_config) if args.model_config else None
     except (OSError, ValueError, TypeError) as error:
         print(f"cannot check {args.path}: {error}", file=sys.stderr)
         return 1
+    if args.model_config is None:
+        print("note: without --model-config the base architecture's module rules are not checked", file=sys.stderr)
+    elif architecture is None:
+        print(
+            "note: this base architecture is not in the validator's table (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, "
+            "Gemma-2, Gemma-3, Phi-3): its module rules are not checked",
+            file=sys.stderr,
+        )
     if not problems:
         print(f"ok: vLLM (max_lora_rank={args.max_lora_rank}, max_loras={args.max_loras}) would load {args.path}")
         return 0
@@ -178,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-loras", type=int, default=1)
     check.add_argument("--max-cpu-loras", type=int, default=None)
     check.add_argument("--lora-dtype", default="auto")
+    check.add_argument("--model-config", help="the base model's config.json (or its directory): its vLLM module rules")
+    check.add_argument(
+        "--enable-mixed-moe-lora-format",
+        action="store_true",
+        help="the engine runs with --enable-mixed-moe-lora-format (fused 3-D expert LoRA, is_3d_lora_weight=True)",
+    )
     check.set_defaults(handler=_check_vllm)
 
     report = commands.add_parser("report", help="an HTML page and PNG figures of a run's bits, capacity, reward, KL")

@@ -123,17 +123,30 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "flag",
         "1 when reward_levels was inferred from the rewards, 0 when declared",
     ),
-    _m("capacity_bits", "bound", "bits", "bits_per_param × trainable LoRA parameters Σ r·(d_in+d_out)"),
+    _m(
+        "capacity_bits",
+        "bound",
+        "bits",
+        "bits_per_param × trainable LoRA parameters Σ_m E_m·r_m·(d_in,m+d_out,m) (each matrix at its own rank r_m, "
+        "E_m experts)",
+    ),
     _m("capacity_used", "estimate", "fraction", "bits_total / capacity_bits"),
     _m("projected_bits", "estimate", "bits", "bits_total / steps done × planned steps"),
     _m(
         "rank_sufficient",
         "estimate",
         "rank",
-        "smallest uniform rank r with bits_per_param·r·Σ(d_in+d_out) >= projected_bits",
+        "smallest adapter rank r with bits_per_param·r·params_per_rank >= projected_bits (every matrix keeping "
+        "its rank ratio r_m/r)",
     ),
     _m("adapter_rank", "setting", "rank", "the largest LoRA rank among the adapted matrices"),
-    _m("params_per_rank", "exact", "parameters", "Σ(d_in+d_out) over the adapted matrices: parameters per unit rank"),
+    _m(
+        "params_per_rank",
+        "exact",
+        "parameters",
+        "Σ_m E_m·(d_in,m+d_out,m)·r_m/r over the adapted matrices (r the adapter's configured rank, r_m each "
+        "matrix's own, E_m its experts) = trainable LoRA parameters / r",
+    ),
 )
 
 
@@ -445,7 +458,8 @@ class BandwidthPlugin:
 
     @property
     def rank_sufficient(self) -> int | None:
-        """Smallest uniform rank whose capacity holds ``projected_bits``; None without LoRA."""
+        """Smallest adapter rank r whose capacity holds ``projected_bits`` (matrices keep their rank ratio r_m/r,
+        as PEFT's own rank patterns scale with r); None without LoRA."""
         if self.adapter is None or not self.adapter.is_lora:
             return None
         return smallest_rank(self.projected_bits, self.adapter.params_per_rank, self.config.bits_per_param)

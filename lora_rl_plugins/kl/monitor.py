@@ -170,8 +170,8 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "logits",
     ),
     _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
-    _m("update_spectral_max", "exact", "norm", "largest γ‖BA‖₂ over the adapted modules"),
-    _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted modules"),
+    _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
+    _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted matrices (each expert its own)"),
     _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
     _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
 )
@@ -395,22 +395,27 @@ class KLMonitorPlugin:
         self._check_budget(values["kl_mean"], sample.step)
 
     def _update_bounds(self, model: Any, feature_norm: float, temperature: float) -> dict[str, float]:
-        from .bounds import single_layer_kl_bound, update_norms
+        from .bounds import expert_update_norms, single_layer_kl_bound, update_norms
 
         name = self.adapter.adapter_name if self.adapter else None
         norms: dict[str, dict[str, float]] = {}
         output_spectral = None
         inner = False
         spectral_max, frobenius_sq = 0.0, 0.0
-        for layer in lora_layers(model, name):
-            result = update_norms(layer.weight_b, layer.weight_a, layer.scaling)
-            norms[layer.name] = {"spectral": result.spectral, "frobenius": result.frobenius}
-            spectral_max = max(spectral_max, result.spectral)
-            frobenius_sq += result.frobenius**2
-            if layer.name.split(".")[-1] in OUTPUT_LAYER_NAMES:
-                output_spectral = result.spectral
+        for view in lora_layers(model, name, per_expert=False):
+            if view.kind == "experts":  # fused experts: each expert's own update, batched
+                per = expert_update_norms(view.weight_b, view.weight_a, view.scaling, view.experts)
+                results = [(f"{view.name}[{e}]", result) for e, result in enumerate(per)]
             else:
-                inner = True
+                results = [(view.name, update_norms(view.weight_b, view.weight_a, view.scaling))]
+            for module, result in results:
+                norms[module] = {"spectral": result.spectral, "frobenius": result.frobenius}
+                spectral_max = max(spectral_max, result.spectral)
+                frobenius_sq += result.frobenius**2
+                if module.split(".")[-1] in OUTPUT_LAYER_NAMES:
+                    output_spectral = result.spectral
+                else:
+                    inner = True
         self.module_norms = norms
         values = {"update_spectral_max": spectral_max, "update_frobenius": frobenius_sq**0.5}
         # docs/theory.md §3: a bound only when the output layer is the only adapted module and the logits are
