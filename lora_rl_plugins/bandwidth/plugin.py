@@ -16,7 +16,7 @@ from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, small
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
-from ..plugin.metrics import MetricInfo
+from ..plugin.metrics import MetricInfo, format_percent
 from .accounting import GroupAccount, account_group, account_token_group
 from .information import quantise
 from .rewards import combine_rewards, partly_missing, split_groups
@@ -254,7 +254,7 @@ class BandwidthPlugin:
         line = f"bits {self.bits_total:,.0f} (bound {self.bound_total:,.0f})"
         capacity = self.capacity_bits
         if capacity:
-            line += f", capacity used {self.bits_total / capacity:.2%}"
+            line += f", capacity used {format_percent(self.bits_total / capacity)}"
         return line
 
     @hookimpl

@@ -7,20 +7,11 @@ import html
 import io
 from pathlib import Path
 
-from .figures import build_figures, capacity_ranks
+from ..plugin.metrics import format_percent
+from .figures import build_figures, capacity_ranks, describe_figures
 from .runlog import RunLog, load_run
 
 __all__ = ["rank_advice", "write_report"]
-
-CAPTIONS = {
-    "bits": "Cumulative bits delivered (estimate) and their upper bound against the adapter's capacity at this "
-    "run's rank and neighbouring ranks (uniform rank). Log scale.",
-    "per_step": "Bits delivered per optimizer step, and the fraction of groups whose rewards were all equal: GRPO's "
-    "advantage is zero there, so they teach nothing.",
-    "reward": "Mean reward per step, as the trainer logged it.",
-    "kl": "Measured KL between the policy and its reference (nats per token), the Hoeffding certificate and, for an "
-    "adapted output layer, the rank-dependent bound; the budget when one is set.",
-}
 
 
 def rank_advice(run: RunLog) -> list[str]:
@@ -38,7 +29,9 @@ def rank_advice(run: RunLog) -> list[str]:
     rank = int(run.last("bandwidth/adapter_rank") or 0)
     projected = run.last("bandwidth/projected_bits") or bits
     sufficient = int(run.last("bandwidth/rank_sufficient") or 1)
-    lines.append(f"At rank {rank} the adapter holds {capacity:,.0f} bits; the run used {bits / capacity:.3%} of it.")
+    lines.append(
+        f"At rank {rank} the adapter holds {capacity:,.0f} bits; the run used {format_percent(bits / capacity)} of it."
+    )
     lines.append(
         f"Projected over the planned steps: {projected:,.0f} bits. The smallest rank whose capacity holds "
         f"that is r = {sufficient} (capacity {capacity * sufficient / max(rank, 1):,.0f} bits)."
@@ -104,6 +97,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     import matplotlib.pyplot as plt
 
     blocks = []
+    captions = describe_figures(run)
     for name, figure in build_figures(run).items():
         data = _png(figure)
         plt.close(figure)
@@ -111,7 +105,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         encoded = base64.b64encode(data).decode()
         blocks.append(
             f"<figure id='{name}'><img alt='{name}' src='data:image/png;base64,{encoded}'>"
-            f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
+            f"<figcaption>{html.escape(captions[name])}</figcaption></figure>"
         )
     advice = "".join(f"<p>{html.escape(line)}</p>" for line in rank_advice(run))
     ranks = ", ".join(f"r={r}: {c:,.0f} bits" for r, c in capacity_ranks(run).items())
