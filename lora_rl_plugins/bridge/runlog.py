@@ -38,7 +38,7 @@ def _pattern(name: str) -> re.Pattern[str]:
 
 
 def match_metric(name: str, infos: Mapping[str, MetricInfo]) -> MetricInfo | None:
-    """The ``MetricInfo`` describing ``name``: an exact entry, or a pattern such as ``kl_monitor/norms/<module>/<norm>``.
+    """The ``MetricInfo`` describing ``name``: an exact entry, or a pattern (``kl_monitor/norms/<module>/<norm>``).
 
     Args:
         name: a metric's full name.
@@ -111,7 +111,7 @@ class RunLogWriter:
         self._last_step = resume_step
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Append every number in ``metrics`` at ``step`` and flush; non-numbers are skipped, NaN/inf written as null."""
+        """Append every number in ``metrics`` at ``step`` and flush (non-numbers skipped, NaN/inf as null)."""
         if self._handle is None:
             if self._last_step is None:
                 self.open()
