@@ -112,20 +112,34 @@ class RankChoice:
     inputs: dict[str, Any] = field(default_factory=dict)
     matrices: tuple[AdaptedMatrix, ...] = ()
 
+    @property
+    def full_rank(self) -> int | None:
+        """The rank at which every adapted matrix is full rank (max over matrices of min(d_in, d_out))."""
+        return self.inputs.get("full_rank")
+
+    @property
+    def times_bits(self) -> float | None:
+        """The margin the chosen rank leaves: capacity / the bits to hold (None when no bits are planned)."""
+        return self.capacity_bits / self.bits if self.bits > 0 else None
+
     def capacity_at(self, rank: int) -> float:
         """Capacity in bits at ``rank`` over the same matrices (bits_per_param · rank · params_per_rank)."""
         return adapter_capacity_bits(rank * self.params_per_rank, self.bits_per_param)
 
     def table(self, ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> list[dict[str, Any]]:
-        """Rows of rank, parameters, capacity and whether it holds the bits (the chosen rank included)."""
+        """Rows of rank, parameters, capacity, whether it holds the bits and how many times (``times_bits``:
+        capacity / bits, None when no bits are planned), the chosen rank included; ranks above
+        ``full_rank`` are left out."""
         rows = []
-        for rank in sorted({*ranks, self.rank}):
+        full_rank = self.full_rank
+        for rank in sorted({*(r for r in ranks if full_rank is None or r <= full_rank), self.rank}):
             rows.append(
                 {
                     "rank": rank,
                     "params": rank * self.params_per_rank,
                     "capacity_bits": self.capacity_at(rank),
                     "holds_bits": self.capacity_at(rank) >= self.bits,
+                    "times_bits": self.capacity_at(rank) / self.bits if self.bits > 0 else None,
                     "chosen": rank == self.rank,
                     "vllm_max_lora_rank": smallest_legal_max_lora_rank(rank),
                 }
@@ -137,6 +151,8 @@ class RankChoice:
         data = asdict(self)
         data["matrices"] = len(self.matrices)
         data["table"] = self.table()
+        data["full_rank"] = self.full_rank
+        data["times_bits"] = self.times_bits
         return data
 
 
@@ -187,6 +203,7 @@ def select_rank(
         inputs["target_modules"] = target_modules if isinstance(target_modules, str) else list(target_modules)
     rank = smallest_rank(needed, per_rank, bits_per_param)
     full_rank = hidden_size if hidden_size is not None else max(m.full_rank for m in matrices)
+    inputs["full_rank"] = full_rank
     if rank > full_rank:
         raise ValueError(
             f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above {full_rank}, the rank at which "
