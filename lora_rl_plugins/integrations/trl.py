@@ -31,6 +31,11 @@ from lora_rl_plugins.plugin.events import RunStarted, StepEnded
 
 __all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective"]
 
+#: The keys of transformers' end-of-training summary log: run totals, not step metrics.
+TRAINING_SUMMARY_KEYS = frozenset(
+    {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
+)
+
 
 def accelerate_collective(accelerator: Any) -> TensorCollective:
     """Cross-process sums and maxima through the trainer's ``accelerate.Accelerator``."""
@@ -142,8 +147,10 @@ class LoraRLCallback(TrainerCallback):
         """The live view: the plugins' one-line summary at the logging interval, in the progress bar
         (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log; and
         the run log (``lora_rl_metrics.jsonl``): the trainer's logs and the detail metrics."""
-        if self._run_log is not None and logs and "train_runtime" not in logs:
-            self._run_log.write(state.global_step, {**logs, **self._detail})
+        if self._run_log is not None and logs:
+            # TRL folds the metrics of an unlogged last window into its end-of-training summary: keep those
+            values = {name: value for name, value in logs.items() if name not in TRAINING_SUMMARY_KEYS}
+            self._run_log.write(state.global_step, {**values, **self._detail})
             self._detail = {}
         if not self.live_view or not state.is_local_process_zero or "train_runtime" in (logs or {}):
             return

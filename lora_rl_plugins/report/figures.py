@@ -130,8 +130,8 @@ def build_figures(run: RunLog) -> dict[str, Any]:
             axis.axhline(
                 capacity,
                 color=color,
-                linestyle="-" if this_run else (0, (4, 2)),
-                linewidth=2.0 if this_run else 1.2,
+                linestyle="-" if this_run else (0, (6, 2)),
+                linewidth=2.4 if this_run else 1.8,
                 label=f"capacity at r={r}" + (" (this run)" if this_run else ""),
             )
             axis.annotate(  # labelled at its right end, outside the data
@@ -141,7 +141,7 @@ def build_figures(run: RunLog) -> dict[str, Any]:
                 xytext=(4, 0),
                 textcoords="offset points",
                 va="center",
-                fontsize=7,
+                fontsize=8,
                 color=color,
                 fontweight="bold" if this_run else "normal",
             )

@@ -81,8 +81,8 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;color:#222;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em} .meta{color:#666;font-size:.9em}
 .advice{background:#f3f7ff;border-left:4px solid #3b6fd8;padding:.6em 1em;margin:1em 0}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em} figure{margin:0}
-figure img{width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
+.grid{display:grid;grid-template-columns:1fr;gap:1.5em} figure{margin:0}
+figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
 table{border-collapse:collapse;font-size:.8em;width:100%} td,th{border-bottom:1px solid #eee;padding:3px 6px;
 text-align:left;vertical-align:top} .exact{color:#1a7f37} .bound{color:#b35900} .estimate{color:#3b6fd8}
 .setting{color:#666}
@@ -108,12 +108,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             f"<figcaption>{html.escape(captions[name])}</figcaption></figure>"
         )
     advice = "".join(f"<p>{html.escape(line)}</p>" for line in rank_advice(run))
+    last_step = max((s for points in run.series.values() for s, _ in points), default=0)
     ranks = ", ".join(f"r={r}: {c:,.0f} bits" for r, c in capacity_ranks(run).items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lora-rl report</title><style>{STYLE}</style></head>
 <body>
 <h1>lora-rl report</h1>
-<p class="meta">{html.escape(run.kind)} log: {html.escape(run.source.name)}</p>
+<p class="meta">read from {html.escape(str(run.source))} ({html.escape(run.kind)}); last step {last_step}</p>
 <div class="advice"><strong>Rank advice.</strong>{advice}<p class="meta">{html.escape(ranks)}</p></div>
 <div class="grid">
 {chr(10).join(blocks)}
