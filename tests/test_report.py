@@ -52,8 +52,9 @@ def test_figures_carry_the_right_series(trl_run) -> None:
     figures = build_figures(run)
     assert set(figures) == {"bits", "per_step", "reward", "kl"}
     bits = lines_of(figures["bits"])
-    assert list(bits["bits delivered (estimate)"].get_ydata()) == run.values("bandwidth/bits_total")
-    assert list(bits["upper bound on bits delivered"].get_ydata()) == run.values("bandwidth/bound_total")
+    assert list(bits["bits delivered (estimate)"].get_ydata()) == run.through_end("bandwidth/bits_total")[1]
+    assert list(bits["upper bound on bits delivered"].get_ydata()) == run.through_end("bandwidth/bound_total")[1]
+    assert bits["bits delivered (estimate)"].get_xdata()[-1] == run.last_step == 12
     rank = int(run.last("bandwidth/adapter_rank"))
     assert rank == 4
     capacity = run.last("bandwidth/capacity_bits")
@@ -116,8 +117,8 @@ def test_report_is_written_and_deterministic(trl_run, tmp_path) -> None:
 
 def test_report_reads_checkpoints_of_a_running_run(tmp_path) -> None:
     trainer = grpo_trainer(RecordingReward(reward_fn), tmp_path, steps=4, save_strategy="steps", save_steps=2)
-    trainer.add_callback(LoraRLCallback(trainer, load_entry_points=False))
-    trainer.train()  # no save_state(): only checkpoint-2 and checkpoint-4 hold trainer_state.json
+    trainer.add_callback(LoraRLCallback(trainer, run_log=False, load_entry_points=False))
+    trainer.train()  # no save_state(), no run log: only checkpoint-2 and checkpoint-4 hold trainer_state.json
     run = load_run(tmp_path / "out")
     assert max(run.steps("bandwidth/bits_total")) == 4
 
@@ -144,7 +145,7 @@ def test_report_from_lightning_csv(tmp_path) -> None:
     lightning_grpo.main(["--steps", "6", "--kl-free", "--logdir", str(tmp_path)])
     run = load_run(tmp_path)
     assert run.kind == "run log"  # written beside Lightning's metrics.csv
-    assert run.steps("bandwidth/bits_total") == [1, 2, 3, 4, 5, 6]  # exact steps: 6, not Lightning's 0..5
+    assert run.steps("bandwidth/bits_step") == [1, 2, 3, 4, 5, 6]  # exact steps: 6, not Lightning's 0..5
     assert "over 6 steps" in " ".join(rank_advice(run))
     assert run.values("reward")  # what the module logged comes along
     csv_run = load_run(next(tmp_path.rglob("metrics.csv")))

@@ -59,10 +59,12 @@ def test_writer_records_kind_and_unit_and_resumes_without_duplicates(tmp_path) -
     resumed = RunLogWriter(tmp_path, INFOS, source="trl")
     resumed.open(resume_step=3)
     for step in (4, 5, 6):
-        resumed.write(step, {"kl_monitor/kl_mean": 1.0})
+        resumed.write(step, {"kl_monitor/kl_mean": float(step), "kl_monitor/budget": 5.0})
     resumed.close()
-    steps = [r["step"] for r in records(tmp_path / RUN_LOG_NAME) if r["name"] == "kl_monitor/kl_mean"]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    lines = records(tmp_path / RUN_LOG_NAME)
+    assert [r["step"] for r in lines if r["name"] == "kl_monitor/kl_mean"] == [1, 2, 3, 4, 5, 6]
+    # a latest-value metric is written when it changes: the budget once, not at every log
+    assert [r["step"] for r in lines if r["name"] == "kl_monitor/budget"] == [4]
 
 
 def test_percent_keeps_significant_digits() -> None:
@@ -122,6 +124,7 @@ def test_trl_run_log_resumes_and_keeps_the_console_quiet(tmp_path) -> None:
     from helpers import RecordingReward, grpo_trainer
 
     from lora_rl_plugins.integrations.trl import LoraRLCallback
+    from lora_rl_plugins.report import load_run
 
     def reward(prompts, completions):
         return [float(c[:1] in "0123") for c in completions]
@@ -137,8 +140,11 @@ def test_trl_run_log_resumes_and_keeps_the_console_quiet(tmp_path) -> None:
     second = grpo_trainer(RecordingReward(reward), tmp_path, steps=6, save_strategy="no")
     second.add_callback(LoraRLCallback(second, kl_every=1, load_entry_points=False))
     second.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
-    steps = [r["step"] for r in records(log) if r["name"] == "bandwidth/bits_total"]
+    steps = [r["step"] for r in records(log) if r["name"] == "bandwidth/bits_step"]  # a per-step metric
     assert steps == [1, 2, 3, 4, 5, 6]
-    logged = {e["step"]: e["bandwidth/bits_total"] for e in second.state.log_history if "bandwidth/bits_total" in e}
-    written = {r["step"]: r["value"] for r in records(log) if r["name"] == "bandwidth/bits_total"}
-    assert written[6] == pytest.approx(logged[6])
+    logged = [e["bandwidth/bits_step"] for e in second.state.log_history if "bandwidth/bits_step" in e]
+    written = [r["value"] for r in records(log) if r["name"] == "bandwidth/bits_step"]
+    assert written[2:] == pytest.approx(logged)  # the resumed run's steps 3..6, as TRL logged them
+    assert load_run(tmp_path / "out").last("bandwidth/bits_total") == pytest.approx(
+        second.state.log_history[-2]["bandwidth/bits_total"]
+    )

@@ -8,7 +8,10 @@ process::
 
 ``kind`` and ``unit`` come from the metric's ``MetricInfo``; metrics the trainer itself logged
 (``reward``, ``loss``, ...) carry ``"source": "trl"`` (or ``"lightning"``) and ``kind``/``unit``
-null. It needs no checkpoint and is complete while the run is still going, so ``lora-rl report``
+null. A metric whose ``MetricInfo.reduce`` is "last" (a running total, a setting, the latest KL
+measurement, a module's norm) is written when its value changes, so the file grows with what
+happens, not with the number of logs; per-step metrics and the trainer's are written at every log.
+It needs no checkpoint and is complete while the run is still going, so ``lora-rl report``
 reads it first. A resumed run first drops the lines after the restored step, then appends: no
 step appears twice. Detail metrics (``MetricInfo.detail``: per-module norms, plugin timings) are
 split off here so the integrations keep them out of the trainer's console unless asked.
@@ -93,6 +96,7 @@ class RunLogWriter:
         self.source = source
         self._handle: TextIO | None = None
         self._last_step: int | None = None
+        self._written: dict[str, float | None] = {}  # last value written per running/latest-value metric
 
     def open(self, resume_step: int = 0) -> None:
         """Start writing: keep the lines up to ``resume_step`` (0 for a fresh run), drop the rest, append after."""
@@ -109,6 +113,7 @@ class RunLogWriter:
             temporary.replace(self.path)
         self._handle = self.path.open("a")
         self._last_step = resume_step
+        self._written = {}
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Append every number in ``metrics`` at ``step`` and flush (non-numbers skipped, NaN/inf as null)."""
@@ -122,10 +127,15 @@ class RunLogWriter:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or name in ("step",):
                 continue
             info = match_metric(name, self.infos)
+            number = float(value) if math.isfinite(value) else None
+            if info is not None and info.reduce == "last":  # a total, a setting, the latest KL measurement:
+                if self._written.get(name, ()) == number:  # written again only when it changes
+                    continue
+                self._written[name] = number
             record = {
                 "step": int(step),
                 "name": name,
-                "value": float(value) if math.isfinite(value) else None,
+                "value": number,
                 "kind": info.kind if info else None,
                 "unit": info.unit if info else None,
                 "source": SOURCE if info else self.source,

@@ -107,15 +107,13 @@ def build_figures(run: RunLog) -> dict[str, Any]:
     if run.series.get("bandwidth/bits_total"):
         figure, axis = _figure("Information delivered vs adapter capacity")
         axis.plot(
-            run.steps("bandwidth/bits_total"),
-            run.values("bandwidth/bits_total"),
+            *run.through_end("bandwidth/bits_total"),
             color="tab:blue",
             linewidth=2,
             label="bits delivered (estimate)",
         )
         axis.plot(
-            run.steps("bandwidth/bound_total"),
-            run.values("bandwidth/bound_total"),
+            *run.through_end("bandwidth/bound_total"),
             "--",
             color="tab:orange",
             linewidth=1.5,

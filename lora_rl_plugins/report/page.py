@@ -19,7 +19,7 @@ def rank_advice(run: RunLog) -> list[str]:
     bits, capacity = run.last("bandwidth/bits_total"), run.last("bandwidth/capacity_bits")
     if bits is None:
         return ["No bandwidth metrics were logged."]
-    bound, steps = run.last("bandwidth/bound_total") or 0.0, max(run.steps("bandwidth/bits_total"))
+    bound, steps = run.last("bandwidth/bound_total") or 0.0, run.last_step
     lines = [
         f"The run delivered an estimated {bits:,.0f} bits of task information (upper bound {bound:,.0f}) "
         f"over {steps} steps."
@@ -108,7 +108,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             f"<figcaption>{html.escape(captions[name])}</figcaption></figure>"
         )
     advice = "".join(f"<p>{html.escape(line)}</p>" for line in rank_advice(run))
-    last_step = max((s for points in run.series.values() for s, _ in points), default=0)
+    last_step = run.last_step
     ranks = ", ".join(f"r={r}: {c:,.0f} bits" for r, c in capacity_ranks(run).items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lora-rl report</title><style>{STYLE}</style></head>

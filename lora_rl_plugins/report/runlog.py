@@ -44,6 +44,19 @@ class RunLog:
         points = self.series.get(name)
         return points[-1][1] if points else None
 
+    @property
+    def last_step(self) -> int:
+        """The run's last logged step, over every series (0 when nothing was logged)."""
+        return max((s for points in self.series.values() for s, _ in points), default=0)
+
+    def through_end(self, name: str) -> tuple[list[int], list[float]]:
+        """Series ``name`` carried to ``last_step``: the run log writes a running total only when it
+        changes, so an unchanged total holds its last value to the end."""
+        steps, values = self.steps(name), self.values(name)
+        if steps and steps[-1] < self.last_step:
+            steps, values = [*steps, self.last_step], [*values, values[-1]]
+        return steps, values
+
     def finish(self) -> RunLog:
         """Keep one value per step (the last written) and sort each series by step."""
         for name, points in self.series.items():
