@@ -116,7 +116,8 @@ class RunLogWriter:
         self._written = {}
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Append every number in ``metrics`` at ``step`` and flush (non-numbers skipped, NaN/inf as null)."""
+        """Append every number (or scalar tensor) in ``metrics`` at ``step`` and flush; non-numbers are
+        skipped, NaN/inf written as null."""
         if self._handle is None:
             if self._last_step is None:
                 self.open()
@@ -124,6 +125,8 @@ class RunLogWriter:
                 self._handle = self.path.open("a")
         lines = []
         for name, value in metrics.items():
+            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # a scalar tensor a trainer logged
+                value = value.item()
             if isinstance(value, bool) or not isinstance(value, (int, float)) or name in ("step",):
                 continue
             info = match_metric(name, self.infos)

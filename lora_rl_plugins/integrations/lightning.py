@@ -173,7 +173,7 @@ class LoraRLCallback(Callback):
         self.host.requests.take_kl_beta()  # the module reads the active penalty through kl_beta()
         metrics = self.host.collect_metrics()
         if self._run_log is not None:  # ours, and what the module logged (reward, loss, ...)
-            logged = {name: _number(value) for name, value in trainer.callback_metrics.items()}
+            logged = {k: v for k, v in trainer.callback_metrics.items() if k not in PROGRESS_BAR}  # not our bar's
             self._run_log.write(trainer.global_step, {**logged, **metrics})
         console = metrics
         if not self.options.host.console_detail:  # per-module norms, timings: the run log only
@@ -185,10 +185,3 @@ class LoraRLCallback(Callback):
                 short: console[name] * factor for short, (name, factor) in PROGRESS_BAR.items() if name in console
             }
             pl_module.log_dict(headline, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
-
-
-def _number(value: Any) -> Any:
-    """A logged scalar tensor as a float (anything else unchanged: the run log skips non-numbers)."""
-    if hasattr(value, "numel") and value.numel() == 1:
-        return float(value.item())
-    return value
