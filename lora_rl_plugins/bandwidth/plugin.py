@@ -16,7 +16,7 @@ from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, small
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
-from ..plugin.metrics import MetricInfo
+from ..plugin.metrics import MetricInfo, format_percent
 from .accounting import GroupAccount, account_group, account_token_group
 from .advantages import AdvantageSettings, grpo_advantages
 from .information import quantise
@@ -302,7 +302,7 @@ class BandwidthPlugin:
             line += " [continuous reward, no levels declared: K·log2 K per group]"
         capacity = self.capacity_bits
         if capacity:
-            line += f", capacity used {self.bits_total / capacity:.2%}"
+            line += f", capacity used {format_percent(self.bits_total / capacity)}"
         return line
 
     @hookimpl

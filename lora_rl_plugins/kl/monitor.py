@@ -127,8 +127,8 @@ def _active_dropout(model: Any) -> list[str]:
     ]
 
 
-def _m(name: str, kind: str, unit: str, definition: str) -> MetricInfo:
-    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition)  # type: ignore[arg-type]
+def _m(name: str, kind: str, unit: str, definition: str, *, detail: bool = False) -> MetricInfo:
+    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition, detail=detail)  # type: ignore[arg-type]
 
 
 KL_METRICS: tuple[MetricInfo, ...] = (
@@ -172,6 +172,14 @@ KL_METRICS: tuple[MetricInfo, ...] = (
     _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
     _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
     _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted matrices (each expert its own)"),
+    _m(
+        "norms/<module>/<norm>",
+        "exact",
+        "norm",
+        "each adapted module's γ‖BA‖₂ (<norm> = spectral) and γ‖BA‖_F (frobenius), each expert its own "
+        "(<module>[e]), when kl_module_norms allows",
+        detail=True,
+    ),
     _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
     _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
 )

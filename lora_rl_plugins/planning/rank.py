@@ -123,6 +123,16 @@ class RankChoice:
         """Trainable LoRA parameters at adapter rank ``rank``: rank · params_per_rank + fixed_params."""
         return rank * self.params_per_rank + self.fixed_params
 
+    @property
+    def full_rank(self) -> int | None:
+        """The rank at which every adapted matrix is full rank (max over matrices of min(d_in, d_out))."""
+        return self.inputs.get("full_rank")
+
+    @property
+    def times_bits(self) -> float | None:
+        """The margin the chosen rank leaves: capacity / the bits to hold (None when no bits are planned)."""
+        return self.capacity_bits / self.bits if self.bits > 0 else None
+
     def capacity_at(self, rank: int) -> float:
         """Capacity in bits at ``rank`` over the same matrices (bits_per_param · params_at(rank))."""
         return adapter_capacity_bits(self.params_at(rank), self.bits_per_param)  # type: ignore[arg-type]
@@ -135,15 +145,19 @@ class RankChoice:
         return max(m.rank_at(rank) for m in self.matrices)
 
     def table(self, ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> list[dict[str, Any]]:
-        """Rows of rank, parameters, capacity and whether it holds the bits (the chosen rank included)."""
+        """Rows of rank, parameters, capacity, whether it holds the bits and how many times (``times_bits``:
+        capacity / bits, None when no bits are planned), the chosen rank included; ranks above
+        ``full_rank`` are left out."""
         rows = []
-        for rank in sorted({*ranks, self.rank}):
+        full_rank = self.full_rank
+        for rank in sorted({*(r for r in ranks if full_rank is None or r <= full_rank), self.rank}):
             rows.append(
                 {
                     "rank": rank,
                     "params": self.params_at(rank),
                     "capacity_bits": self.capacity_at(rank),
                     "holds_bits": self.capacity_at(rank) >= self.bits,
+                    "times_bits": self.capacity_at(rank) / self.bits if self.bits > 0 else None,
                     "chosen": rank == self.rank,
                     "max_effective_rank": self.max_effective_rank(rank),
                     "vllm_max_lora_rank": smallest_legal_max_lora_rank(self.max_effective_rank(rank)),
@@ -157,6 +171,8 @@ class RankChoice:
         data["matrices"] = len(self.matrices)
         data["max_effective_rank"] = self.max_effective_rank()
         data["table"] = self.table()
+        data["full_rank"] = self.full_rank
+        data["times_bits"] = self.times_bits
         return data
 
 
@@ -225,6 +241,7 @@ def select_rank(
         moving = [m for m in matrices if not m.fixed_rank]
         beyond = all(m.rank_at(rank) > m.full_rank for m in moving)
         limit = max(math.floor(m.full_rank / m.rank_ratio) for m in moving)
+    inputs["full_rank"] = limit
     if beyond:
         raise ValueError(
             f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above {limit}, the rank at which "
