@@ -121,7 +121,9 @@ class LoraRLCallback(TrainerCallback):
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
         self._collective = accelerate_collective(trainer.accelerator)
-        start_run(self.host, run, model)
+        # The engine's wrapper (DDP, FSDP1 root, DeepSpeed engine), for sharded parameters: see lora.sharding.
+        self._engine_model = getattr(trainer, "model_wrapped", None)
+        start_run(self.host, run, model, self._engine_model)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.host.on_step_end(StepEnded(state.global_step, state.max_steps or None))
@@ -191,6 +193,7 @@ class LoraRLCallback(TrainerCallback):
             completion_mask=output["completion_mask"],
             temperature=trainer.temperature,
             collective=self._collective,
+            engine_model=self._engine_model,
         )
         self.host.on_policy_sampled(sample)
 

@@ -15,6 +15,7 @@ copy of the model.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -92,40 +93,49 @@ def measure_kl(
     reference: ReferencePolicy | None = None,
     temperature: float = 1.0,
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+    engine_model: Any = None,
 ) -> KLSums:
     """Sums over the completion tokens marked in ``completion_mask`` (this process only).
 
     ``input_ids``/``attention_mask`` are [B, L] prompt + completion; ``completion_mask`` is [B, C]
-    over the last C positions. KL values are in nats.
+    over the last C positions (B may be 0). KL values are in nats. Under an engine that shards
+    parameters (FSDP1/2, ZeRO-3; pass its wrapper as ``engine_model`` for FSDP1) the forward passes
+    go through the engine (``kl.engine``) and this is a collective call: every process must call it
+    the same number of times, whatever its local batch.
     """
     import torch
 
+    from .engine import hidden_states, nonempty_batch, output_logits
+
     reference = reference or ReferencePolicy()
+    input_ids, attention_mask, completion_mask = nonempty_batch(input_ids, attention_mask, completion_mask)
     body, head, finish = _body_and_head(model)
     completion = completion_mask.shape[1]
     mask = completion_mask.bool()
     targets = input_ids[:, -completion:]
     was_training = model.training
     model.eval()
+    layers = contextlib.ExitStack()  # holds the gathered output layer under a sharding engine
     try:
         with torch.no_grad():
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = hidden_states(model, engine_model, body, input_ids, attention_mask)
             hidden = hidden[:, -completion - 1 : -1]
             with reference.activate(model):
-                ref_hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                ref_hidden = hidden_states(model, engine_model, body, input_ids, attention_mask)
                 ref_hidden = ref_hidden[:, -completion - 1 : -1]
             sums = KLSums()
             per_sequence = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
-            vocab = head.weight.shape[0] if hasattr(head, "weight") else head(hidden[:, :1]).shape[-1]
+            heads = layers.enter_context(output_logits(model, engine_model, head, reference))
+            policy_head, reference_head, vocab = heads
+            vocab = vocab or policy_head(hidden[:, :1]).shape[-1]
             step = max(1, max_chunk_elements // max(1, input_ids.shape[0] * vocab))
             for start in range(0, completion, step):
                 stop = min(completion, start + step)
                 chunk_mask = mask[:, start:stop]
                 if not chunk_mask.any():
-                    continue
-                logp = torch.log_softmax(finish(head(hidden[:, start:stop])).float() / temperature, dim=-1)
-                with reference.activate(model):
-                    ref_logits = head(ref_hidden[:, start:stop])
+                    continue  # local computation only from here on (the output layer is gathered)
+                logp = torch.log_softmax(finish(policy_head(hidden[:, start:stop])).float() / temperature, dim=-1)
+                ref_logits = reference_head(ref_hidden[:, start:stop])
                 ref_logp = torch.log_softmax(finish(ref_logits).float() / temperature, dim=-1)
                 delta = logp - ref_logp
                 kl = (logp.exp() * delta).sum(-1)
@@ -149,6 +159,7 @@ def measure_kl(
             sums.sequences = float(has_tokens.sum())
             sums.sequence_kl = float(per_sequence[has_tokens].sum())
     finally:
+        layers.close()
         if was_training:
             model.train()
     return sums

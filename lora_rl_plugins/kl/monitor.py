@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ..lora.adapters import lora_layers
+from ..lora.sharding import gathered_lora_layers, is_sharded
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, AdapterSummary, PolicySample, SetKLPenalty, StepEnded, StopTraining
 from ..plugin.hookspecs import hookimpl
@@ -158,6 +159,7 @@ class KLMonitorPlugin:
         self.active = True
         self.adapter: AdapterSummary | None = None
         self.reference: ReferencePolicy | None = None
+        self.engine_model: Any = None
         # run state (get_state)
         self.batches_seen = 0
         self.values: dict[str, float] = {}
@@ -183,6 +185,13 @@ class KLMonitorPlugin:
             )
             return
         mode = self.config.kl_reference
+        self.engine_model = adapter.engine_model
+        if mode == "initial_adapter" and is_sharded(adapter.model, adapter.engine_model):
+            raise ValueError(
+                "kl_reference='initial_adapter' swaps a saved copy of the adapter's weights in and out, which this "
+                "library does not do for parameters sharded by FSDP or DeepSpeed ZeRO-3; use kl_reference='base', "
+                "or load the starting adapter as TRL's frozen 'ref' adapter (kl_reference='auto')."
+            )
         peft_config = getattr(adapter.model, "peft_config", {}) or {}
         if mode == "initial_adapter":
             self.reference = ReferencePolicy("snapshot")
@@ -260,16 +269,16 @@ class KLMonitorPlugin:
         from .measure import KLSums, measure_kl
 
         limit = self.config.kl_max_sequences
-        local = KLSums()
-        if sample.input_ids.shape[0] > 0:
-            local = measure_kl(
-                sample.model,
-                sample.input_ids[:limit],
-                sample.attention_mask[:limit],
-                sample.completion_mask[:limit],
-                reference=self.reference,
-                temperature=sample.temperature,
-            )
+        # Every process measures, even with no sequences: under FSDP/ZeRO-3 the forward passes are collective.
+        local: KLSums = measure_kl(
+            sample.model,
+            sample.input_ids[:limit],
+            sample.attention_mask[:limit],
+            sample.completion_mask[:limit],
+            reference=self.reference,
+            temperature=sample.temperature,
+            engine_model=sample.engine_model,
+        )
         total = local.reduce(sample.collective)
         if total.tokens == 0:
             return
@@ -283,18 +292,23 @@ class KLMonitorPlugin:
             "certificate": total.certificate / total.tokens,
             "measured_step": float(sample.step),
         }
-        values.update(self._update_bounds(sample.model, total.feature_norm_max, sample.temperature))
+        values.update(
+            self._update_bounds(sample.model, total.feature_norm_max, sample.temperature, sample.engine_model)
+        )
         self.values = values
         self._check_budget(values["kl_mean"], sample.step)
 
-    def _update_bounds(self, model: Any, feature_norm: float, temperature: float) -> dict[str, float]:
+    def _update_bounds(
+        self, model: Any, feature_norm: float, temperature: float, engine_model: Any = None
+    ) -> dict[str, float]:
         from .bounds import single_layer_kl_bound, update_norms
 
         name = self.adapter.adapter_name if self.adapter else None
         norms: dict[str, dict[str, float]] = {}
         output_spectral = None
         spectral_max, frobenius_sq = 0.0, 0.0
-        for layer in lora_layers(model, name):
+        full = gathered_lora_layers(model, engine_model, name)  # collective under FSDP/ZeRO-3, else None
+        for layer in full if full is not None else lora_layers(model, name):
             result = update_norms(layer.weight_b, layer.weight_a, layer.scaling)
             norms[layer.name] = {"spectral": result.spectral, "frobenius": result.frobenius}
             spectral_max = max(spectral_max, result.spectral)

@@ -64,20 +64,26 @@ def lora_layers(model: Any, adapter_name: str | None = None) -> Iterator[LoraLay
             weight_a, weight_b, kind = layer.lora_embedding_A[name], layer.lora_embedding_B[name], "embedding"
         else:
             continue
-        short = module_name.removeprefix("base_model.model.")
+        short = module_name.replace("_fsdp_wrapped_module.", "").removeprefix("base_model.model.")
         yield LoraLayerView(short, layer, weight_a, weight_b, float(layer.scaling[name]), int(ranks[name]), kind)
 
 
-def summarize_adapter(model: Any, adapter_name: str | None = None) -> AdapterSummary:
+def summarize_adapter(model: Any, adapter_name: str | None = None, engine_model: Any = None) -> AdapterSummary:
     """Summarise the LoRA adapter ``adapter_name`` (default: the active one) of ``model``.
 
     Works on a PEFT ``PeftModel`` and on a transformers model with LoRA layers injected. A model
     without LoRA layers gives a summary with ``is_lora == False``. Shapes come from A (r · d_in
-    numbers) and B (d_out · r numbers), also for conv and embedding variants.
+    numbers) and B (d_out · r numbers), also for conv and embedding variants; under an engine that
+    shards parameters (FSDP, ZeRO-3) from its metadata (``lora.sharding.lora_numels``; pass the
+    engine's wrapper as ``engine_model`` for FSDP1), never from the local shard.
     """
+    from .sharding import is_sharded, lora_numels
+
     name = adapter_name or active_adapter(model)
+    numels = lora_numels(model, engine_model, name) if is_sharded(model, engine_model) else {}
     matrices = []
     for layer in lora_layers(model, name):
-        d_in, d_out = int(layer.weight_a.numel()) // layer.rank, int(layer.weight_b.numel()) // layer.rank
+        n_a, n_b = numels.get(layer.name) or (int(layer.weight_a.numel()), int(layer.weight_b.numel()))
+        d_in, d_out = n_a // layer.rank, n_b // layer.rank
         matrices.append(AdaptedMatrix(layer.name, d_in, d_out, layer.rank, layer.scaling, layer.kind))
     return AdapterSummary(tuple(matrices), name)
