@@ -15,6 +15,7 @@ path on CPU otherwise); DeepSpeed runs on CPU as it is (its shm op is built once
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,13 +73,17 @@ def run_engine(engine: str, out: Path) -> list[dict]:
         str(out),
     ]
     started = time.monotonic()
+    # its own process group, so that a hang kills the launcher and both workers
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, check=False)
-    except subprocess.TimeoutExpired as hang:
-        pytest.fail(
-            f"{engine}: no result within {TIMEOUT_S} s (processes hung in a collective?)\n{hang.stderr!s:.3000}"
-        )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{engine}: no result within {TIMEOUT_S} s (processes hung in a collective?)\n{stderr[-3000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-6000:]
     print(f"{engine}: {time.monotonic() - started:.1f} s")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
