@@ -166,6 +166,7 @@ def main(out_dir: str) -> None:
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
+    trainer.accelerator.end_training()  # destroys the process group: no abort from live gloo threads at exit
 
 
 if __name__ == "__main__":
