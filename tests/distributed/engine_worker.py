@@ -3,7 +3,8 @@ tests/test_engines.py with `accelerate launch --config_file tests/distributed/<e
 
 Env: FORCE_ENGINE_ON_CPU=1 imports the test-only shim `force_cpu_engine` (accelerate takes its FSDP /
 DeepSpeed path on CPU with gloo); EMPTY_STEPS (default "2,4"): generation batches at which process 1
-hands the plugins no sequences at all (the hang case: it must still join every collective call).
+hands the plugins no sequences at all (the hang case: it must still join every collective call);
+RESUME=1 saves a checkpoint at step 2 and runs a second trainer resumed from it.
 
 Writes OUT/rank{r}.pt: the rewards of every reward call, the log history, the plugins' state, and at
 every KL measurement this process's sample plus the full LoRA weights gathered with the engine's
@@ -97,7 +98,8 @@ class Recorder:
         )
 
 
-def main(out_dir: str) -> None:
+def run(out_dir: str, *, record: bool, save: bool, resume_from: str | None = None):
+    """A 4-step GRPO run with the callback (kl_every=1); returns (trainer, callback, reward calls, recorder)."""
     task, tokenizer = CodebookTask(), build_tokenizer()
     calls: list[dict] = []
 
@@ -120,7 +122,8 @@ def main(out_dir: str) -> None:
         report_to=[],
         use_cpu=os.environ.get("USE_CPU", "0") == "1",
         bf16=False,
-        save_strategy="no",
+        save_strategy="steps" if save else "no",
+        save_steps=2,
         seed=0,
         disable_tqdm=True,
     )
@@ -133,10 +136,9 @@ def main(out_dir: str) -> None:
         peft_config=LoraConfig(**LORA),
     )
     rank = trainer.accelerator.process_index
-    # one completion position per output-layer chunk: processes compute different numbers of chunks
-    kl_measure.measure_kl = functools.partial(kl_measure.measure_kl, max_chunk_elements=1)
-    recorder = Recorder(trainer)
-    callback = LoraRLCallback(trainer, kl_every=1, kl_max_sequences=64, plugins=[recorder], load_entry_points=False)
+    recorder = Recorder(trainer) if record else None
+    plugins = [recorder] if recorder else []
+    callback = LoraRLCallback(trainer, kl_every=1, kl_max_sequences=64, plugins=plugins, load_entry_points=False)
     trainer.add_callback(callback)
     empty_steps = {int(s) for s in os.environ.get("EMPTY_STEPS", "2,4").split(",") if s}
     policy_sampled = callback._policy_sampled
@@ -148,24 +150,38 @@ def main(out_dir: str) -> None:
         policy_sampled(output)
 
     callback._policy_sampled = maybe_empty
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
+    return trainer, callback, calls, recorder
+
+
+def main(out_dir: str) -> None:
+    # one completion position per output-layer chunk: processes compute different numbers of chunks
+    kl_measure.measure_kl = functools.partial(kl_measure.measure_kl, max_chunk_elements=1)
+    resume = os.environ.get("RESUME") == "1"
+    trainer, callback, calls, recorder = run(out_dir, record=True, save=resume)
+    rank = trainer.accelerator.process_index
     facts = {
         "distributed_type": str(trainer.accelerator.distributed_type),
         "wrapped": type(trainer.model_wrapped).__name__,
         "is_fsdp2": bool(getattr(trainer.accelerator, "is_fsdp2", False)),
     }
-    torch.save(
-        {
-            "rank": rank,
-            "world_size": trainer.accelerator.num_processes,
-            "facts": facts,
-            "calls": calls,
-            "log_history": trainer.state.log_history,
-            "state": callback.host.get_state(),
-            "records": recorder.records,
-        },
-        os.path.join(out_dir, f"rank{rank}.pt"),
-    )
+    result = {
+        "rank": rank,
+        "world_size": trainer.accelerator.num_processes,
+        "facts": facts,
+        "calls": calls,
+        "log_history": trainer.state.log_history,
+        "state": callback.host.get_state(),
+        "records": recorder.records,
+    }
+    if resume:  # a second run resumed from the step-2 checkpoint of the first, in the same processes
+        checkpoint = os.path.join(out_dir, "trl", "checkpoint-2")
+        resumed, resumed_callback, _, resumed_recorder = run(out_dir, record=True, save=False, resume_from=checkpoint)
+        result["resumed_records"] = resumed_recorder.records
+        result["resumed_log_history"] = resumed.state.log_history
+        result["resumed_state"] = resumed_callback.host.get_state()
+        result["resumed_step"] = resumed.state.global_step
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     trainer.accelerator.end_training()  # destroys the process group: no abort from live gloo threads at exit
 
 
