@@ -14,11 +14,14 @@ from ..plugin.host import PluginHost
 __all__ = ["policy_sample", "rollouts_scored", "start_run"]
 
 
-def start_run(host: PluginHost, run: RunStarted, model: Any) -> AdapterSummary:
-    """``on_run_start`` then ``on_adapter_ready`` (the hook order every integration follows)."""
+def start_run(host: PluginHost, run: RunStarted, model: Any, engine_model: Any = None) -> AdapterSummary:
+    """``on_run_start`` then ``on_adapter_ready`` (the hook order every integration follows).
+
+    ``engine_model`` is the distributed engine's wrapper around ``model`` where there is one
+    (FSDP1 keeps the true parameter shapes there)."""
     host.on_run_start(run)
-    adapter = summarize_adapter(model)
-    host.on_adapter_ready(AdapterReady(adapter, model))
+    adapter = summarize_adapter(model, engine_model=engine_model)
+    host.on_adapter_ready(AdapterReady(adapter, model, engine_model))
     return adapter
 
 
@@ -67,6 +70,7 @@ def policy_sample(
     completion_mask: Any,
     temperature: float,
     collective: Collective,
+    engine_model: Any = None,
 ) -> PolicySample:
     """A ``PolicySample`` from prompt [B, P] and completion [B, C] tensors (ids and masks)."""
     import torch
@@ -79,4 +83,5 @@ def policy_sample(
         completion_mask=completion_mask,
         temperature=float(temperature),
         collective=collective,
+        engine_model=engine_model,
     )

@@ -7,7 +7,8 @@
 Like TRL's own ``LogCompletionsCallback(trainer)``, the callback takes the trainer because
 transformers callbacks never receive it. It sees each generation batch's rewards exactly once by
 wrapping the trainer's ``_calculate_rewards`` (which returns every process's rewards, gathered,
-in global order: TRL 1.16), and hands its metrics to TRL's own metric store, so they are averaged
+in global order: TRL 1.6 to 1.x, checked when the callback is built, see
+``lora_rl_plugins.bridge.trl_contract``), and hands its metrics to TRL's own metric store, so they are averaged
 like TRL's ``reward`` and reach ``trainer.state.log_history`` and every ``report_to`` backend.
 Its state is saved in checkpoints through transformers' ``ExportableState`` (see
 ``LoraRLCheckpointState``) and restored on resume. No math lives here: events are built by
@@ -25,6 +26,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
 from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
+from lora_rl_plugins.bridge.trl_contract import check_trl_grpo_trainer
 from lora_rl_plugins.kl.kl_free import check_kl_free
 from lora_rl_plugins.plugin.collective import TensorCollective
 from lora_rl_plugins.plugin.events import RunStarted, StepEnded
@@ -74,6 +76,8 @@ class LoraRLCallback(TrainerCallback):
 
     Raises:
         TypeError: ``trainer`` is not a ``GRPOTrainer``, or an option is unknown.
+        UnsupportedTRLError: the installed TRL is outside ``SUPPORTED_TRL`` (">=1.6,<2") or its
+            ``GRPOTrainer`` lacks an internal the callback relies on (the message lists them).
         ValueError: an option's value is invalid (the message names it).
         KLFreeError: ``kl_free=True`` with settings that contradict it.
     """
@@ -84,6 +88,9 @@ class LoraRLCallback(TrainerCallback):
                 f"LoraRLCallback needs a trl.GRPOTrainer, got {type(trainer).__name__}. "
                 "Create the trainer first, then: trainer.add_callback(LoraRLCallback(trainer))."
             )
+        import trl
+
+        check_trl_grpo_trainer(trainer, trl.__version__)
         self.trainer = trainer
         self.live_view = live_view
         self.options = PluginOptions(**options)
@@ -138,7 +145,9 @@ class LoraRLCallback(TrainerCallback):
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
         self._collective = accelerate_collective(trainer.accelerator)
-        start_run(self.host, run, model)
+        # The engine's wrapper (DDP, FSDP1 root, DeepSpeed engine), for sharded parameters: see lora.sharding.
+        self._engine_model = getattr(trainer, "model_wrapped", None)
+        start_run(self.host, run, model, self._engine_model)
         self._metric_infos = self.host.describe_metrics()
         if self.options.host.run_log and state.is_world_process_zero:
             self._run_log = RunLogWriter(args.output_dir, self._metric_infos, source="trl")
@@ -220,6 +229,7 @@ class LoraRLCallback(TrainerCallback):
             completion_mask=output["completion_mask"],
             temperature=trainer.temperature,
             collective=self._collective,
+            engine_model=self._engine_model,
         )
         self.host.on_policy_sampled(sample)
 

@@ -17,6 +17,11 @@ forward in chunks of sequences and positions (``logits_to_keep``; "forward" path
 The reference is the same model with its adapters disabled (PEFT ``disable_adapter``), a named
 frozen adapter (TRL's "ref"), or a snapshot of the starting adapter's weights swapped in: never a
 copy of the model.
+
+Under an engine that shards parameters (FSDP1/2, DeepSpeed ZeRO-3; ``kl.engine``) the body runs
+through the engine's own forward, the output layer is gathered once per measurement and applied
+locally, and a process with no sequences measures a dummy row of weight 0: every process makes the
+same collective calls whatever its local batch.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import inspect
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..lora.sharding import is_sharded
 from ..plugin.log import logger
 from .bounds import hoeffding_certificate
+from .engine import forward_target, hidden_states, nonempty_batch, output_logits
 from .reference import ReferencePolicy
 
 __all__ = ["DEFAULT_MAX_CHUNK_ELEMENTS", "KLSums", "LogitsSource", "LogitsSourceError", "measure_kl"]
@@ -139,12 +146,15 @@ class LogitsSource:
             return torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def resolve(self, model: Any, input_ids: Any, attention_mask: Any) -> LogitsSource:
+    def resolve(self, model: Any, input_ids: Any, attention_mask: Any, engine_model: Any = None) -> LogitsSource:
         """Check the head path on one sequence of the batch (once; later calls return at once).
 
         Args:
             model: a transformers causal LM (PEFT-wrapped or not), in eval mode.
             input_ids, attention_mask: [B, L] with B >= 1.
+            engine_model: the engine's wrapper (``trainer.model_wrapped``) under FSDP1; the check then
+                runs through the engine (a collective call: every process makes it on its first
+                measurement).
 
         Raises:
             LogitsSourceError: the model returns no logits of shape [batch, positions, vocabulary].
@@ -159,7 +169,7 @@ class LogitsSource:
         count = min(CHECK_POSITIONS, length)
         ids, attention = input_ids[:1], attention_mask[:1]
         with torch.no_grad():
-            own = _own_logits(model, ids, attention, length - count, length, keep)
+            own = _own_logits(forward_target(model, engine_model), ids, attention, length - count, length, keep)
             if body is None or head is None:
                 self.mode = "forward"
                 logger.info(
@@ -168,8 +178,9 @@ class LogitsSource:
                     type(base).__name__,
                 )
                 return self
-            hidden = body(input_ids=ids, attention_mask=attention).last_hidden_state[:, -count:]
-            plain = head(hidden)
+            hidden = hidden_states(model, engine_model, body, ids, attention)[:, -count:]
+            with output_logits(model, engine_model, head, ReferencePolicy()) as (policy_head, _, _):
+                plain = policy_head(hidden)
         eps = torch.finfo(own.dtype).eps if own.dtype.is_floating_point else 0.0
         tolerance = 16 * eps * (1.0 + float(own.abs().max()))
         own = own.double()
@@ -241,6 +252,7 @@ def measure_kl(
     temperature: float = 1.0,
     max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
     logits_source: LogitsSource | None = None,
+    engine_model: Any = None,
 ) -> KLSums:
     """Sums over the completion tokens marked in ``completion_mask`` (this process only).
 
@@ -254,16 +266,22 @@ def measure_kl(
             position of one sequence is measured at a time).
         logits_source: the run's ``LogitsSource`` (checked on its first use and remembered); None
             checks on this call.
+        engine_model: the engine's outer wrapper (``trainer.model_wrapped``) where there is one. Under
+            an engine that shards parameters this is a collective call: every process must call it
+            the same number of times, whatever its local batch (B may be 0).
 
     Returns:
         ``KLSums``; KL values in nats, computed in float64 from the model's own logits.
 
     Raises:
-        LogitsSourceError: the model returns no logits of shape [batch, positions, vocabulary].
+        LogitsSourceError: the model returns no logits of shape [batch, positions, vocabulary], or,
+            under FSDP/ZeRO-3, its logits are not its output layer's (no chunked path is collective-safe
+            there yet).
     """
     import torch
 
     reference = reference or ReferencePolicy()
+    input_ids, attention_mask, completion_mask = nonempty_batch(input_ids, attention_mask, completion_mask)
     source = logits_source if logits_source is not None else LogitsSource()
     base, body, head = _body_and_head(model)
     rows = input_ids.shape[0]
@@ -276,10 +294,11 @@ def measure_kl(
     model.eval()
     try:
         with torch.no_grad():
-            source.resolve(model, input_ids, attention_mask)
+            source.resolve(model, input_ids, attention_mask, engine_model)
             if source.mode == "head":
                 _measure_head(
                     model,
+                    engine_model,
                     body,
                     head,
                     source,
@@ -294,6 +313,13 @@ def measure_kl(
                     per_sequence,
                 )
             else:
+                if is_sharded(model, engine_model):
+                    raise LogitsSourceError(
+                        f"{type(base).__name__} transforms its logits beyond its output layer, and under FSDP/ZeRO-3 "
+                        "the KL monitor measures through the output layer only (its chunked forward path would make "
+                        "different collective calls on different processes). Block the monitor "
+                        "(block=['kl_monitor']) for this run, or measure without sharding"
+                    )
                 _measure_forward(
                     model,
                     base,
@@ -319,6 +345,7 @@ def measure_kl(
 
 def _measure_head(
     model: Any,
+    engine_model: Any,
     body: Any,
     head: Any,
     source: LogitsSource,
@@ -332,32 +359,32 @@ def _measure_head(
     sums: KLSums,
     per_sequence: Any,
 ) -> None:
-    """Body once per policy, the output layer in chunks of positions."""
+    """Body once per policy (through the engine where parameters are sharded), the output layer in
+    chunks of positions (gathered once under a sharding engine, so the chunks communicate nothing)."""
     completion = mask.shape[1]
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -completion - 1 : -1]
+    hidden = hidden_states(model, engine_model, body, input_ids, attention_mask)[:, -completion - 1 : -1]
     with reference.activate(model):
-        ref_hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        ref_hidden = ref_hidden[:, -completion - 1 : -1]
-    vocab = head.weight.shape[0] if hasattr(head, "weight") else head(hidden[:, :1]).shape[-1]
-    step = max(1, max_chunk_elements // max(1, input_ids.shape[0] * vocab))
-    for start in range(0, completion, step):
-        stop = min(completion, start + step)
-        chunk_mask = mask[:, start:stop]
-        if not chunk_mask.any():
-            continue
-        logits = source.finish(head(hidden[:, start:stop]))
-        with reference.activate(model):
-            ref_logits = source.finish(head(ref_hidden[:, start:stop]))
-        _accumulate(
-            sums,
-            per_sequence,
-            logits,
-            ref_logits,
-            targets[:, start:stop],
-            chunk_mask,
-            hidden[:, start:stop],
-            temperature,
-        )
+        ref_hidden = hidden_states(model, engine_model, body, input_ids, attention_mask)[:, -completion - 1 : -1]
+    with output_logits(model, engine_model, head, reference) as (policy_head, reference_head, vocab):
+        vocab = vocab or policy_head(hidden[:, :1]).shape[-1]
+        step = max(1, max_chunk_elements // max(1, input_ids.shape[0] * vocab))
+        for start in range(0, completion, step):
+            stop = min(completion, start + step)
+            chunk_mask = mask[:, start:stop]
+            if not chunk_mask.any():
+                continue  # local computation only from here on
+            logits = source.finish(policy_head(hidden[:, start:stop]))
+            ref_logits = source.finish(reference_head(ref_hidden[:, start:stop]))
+            _accumulate(
+                sums,
+                per_sequence,
+                logits,
+                ref_logits,
+                targets[:, start:stop],
+                chunk_mask,
+                hidden[:, start:stop],
+                temperature,
+            )
 
 
 def _measure_forward(

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ..lora.adapters import lora_layers
+from ..lora.sharding import gathered_lora_layers, is_sharded
 from ..plugin.config import option
 from ..plugin.events import (
     AdapterReady,
@@ -254,6 +255,7 @@ class KLMonitorPlugin:
         self.active = True
         self.adapter: AdapterSummary | None = None
         self.reference: ReferencePolicy | None = None
+        self.engine_model: Any = None
         # run state (get_state)
         self.batches_seen = 0
         self.values: dict[str, float] = {}
@@ -289,6 +291,13 @@ class KLMonitorPlugin:
             )
             return
         mode = self.config.kl_reference
+        self.engine_model = adapter.engine_model
+        if mode == "initial_adapter" and is_sharded(adapter.model, adapter.engine_model):
+            raise ValueError(
+                "kl_reference='initial_adapter' swaps a saved copy of the adapter's weights in and out, which this "
+                "library does not do for parameters sharded by FSDP or DeepSpeed ZeRO-3; use kl_reference='base', "
+                "or load the starting adapter as TRL's frozen 'ref' adapter (kl_reference='auto')."
+            )
         peft_config = getattr(adapter.model, "peft_config", {}) or {}
         if mode == "initial_adapter":
             self.reference = ReferencePolicy("snapshot")
@@ -374,17 +383,17 @@ class KLMonitorPlugin:
         from .measure import KLSums, measure_kl
 
         limit = self.config.kl_max_sequences
-        local = KLSums()
-        if sample.input_ids.shape[0] > 0:
-            local = measure_kl(
-                sample.model,
-                sample.input_ids[:limit],
-                sample.attention_mask[:limit],
-                sample.completion_mask[:limit],
-                reference=self.reference,
-                temperature=sample.temperature,
-                logits_source=self.logits_source,
-            )
+        # Every process measures, even with no sequences: under FSDP/ZeRO-3 the forward passes are collective.
+        local: KLSums = measure_kl(
+            sample.model,
+            sample.input_ids[:limit],
+            sample.attention_mask[:limit],
+            sample.completion_mask[:limit],
+            reference=self.reference,
+            temperature=sample.temperature,
+            logits_source=self.logits_source,
+            engine_model=sample.engine_model,
+        )
         total = local.reduce(sample.collective)
         if total.tokens == 0:
             return
@@ -398,11 +407,15 @@ class KLMonitorPlugin:
             "certificate": total.certificate / total.tokens,
             "measured_step": float(sample.step),
         }
-        values.update(self._update_bounds(sample.model, total.feature_norm_max, sample.temperature))
+        values.update(
+            self._update_bounds(sample.model, total.feature_norm_max, sample.temperature, sample.engine_model)
+        )
         self.values = values
         self._check_budget(values["kl_mean"], sample.step)
 
-    def _update_bounds(self, model: Any, feature_norm: float, temperature: float) -> dict[str, float]:
+    def _update_bounds(
+        self, model: Any, feature_norm: float, temperature: float, engine_model: Any = None
+    ) -> dict[str, float]:
         from .bounds import expert_update_norms, single_layer_kl_bound, update_norms
 
         name = self.adapter.adapter_name if self.adapter else None
@@ -410,7 +423,8 @@ class KLMonitorPlugin:
         output_spectral = None
         inner = False
         spectral_max, frobenius_sq = 0.0, 0.0
-        for view in lora_layers(model, name, per_expert=False):
+        full = gathered_lora_layers(model, engine_model, name)  # collective under FSDP/ZeRO-3, else None
+        for view in full if full is not None else lora_layers(model, name, per_expert=False):
             if view.kind == "experts":  # fused experts: each expert's own update, batched
                 per = expert_update_norms(view.weight_b, view.weight_a, view.scaling, view.experts)
                 results = [(f"{view.name}[{e}]", result) for e, result in enumerate(per)]

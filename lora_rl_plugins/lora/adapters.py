@@ -83,7 +83,8 @@ def adapter_base_rank(model: Any, adapter_name: str | None = None) -> int | None
 
 
 def _clean_name(module_name: str) -> str:
-    name = module_name.removeprefix("base_model.model.")
+    """The module name without FSDP1's wrapper parts, PEFT's prefix and nested ``base_layer`` parts."""
+    name = module_name.replace("_fsdp_wrapped_module.", "").removeprefix("base_model.model.")
     return re.sub(r"(\.base_layer)+(?=\.|$)", "", name)
 
 
@@ -132,7 +133,7 @@ def lora_layers(model: Any, adapter_name: str | None = None, *, per_expert: bool
         yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, kind)
 
 
-def summarize_adapter(model: Any, adapter_name: str | None = None) -> AdapterSummary:
+def summarize_adapter(model: Any, adapter_name: str | None = None, engine_model: Any = None) -> AdapterSummary:
     """Summarise the LoRA adapter ``adapter_name`` (default: the active one) of ``model``.
 
     Works on a PEFT ``PeftModel`` and on a transformers model with LoRA layers injected. A model
@@ -142,16 +143,23 @@ def summarize_adapter(model: Any, adapter_name: str | None = None) -> AdapterSum
     the per-expert (d_in, d_out). Shapes come from A (r · d_in numbers) and B (d_out · r numbers),
     also for conv and embedding variants. ``trainable_params`` equals the numel of the adapter's
     LoRA factors (PEFT's own count without ``modules_to_save``/trainable tokens).
+    Under an engine that shards parameters (FSDP, ZeRO-3) the shapes come from its metadata
+    (``lora.sharding.lora_numels``; pass the engine's wrapper as ``engine_model`` for FSDP1), never
+    from the local shard.
     """
+    from .sharding import is_sharded, lora_numels
+
     name = adapter_name or active_adapter(model)
     base = adapter_base_rank(model, name)
+    numels = lora_numels(model, engine_model, name) if is_sharded(model, engine_model) else {}
     matrices = []
     for layer in lora_layers(model, name, per_expert=False):
         if layer.kind in ("experts", "parameter"):
             d_in, d_out = int(layer.module.in_features), int(layer.module.out_features)
             kind = "experts" if layer.kind == "experts" else "linear"
         else:
-            d_in, d_out = int(layer.weight_a.numel()) // layer.rank, int(layer.weight_b.numel()) // layer.rank
+            n_a, n_b = numels.get(layer.name) or (int(layer.weight_a.numel()), int(layer.weight_b.numel()))
+            d_in, d_out = n_a // layer.rank, n_b // layer.rank
             kind = layer.kind
         matrices.append(
             AdaptedMatrix(layer.name, d_in, d_out, layer.rank, layer.scaling, kind, layer.experts, base_rank=base)

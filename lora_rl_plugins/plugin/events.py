@@ -165,6 +165,9 @@ class AdapterReady:
     adapter: AdapterSummary
     model: Any = None
     """The trained model (a PEFT model where LoRA is used); plugins must not keep gradients alive."""
+    engine_model: Any = None
+    """The distributed engine's wrapper around ``model`` (TRL: ``trainer.model_wrapped``: the FSDP1 root,
+    the DeepSpeed engine), where there is one: FSDP1 keeps the true parameter shapes there."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ class PolicySample:
     completion_mask: Any
     temperature: float = 1.0
     collective: Collective = field(default_factory=SingleProcess)
+    engine_model: Any = None
+    """The distributed engine's wrapper around ``model`` (see ``AdapterReady.engine_model``)."""
 
 
 @dataclass(frozen=True)
