@@ -1,8 +1,9 @@
 """``lora-rl demo``: GRPO + LoRA through TRL on the codebook task, with the callback on.
 
-Trains the tiny local model (no download) for a few hundred steps on 2 CPU cores and prints what
-the run learned: reward curve, bits per step and in total (estimate and bound), adapter capacity
-and the smallest rank that would have held the bits.
+Trains the tiny local model (no download) for a few hundred steps on 2 CPU cores, or another
+``DemoSetup`` (``demo/smollm2.py``: SmolLM2-135M-Instruct on addition), and prints what the run
+learned: reward curve, bits per step and in total (estimate and bound), adapter capacity and the
+smallest rank that would have held the bits.
 """
 
 from __future__ import annotations

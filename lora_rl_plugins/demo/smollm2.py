@@ -112,6 +112,7 @@ def prepare_smollm2(cache: str | None = None, *, progress: bool = True) -> str:
     cache = cache or cache_dir()
     if _prepared(cache):
         return cache
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach for the Hub
     directory, name = gguf_location()
     if progress:
         print(f"preparing SmolLM2-135M-Instruct once (GGUF -> float32, ~30 s) into {cache}", flush=True)
@@ -150,6 +151,7 @@ def load_smollm2(cache: str | None = None, *, progress: bool = True) -> tuple[An
         ModelNotInstalledError: see ``prepare_smollm2``.
     """
     path = prepare_smollm2(cache, progress=progress)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
