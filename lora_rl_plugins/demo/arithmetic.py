@@ -50,8 +50,8 @@ class AdditionTask:
             raise ValueError(f"max_operand must be >= 0, got {max_operand}")
         self.seed = seed
         self.max_operand = max_operand
-        self.samples: list[tuple[int, list[str], list[float]]] = []
-        """(call number, first completions, their rewards) of every reward call, for the demo's summary."""
+        self.samples: list[tuple[list[str], list[float]]] = []
+        """(completion texts, rewards) of every reward call, in order: the run's scored batches."""
 
     #: No single number: what the model must learn is a format ("a + b = c"), not a table of bits.
     bits_to_learn: float | None = None
@@ -83,7 +83,7 @@ class AdditionTask:
         """1.0 when the completion's last integer is the sum, else 0.0 (a TRL reward function;
         ``target`` is the dataset column TRL passes through)."""
         rewards = [float(self.answer(c) == t) for c, t in zip(completions, target, strict=True)]
-        self.samples.append((len(self.samples) + 1, [_text(c) for c in completions[:4]], rewards[:4]))
+        self.samples.append(([_text(c) for c in completions], rewards))
         return rewards
 
     def format_samples(self) -> str:
@@ -91,9 +91,10 @@ class AdditionTask:
         if not self.samples:
             return ""
         lines = ["", "  completions (reward), first and last generation batch:"]
-        picks = [self.samples[0]] if len(self.samples) == 1 else [self.samples[0], self.samples[-1]]
-        for call, texts, rewards in picks:
-            shown = "  ".join(f"{text!r} ({reward:g})" for text, reward in zip(texts, rewards, strict=True))
+        picks = [1] if len(self.samples) == 1 else [1, len(self.samples)]
+        for call in picks:
+            texts, rewards = self.samples[call - 1]
+            shown = "  ".join(f"{text!r} ({reward:g})" for text, reward in zip(texts[:4], rewards[:4], strict=True))
             lines.append(f"    batch {call:>3}: {shown}")
         return "\n".join(lines)
 
