@@ -4,12 +4,12 @@ Prompt: a system message "Answer with just the number." and a user message "What
 a, b drawn uniformly from 0..9. Answer: the last integer in the completion. Reward: 1.0 when that
 answer is a + b, else 0.0. The reward is binary and a function of the answer alone, with exactly
 one correct answer per prompt, so the bandwidth plugin's group bound log2(M+1) applies
-(docs/theory.md §1, M the distinct answers in a group).
+(docs/theory.md §1, M the distinct answers in a group; §7 says why the uniform-prior value does not apply).
 
 Why this task: SmolLM2-135M-Instruct rarely answers with a bare number ("To find 7+7, we ..."),
 so with 8 new tokens the last number is the sum in about 25 % of samples; when it writes the
 equation out ("3 + 4 = 7") it is usually right. GRPO teaches it to state the equation at once:
-the reward rises from ~0.2 to ~0.8 within a few dozen steps on a CPU.
+the reward rose from 0.06 to 1.0 within 10 steps (30 steps: README, "A real model").
 """
 
 from __future__ import annotations
