@@ -8,16 +8,24 @@ smallest rank that would have held the bits.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..plugin.metrics import format_percent
 from ..report.textplot import sparkline
 from .setup import DemoSetup, tiny_setup
 
-__all__ = ["DemoResult", "format_summary", "run_demo"]
+__all__ = ["DEMO_KL_BUDGET", "DemoResult", "format_summary", "run_demo"]
+
+#: The demo's KL budget (nats/token): a policy this far from its base no longer answers like it.
+DEMO_KL_BUDGET = 1.0
 
 
 @dataclass
@@ -34,6 +42,11 @@ class DemoResult:
     seconds: float = 0.0
     output_dir: str = ""
     task: str = "the codebook task"
+    kl_budget: float | None = None
+    budget_crossed: tuple[int, float] | None = None
+    """(step, measured KL) of the first measurement over ``kl_budget``, or None."""
+    clipped_ratio: float | None = None
+    """TRL's ``completions/clipped_ratio`` at the last step: 1.0 means no completion ended with <eos>."""
 
 
 def run_demo(
@@ -44,6 +57,7 @@ def run_demo(
     seed: int = 0,
     output_dir: str | None = None,
     progress: bool = True,
+    kl_budget: float | None = DEMO_KL_BUDGET,
     callback_options: dict[str, Any] | None = None,
     setup: DemoSetup | None = None,
 ) -> DemoResult:
@@ -52,6 +66,9 @@ def run_demo(
     ``setup`` is the model, tokenizer and task (default: ``tiny_setup(seed)``, the tiny model on the
     codebook task); ``steps``, ``rank`` and ``learning_rate`` default to the setup's (300, 8, 2e-3 for
     the tiny model).
+
+    ``kl_budget`` (nats/token, None for none) is the KL monitor's budget: the default demo drifts past
+    it (the KL-free policy stops emitting <eos>), and the monitor's ``KLBudgetWarning`` says so.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from peft import LoraConfig
@@ -91,6 +108,8 @@ def run_demo(
         peft_config=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     options = {**setup.callback_options, **(callback_options or {})}
+    if kl_budget is not None:
+        options.setdefault("kl_budget", kl_budget)
     callback = LoraRLCallback(trainer, **options)
     trainer.add_callback(callback)
     from transformers.trainer_callback import PrinterCallback
@@ -98,10 +117,23 @@ def run_demo(
     trainer.remove_callback(PrinterCallback)  # one log dict per step would bury the summary
     if progress:
         trainer.add_callback(_ProgressBar(callback))
-    trainer.train()
+    with _library_warnings_on_their_own_line():
+        trainer.train()
     trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
-    result = DemoResult(rank=rank, bits_to_learn=task.bits_to_learn, output_dir=args.output_dir, task=setup.description)
+    result = DemoResult(
+        rank=rank,
+        bits_to_learn=task.bits_to_learn,
+        output_dir=args.output_dir,
+        task=setup.description,
+        kl_budget=options.get("kl_budget"),
+    )
     for entry in trainer.state.log_history:
+        if "completions/clipped_ratio" in entry:
+            result.clipped_ratio = float(entry["completions/clipped_ratio"])
+        kl = entry.get("kl_monitor/kl_mean")
+        over = kl is not None and result.kl_budget is not None and kl > result.kl_budget
+        if over and result.budget_crossed is None:
+            result.budget_crossed = (int(entry.get("kl_monitor/measured_step", entry["step"])), float(kl))
         if "reward" in entry and "bandwidth/bits_step" in entry:
             result.steps.append(int(entry["step"]))
             result.reward.append(float(entry["reward"]))
@@ -110,6 +142,27 @@ def run_demo(
             result.final = {k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/"))}
     result.seconds = time.perf_counter() - started
     return result
+
+
+@contextlib.contextmanager
+def _library_warnings_on_their_own_line() -> Iterator[None]:
+    """Print this library's warnings (the KL budget's included) as one clear line above the progress bar;
+    every other warning is shown as Python would show it."""
+    original = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None):
+        if category.__module__.startswith("lora_rl_plugins"):
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"\n  {category.__name__}: {message}\n", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 class _ProgressBar:
@@ -166,7 +219,7 @@ def format_summary(result: DemoResult) -> str:
     if "bandwidth/capacity_bits" in final:
         lines += [
             f"  adapter         {final['bandwidth/capacity_bits']:,.0f} bits of capacity at r={result.rank} "
-            f"(32 bits/parameter); used {final['bandwidth/capacity_used']:.3%}",
+            f"(32 bits/parameter); used {format_percent(final['bandwidth/capacity_used'])}",
             f"  rank advice     r={int(final['bandwidth/rank_sufficient'])} would hold the "
             f"{final['bandwidth/projected_bits']:,.0f} bits this run delivered",
         ]
@@ -175,5 +228,28 @@ def format_summary(result: DemoResult) -> str:
             f"  policy drift    KL(policy || base) {final['kl_monitor/kl_mean']:.2f} nats/token at step "
             f"{int(final['kl_monitor/measured_step'])} (exact, measured every 10 batches; no KL penalty was used)"
         )
+    lines += _budget_lines(result)
     lines += ["", f"  the run's logs are in {result.output_dir}: `lora-rl report {result.output_dir}` draws them"]
     return "\n".join(lines)
+
+
+def _budget_lines(result: DemoResult) -> list[str]:
+    """The guard rail's verdict: the KL budget held, or crossed at which step and what to do."""
+    if result.kl_budget is None:
+        return []
+    if result.budget_crossed is None:
+        return [f"  KL budget       {result.kl_budget:g} nats/token: held"]
+    step, kl = result.budget_crossed
+    clipped = (
+        f"; completions/clipped_ratio {result.clipped_ratio:.2f}: the policy stopped emitting <eos>"
+        if result.clipped_ratio is not None and result.clipped_ratio > 0.5
+        else ""
+    )
+    return [
+        f"  KL budget       CROSSED at step {step}: KL {kl:.2f} > budget {result.kl_budget:g} nats/token "
+        f"(the KLBudgetWarning above: the guard rail){clipped}",
+        "                  to hold the policy near its base: on_budget='penalize' (a KL penalty from then on) or "
+        "'stop',",
+        "                  a lower learning rate, or a reward for ending the answer; `lora-rl demo --kl-budget 0` "
+        "turns the budget off",
+    ]

@@ -23,12 +23,18 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
+from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
 from lora_rl_plugins.kl.kl_free import check_kl_free
 from lora_rl_plugins.plugin.collective import TensorCollective
 from lora_rl_plugins.plugin.events import RunStarted, StepEnded
 
 __all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective"]
+
+#: The keys of transformers' end-of-training summary log: run totals, not step metrics.
+TRAINING_SUMMARY_KEYS = frozenset(
+    {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
+)
 
 
 def accelerate_collective(accelerator: Any) -> TensorCollective:
@@ -92,6 +98,8 @@ class LoraRLCallback(TrainerCallback):
             )
         self.host = self.options.build_host()
         self._metric_infos = self.host.describe_metrics()
+        self._run_log: RunLogWriter | None = None
+        self._detail: dict[str, float] = {}  # detail metrics since the last log: for the run log only
         self.checkpoint_state = LoraRLCheckpointState()
         self.checkpoint_state.owner = self
         trainer.add_callback(self.checkpoint_state)
@@ -117,11 +125,24 @@ class LoraRLCallback(TrainerCallback):
                 "steps_per_generation": args.steps_per_generation,
                 "num_iterations": trainer.num_iterations,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "scale_rewards": getattr(trainer, "scale_rewards", None),
+                "multi_objective_aggregation": getattr(trainer, "multi_objective_aggregation", None),
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "min_p": args.min_p,
+                "repetition_penalty": args.repetition_penalty,
+                "generation_kwargs": args.generation_kwargs,
+                "bf16": args.bf16,
+                "fp16": args.fp16,
             },
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
         self._collective = accelerate_collective(trainer.accelerator)
         start_run(self.host, run, model)
+        self._metric_infos = self.host.describe_metrics()
+        if self.options.host.run_log and state.is_world_process_zero:
+            self._run_log = RunLogWriter(args.output_dir, self._metric_infos, source="trl")
+            self._run_log.open(resume_step=state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.host.on_step_end(StepEnded(state.global_step, state.max_steps or None))
@@ -133,7 +154,13 @@ class LoraRLCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any
     ) -> None:
         """The live view: the plugins' one-line summary at the logging interval, in the progress bar
-        (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log."""
+        (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log; and
+        the run log (``lora_rl_metrics.jsonl``): the trainer's logs and the detail metrics."""
+        if self._run_log is not None and logs:
+            # TRL folds the metrics of an unlogged last window into its end-of-training summary: keep those
+            values = {name: value for name, value in logs.items() if name not in TRAINING_SUMMARY_KEYS}
+            self._run_log.write(state.global_step, {**values, **self._detail})
+            self._detail = {}
         if not self.live_view or not state.is_local_process_zero or "train_runtime" in (logs or {}):
             return
         summary = self.host.summary_line()
@@ -142,7 +169,7 @@ class LoraRLCallback(TrainerCallback):
         callbacks = self.trainer.callback_handler.callbacks
         bar = next((cb.training_bar for cb in callbacks if isinstance(cb, ProgressCallback) and cb.training_bar), None)
         if bar is not None:
-            bar.set_postfix_str(summary, refresh=False)
+            bar.set_postfix_str(summary)  # refreshed now: the bar shows the values the log line shows
         elif any(isinstance(cb, PrinterCallback) for cb in callbacks):
             print(f"lora-rl step {state.global_step}: {summary}")
 
@@ -150,6 +177,8 @@ class LoraRLCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.host.on_run_end()
+        if self._run_log is not None:
+            self._run_log.close()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _wrap_reward_calculation(self, trainer: Any) -> None:
@@ -210,6 +239,9 @@ class LoraRLCallback(TrainerCallback):
 
     def _publish(self, metrics: Mapping[str, float]) -> None:
         """Put metrics into TRL's metric store: per-step ones are averaged over the logging window."""
+        if not self.options.host.console_detail:  # per-module norms, timings: the run log only
+            metrics, detail = split_detail(metrics, self._metric_infos)
+            self._detail.update(detail)
         store = self.trainer._metrics["train"]
         for name, value in metrics.items():
             info = self._metric_infos.get(name)
