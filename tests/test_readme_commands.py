@@ -21,6 +21,7 @@ COMMAND = re.compile(r"(lora-rl [a-z-]+( |$)|python (examples/|-m ))")
 #: README command -> what this file runs for it (None: not run here, with the reason in SKIPPED).
 WALKED = {
     "lora-rl demo": "test_demo_and_the_report_it_suggests",
+    "lora-rl demo --model smollm2": "test_smollm2_demo",
     "lora-rl report <the directory it prints>": "test_demo_and_the_report_it_suggests",
     "python examples/trl_grpo.py": "test_trl_example_and_its_report",
     "lora-rl report runs/my_grpo_run": "test_trl_example_and_its_report",
@@ -32,6 +33,7 @@ WALKED = {
     "lora-rl rank --hidden-size 4096 --episodes 320000 --reward-levels 2": "test_rank",
     "lora-rl rank": "test_rank",
     "lora-rl check-vllm runs/adapter --max-lora-rank 16": "test_check_vllm",
+    "lora-rl check-vllm runs/adapter --max-lora-rank 16 --model-config base/config.json": "test_check_vllm",
     "lora-rl check-vllm": "test_check_vllm",
     "python examples/kl_vs_rank.py": "test_kl_vs_rank_example",
     "python examples/unsloth_grpo.py": "test_unsloth_example",
@@ -100,6 +102,20 @@ def test_demo_and_the_report_it_suggests(tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_smollm2_demo(tmp_path) -> None:
+    """One step through the command line (the 30-step run is in the README; tests/test_smollm2.py
+    checks the numbers of a 3-step run on the same path)."""
+    pytest.importorskip("trl")
+    from lora_rl_plugins.demo.smollm2 import INSTALL_COMMAND, smollm2_available
+
+    if not smollm2_available():
+        pytest.skip(f"SmolLM2-135M-Instruct is neither prepared nor installable here: {INSTALL_COMMAND}")
+    out = run("lora-rl demo --model smollm2 --steps 1 --output-dir smollm2_out", tmp_path)
+    assert "on SmolLM2-135M-Instruct, single-digit addition, 1 steps" in out
+    assert "bits delivered" in out and "batch   1:" in out
+
+
+@pytest.mark.slow
 def test_trl_example_and_its_report(tmp_path) -> None:
     pytest.importorskip("trl")
     pytest.importorskip("matplotlib")
@@ -140,10 +156,18 @@ def test_rank(tmp_path) -> None:
 
 
 def test_check_vllm(tmp_path) -> None:
-    (tmp_path / "runs" / "adapter").mkdir(parents=True)
-    config = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "peft_type": "LORA", "bias": "none"}
-    (tmp_path / "runs" / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from lora_rl_plugins.demo.model import build_tiny_model
+
+    base = build_tiny_model()
+    base.config.save_pretrained(tmp_path / "base")  # a Qwen2 config: vLLM's Qwen2 module rules apply
+    adapter = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    adapter.save_pretrained(tmp_path / "runs" / "adapter")  # adapter_config.json + adapter_model.safetensors
     assert "ok: vLLM" in run("lora-rl check-vllm runs/adapter --max-lora-rank 16", tmp_path)
+    out = run("lora-rl check-vllm runs/adapter --max-lora-rank 16 --model-config base/config.json", tmp_path)
+    assert "ok: vLLM" in out
     help_text = run("lora-rl check-vllm --help", tmp_path)
     for flag in ("--max-loras", "--max-cpu-loras", "--lora-dtype"):
         # every option has its help text: the line after the flag is not the next flag

@@ -1,8 +1,9 @@
 """``lora-rl demo``: GRPO + LoRA through TRL on the codebook task, with the callback on.
 
-Trains the tiny local model (no download) for a few hundred steps on 2 CPU cores and prints what
-the run learned: reward curve, bits per step and in total (estimate and bound), adapter capacity
-and the smallest rank that would have held the bits.
+Trains the tiny local model (no download) for a few hundred steps on 2 CPU cores, or another
+``DemoSetup`` (``demo/smollm2.py``: SmolLM2-135M-Instruct on addition), and prints what the run
+learned: reward curve, bits per step and in total (estimate and bound), adapter capacity and the
+smallest rank that would have held the bits.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from typing import Any
 
 from ..plugin.metrics import format_percent
 from ..report.textplot import sparkline
-from .model import build_tiny_model, build_tokenizer
-from .task import CodebookTask
+from .setup import DemoSetup, tiny_setup
 
 __all__ = ["DEMO_KL_BUDGET", "DemoResult", "format_summary", "run_demo"]
 
@@ -38,9 +38,10 @@ class DemoResult:
     zero_info_frac: list[float] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     rank: int = 8
-    bits_to_learn: float = 0.0
+    bits_to_learn: float | None = 0.0
     seconds: float = 0.0
     output_dir: str = ""
+    task: str = "the codebook task"
     kl_budget: float | None = None
     budget_crossed: tuple[int, float] | None = None
     """(step, measured KL) of the first measurement over ``kl_budget``, or None."""
@@ -50,16 +51,21 @@ class DemoResult:
 
 def run_demo(
     *,
-    steps: int = 300,
-    rank: int = 8,
-    learning_rate: float = 2e-3,
+    steps: int | None = None,
+    rank: int | None = None,
+    learning_rate: float | None = None,
     seed: int = 0,
     output_dir: str | None = None,
     progress: bool = True,
     kl_budget: float | None = DEMO_KL_BUDGET,
     callback_options: dict[str, Any] | None = None,
+    setup: DemoSetup | None = None,
 ) -> DemoResult:
-    """Train the tiny model with GRPO + LoRA and the ``LoraRLCallback``; return what it logged.
+    """Train with GRPO + LoRA and the ``LoraRLCallback``; return what it logged.
+
+    ``setup`` is the model, tokenizer and task (default: ``tiny_setup(seed)``, the tiny model on the
+    codebook task); ``steps``, ``rank`` and ``learning_rate`` default to the setup's (300, 8, 2e-3 for
+    the tiny model).
 
     ``kl_budget`` (nats/token, None for none) is the KL monitor's budget: the default demo drifts past
     it (the KL-free policy stops emitting <eos>), and the monitor's ``KLBudgetWarning`` says so.
@@ -71,16 +77,15 @@ def run_demo(
     from lora_rl_plugins.integrations.trl import LoraRLCallback
 
     started = time.perf_counter()
-    tokenizer = build_tokenizer()
-    model = build_tiny_model(seed=seed)
-    task = CodebookTask(seed=seed)
-    task.warm_up(model, tokenizer, seed=seed)
-    args = GRPOConfig(
+    setup = setup or tiny_setup(seed)
+    model, tokenizer, task = setup.model, setup.tokenizer, setup.task
+    steps, rank = steps or setup.default_steps, rank or setup.default_rank
+    settings = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="lora-rl-demo-"),
         per_device_train_batch_size=32,
         num_generations=8,
         max_completion_length=2,
-        learning_rate=learning_rate,
+        learning_rate=2e-3,  # the tiny model's settings; setup.grpo overrides them
         lr_scheduler_type="linear",
         max_steps=steps,
         logging_steps=1,
@@ -90,6 +95,10 @@ def run_demo(
         seed=seed,
         disable_tqdm=True,  # the demo draws its own one-line bar below
     )
+    settings.update(setup.grpo)
+    if learning_rate is not None:
+        settings["learning_rate"] = learning_rate
+    args = GRPOConfig(**settings)
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,
@@ -98,7 +107,7 @@ def run_demo(
         train_dataset=task.dataset(steps * args.generation_batch_size // args.num_generations, seed=seed),
         peft_config=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    options = {"answer_extractor": task.answer, "answer_space_size": task.digits, **(callback_options or {})}
+    options = {**setup.callback_options, **(callback_options or {})}
     if kl_budget is not None:
         options.setdefault("kl_budget", kl_budget)
     callback = LoraRLCallback(trainer, **options)
@@ -112,7 +121,11 @@ def run_demo(
         trainer.train()
     trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
     result = DemoResult(
-        rank=rank, bits_to_learn=task.bits_to_learn, output_dir=args.output_dir, kl_budget=options.get("kl_budget")
+        rank=rank,
+        bits_to_learn=task.bits_to_learn,
+        output_dir=args.output_dir,
+        task=setup.description,
+        kl_budget=options.get("kl_budget"),
     )
     for entry in trainer.state.log_history:
         if "completions/clipped_ratio" in entry:
@@ -190,7 +203,7 @@ def format_summary(result: DemoResult) -> str:
     final = result.final
     lines = [
         "",
-        f"lora-rl demo: GRPO + LoRA r={result.rank} on the codebook task, {len(result.steps)} steps "
+        f"lora-rl demo: GRPO + LoRA r={result.rank} on {result.task}, {len(result.steps)} steps "
         f"in {result.seconds:.0f} s",
         "",
         f"  reward          {_trend(result.reward, '.2f')}   {sparkline(result.reward, low=0.0, high=1.0)}",
@@ -200,8 +213,9 @@ def format_summary(result: DemoResult) -> str:
         "",
         f"  bits delivered  {final.get('bandwidth/bits_total', 0):,.0f} (estimate)   "
         f"<= {final.get('bandwidth/bound_total', 0):,.0f} (bound)",
-        f"  task entropy    {result.bits_to_learn:.1f} bits (what the codebook holds)",
     ]
+    if result.bits_to_learn is not None:
+        lines.append(f"  task entropy    {result.bits_to_learn:.1f} bits (what the codebook holds)")
     if "bandwidth/capacity_bits" in final:
         lines += [
             f"  adapter         {final['bandwidth/capacity_bits']:,.0f} bits of capacity at r={result.rank} "
