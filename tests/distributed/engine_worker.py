@@ -187,3 +187,9 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # The results are written. Skip interpreter teardown: torch's gloo threads can abort the process
+    # ("terminate called without an active exception") while C++ statics are destroyed at exit, a
+    # flake of the CPU test setup after a successful run, not of what the test checks.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
