@@ -196,60 +196,35 @@ def test_wheel_and_sdist_from_a_no_symlink_clone_carry_every_integration(tmp_pat
 
 @pytest.mark.slow
 def test_editable_install_from_a_no_symlink_clone_imports_every_integration(tmp_path) -> None:
+    """``pip install -e`` of the clone into a fresh environment (never this one: pip would replace the
+    project's own editable install) that sees this environment's packages but not its editable finder."""
     pytest.importorskip("trl")
     pytest.importorskip("lightning")
+    import sysconfig
+
     clone = _no_symlink_clone(tmp_path)
-    prefix = tmp_path / "prefix"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    # a path line in a .pth adds this environment's packages; their own .pth files (the editable finder) do not run
+    (Path(purelib) / "frameworks.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--prefix", str(prefix),
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-build-isolation",
          "-e", str(clone)],
         capture_output=True, text=True, check=False, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    site = next(prefix.rglob("site-packages"))
     code = (
-        "import site, sys; site.addsitedir(sys.argv[1]); sys.path = [p for p in sys.path if p != sys.argv[2]];"
-        "import importlib, lora_rl_plugins;"
+        "import importlib, sys, lora_rl_plugins;"
         f"[importlib.import_module('lora_rl_plugins.integrations.' + n) for n in {INTEGRATIONS!r}];"
-        "assert lora_rl_plugins.__file__.startswith(sys.argv[3]), lora_rl_plugins.__file__; print('ok')"
+        "assert lora_rl_plugins.__file__.startswith(sys.argv[1]), lora_rl_plugins.__file__; print('ok')"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, "-c", code, str(site), str(ROOT), str(clone)], capture_output=True, text=True, check=False,
-        cwd=tmp_path, env=env,
-    )  # fmt: skip
+        [str(python), "-c", code, str(clone)], capture_output=True, text=True, check=False, cwd=tmp_path, env=env
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
-
-
-def test_every_public_callable_has_a_docstring() -> None:
-    import importlib
-    import inspect
-    import pkgutil
-
-    import lora_rl_plugins
-    from lora_rl_plugins.plugin import hookspecs
-
-    hooks = {name for name in dir(hookspecs) if callable(getattr(hookspecs, name))}
-    missing = []
-    for info in pkgutil.walk_packages(lora_rl_plugins.__path__, "lora_rl_plugins."):
-        try:
-            module = importlib.import_module(info.name)
-        except ImportError:  # an integration whose framework is not installed here
-            continue
-        if not module.__doc__:
-            missing.append(info.name)
-        for name in getattr(module, "__all__", []):
-            obj = getattr(module, name)
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != info.name:
-                continue
-            if not inspect.getdoc(obj):
-                missing.append(f"{info.name}.{name}")
-            if inspect.isclass(obj):
-                for attr, value in vars(obj).items():
-                    function = value.fget if isinstance(value, property) else value
-                    if attr.startswith("_") or attr in hooks or not inspect.isfunction(function):
-                        continue
-                    inherited = any(attr in vars(base) for base in obj.__mro__[1:] if base is not object)
-                    if not function.__doc__ and not inherited:
-                        missing.append(f"{info.name}.{name}.{attr}")
-    assert not missing, f"public callables without a docstring: {missing}"
