@@ -48,8 +48,8 @@ def test_figures_carry_the_right_series(trl_run) -> None:
     figures = build_figures(run)
     assert set(figures) == {"bits", "per_step", "reward", "kl"}
     bits = lines_of(figures["bits"])
-    assert list(bits["bits delivered (estimate)"].get_ydata()) == run.values("bandwidth/bits_total")
-    assert list(bits["upper bound on bits delivered"].get_ydata()) == run.values("bandwidth/bound_total")
+    assert list(bits["signal, summed over steps (estimate)"].get_ydata()) == run.values("bandwidth/bits_total")
+    assert list(bits["upper bound on the signal"].get_ydata()) == run.values("bandwidth/bound_total")
     rank = int(run.last("bandwidth/adapter_rank"))
     assert rank == 4
     capacity = run.last("bandwidth/capacity_bits")

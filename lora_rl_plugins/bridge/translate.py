@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from ..learning.ledger import prompt_key
 from ..lora.adapters import summarize_adapter
 from ..plugin.collective import Collective
 from ..plugin.events import AdapterReady, AdapterSummary, PolicySample, RolloutsScored, RunStarted
@@ -14,11 +15,11 @@ from ..plugin.host import PluginHost
 __all__ = ["policy_sample", "rollouts_scored", "start_run"]
 
 
-def start_run(host: PluginHost, run: RunStarted, model: Any) -> AdapterSummary:
+def start_run(host: PluginHost, run: RunStarted, model: Any, tokenizer: Any = None) -> AdapterSummary:
     """``on_run_start`` then ``on_adapter_ready`` (the hook order every integration follows)."""
     host.on_run_start(run)
     adapter = summarize_adapter(model)
-    host.on_adapter_ready(AdapterReady(adapter, model))
+    host.on_adapter_ready(AdapterReady(adapter, model, tokenizer))
     return adapter
 
 
@@ -34,12 +35,16 @@ def rollouts_scored(
     answers: Sequence[Hashable] | None = None,
     token_rewards: Sequence[Sequence[float]] | None = None,
     rewards_gathered: bool = False,
+    prompts: Sequence[Any] | None = None,
+    prompt_keys: Sequence[Hashable] | None = None,
+    generation_seconds: float | None = None,
 ) -> RolloutsScored:
     """A ``RolloutsScored`` with every process's rollouts in process order.
 
     Each per-rollout list given for this process only is gathered through ``collective``;
     ``rewards_gathered=True`` says the trainer already gathered the rewards (TRL does).
-    Every process must call this with the same set of arguments present.
+    Every process must call this with the same set of arguments present. ``prompts`` (one per
+    rollout) also give the prompt keys (``prompt_key``) where ``prompt_keys`` are not given.
     """
 
     def gather(values: Sequence[Any] | None) -> list[Any] | None:
@@ -54,6 +59,9 @@ def rollouts_scored(
         completions=gather(completions),
         answers=gather(answers),
         token_rewards=gather(token_rewards),
+        prompt_keys=gather(prompt_keys if prompt_keys is not None or prompts is None else map(prompt_key, prompts)),
+        prompts=gather(prompts),
+        generation_seconds=generation_seconds,
     )
 
 

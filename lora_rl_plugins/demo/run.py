@@ -28,6 +28,8 @@ class DemoResult:
     reward: list[float] = field(default_factory=list)
     bits_step: list[float] = field(default_factory=list)
     zero_info_frac: list[float] = field(default_factory=list)
+    absorbed: list[tuple[int, float]] = field(default_factory=list)
+    """(step, learning/absorbed_bits) at each probe measurement."""
     final: dict[str, float] = field(default_factory=dict)
     rank: int = 8
     bits_to_learn: float = 0.0
@@ -80,7 +82,12 @@ def run_demo(
         train_dataset=task.dataset(steps * args.generation_batch_size // args.num_generations, seed=seed),
         peft_config=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    options = {"answer_extractor": task.answer, "answer_space_size": task.digits, **(callback_options or {})}
+    options = {
+        "answer_extractor": task.answer,
+        "answer_space_size": task.digits,
+        "reference_answer": task.reference_answers,  # probes: every codebook digit (learning/absorbed_bits)
+        **(callback_options or {}),
+    }
     callback = LoraRLCallback(trainer, **options)
     trainer.add_callback(callback)
     from transformers.trainer_callback import PrinterCallback
@@ -97,7 +104,11 @@ def run_demo(
             result.reward.append(float(entry["reward"]))
             result.bits_step.append(float(entry["bandwidth/bits_step"]))
             result.zero_info_frac.append(float(entry.get("bandwidth/zero_info_frac", float("nan"))))
-            result.final = {k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/"))}
+            result.final = {
+                k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/", "learning/"))
+            }
+        if "learning/absorbed_bits" in entry and entry.get("learning/probe_step") == entry.get("step"):
+            result.absorbed.append((int(entry["step"]), float(entry["learning/absorbed_bits"])))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -135,6 +146,12 @@ def _trend(values: list[float], spec: str) -> str:
     return f"{sum(first) / len(first):{spec}} -> {sum(last) / len(last):{spec}}"
 
 
+def _margin(final: dict[str, float], rank: int) -> float:
+    """Capacity at the advised rank / the projected signal."""
+    advised = final["bandwidth/capacity_bits"] * final["bandwidth/rank_sufficient"] / max(rank, 1)
+    return advised / max(final["bandwidth/projected_bits"], 1.0)
+
+
 def format_summary(result: DemoResult) -> str:
     """A readable report of the demo run."""
     final = result.final
@@ -144,20 +161,41 @@ def format_summary(result: DemoResult) -> str:
         f"in {result.seconds:.0f} s",
         "",
         f"  reward          {_trend(result.reward, '.2f')}   {sparkline(result.reward, low=0.0, high=1.0)}",
-        f"  bits per step   {_trend(result.bits_step, '.1f')}   {sparkline(result.bits_step, low=0.0)}   (estimate)",
+        f"  signal per step {_trend(result.bits_step, '.1f')}   {sparkline(result.bits_step, low=0.0)}   "
+        "(bits, estimate: what the rewards could distinguish)",
         f"  zero-info groups {_trend(result.zero_info_frac, '.0%')}   "
         "(groups whose rewards were all equal teach nothing)",
         "",
-        f"  bits delivered  {final.get('bandwidth/bits_total', 0):,.0f} (estimate)   "
-        f"<= {final.get('bandwidth/bound_total', 0):,.0f} (bound)",
-        f"  task entropy    {result.bits_to_learn:.1f} bits (what the codebook holds)",
+        "  the chain, in bits (bound >= signal >= absorbed <= what there was to learn):",
+        f"    bound         {final.get('bandwidth/bound_total', 0):,.0f}   structural bound on the reward stream",
+        f"    signal        {final.get('bandwidth/bits_total', 0):,.0f}   (estimate) summed over steps: a lesson "
+        "repeated is counted again",
     ]
+    if "learning/absorbed_bits" in final:
+        curve = [bits for _, bits in result.absorbed]
+        lines += [
+            f"    absorbed      {final['learning/absorbed_bits']:.1f}   (exact) Σ log2 π(code|d) − log2 π_base(code|d) "
+            f"over the 10 digits   {sparkline(curve, low=0.0, high=final['learning/answer_bits'])}",
+            f"    to learn      {final['learning/answer_bits']:.1f}   (exact) Σ −log2 π_base(code|d): the codebook "
+            f"under the base model ({result.bits_to_learn:.1f} bits if it were uniform)",
+        ]
+    else:
+        lines.append(f"    to learn      {result.bits_to_learn:.1f}   what the codebook holds (uniform digits)")
+    if "learning/prompts_seen" in final:
+        lines.append(
+            f"  prompts         {final.get('learning/solved_frac', 0):.0%} solved, "
+            f"{final.get('learning/informative_frac', 0):.0%} informative, "
+            f"{final.get('learning/unsolved_frac', 0):.0%} unsolved "
+            f"(of {final['learning/prompts_seen']:.0f} seen, at their latest visit)"
+        )
     if "bandwidth/capacity_bits" in final:
         lines += [
             f"  adapter         {final['bandwidth/capacity_bits']:,.0f} bits of capacity at r={result.rank} "
-            f"(32 bits/parameter); used {final['bandwidth/capacity_used']:.3%}",
+            f"(32 bits/parameter); the signal fills {final['bandwidth/capacity_used']:.3%} of it",
             f"  rank advice     r={int(final['bandwidth/rank_sufficient'])} would hold the "
-            f"{final['bandwidth/projected_bits']:,.0f} bits this run delivered",
+            f"{final['bandwidth/projected_bits']:,.0f} bits of signal with a margin of "
+            f"{_margin(final, result.rank):,.0f}x (capacity at that rank / signal); the signal is an upper "
+            "estimate of what is stored",
         ]
     if "kl_monitor/kl_mean" in final:
         lines.append(

@@ -16,7 +16,8 @@ Its state is saved in checkpoints through transformers' ``ExportableState`` (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -25,6 +26,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
 from lora_rl_plugins.kl.kl_free import check_kl_free
+from lora_rl_plugins.learning.ledger import prompt_key
 from lora_rl_plugins.plugin.collective import TensorCollective
 from lora_rl_plugins.plugin.events import RunStarted, StepEnded
 
@@ -97,6 +99,9 @@ class LoraRLCallback(TrainerCallback):
         trainer.add_callback(self.checkpoint_state)
         self._wrap_reward_calculation(trainer)
         self._wrap_generation(trainer)
+        self._generation_started: float | None = None
+        if self.options.learning.informative_sampling and self.host.plugin("learning") is not None:
+            self._install_informative_sampler(trainer)
 
     # -- trainer events -> hooks ---------------------------------------------------------------
     def on_train_begin(
@@ -121,7 +126,7 @@ class LoraRLCallback(TrainerCallback):
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
         self._collective = accelerate_collective(trainer.accelerator)
-        start_run(self.host, run, model)
+        start_run(self.host, run, model, getattr(trainer, "processing_class", None))
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.host.on_step_end(StepEnded(state.global_step, state.max_steps or None))
@@ -150,6 +155,8 @@ class LoraRLCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.host.on_run_end()
+        # the final plugin state (the per-prompt ledger) reaches trainer_state.json even without checkpoints
+        state.stateful_callbacks[type(self.checkpoint_state).__name__] = self.checkpoint_state.state()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _wrap_reward_calculation(self, trainer: Any) -> None:
@@ -158,7 +165,7 @@ class LoraRLCallback(TrainerCallback):
         def calculate_rewards(inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
             rewards_per_func = original(inputs, prompts, completions, completion_ids_list)
             if trainer.model.training:  # evaluation rollouts train nothing
-                self._rollouts_scored(rewards_per_func, completions)
+                self._rollouts_scored(rewards_per_func, completions, prompts)
             return rewards_per_func
 
         trainer._calculate_rewards = calculate_rewards
@@ -171,6 +178,7 @@ class LoraRLCallback(TrainerCallback):
             if beta is not None:
                 # Between generation batches, so every buffered batch has reference log-probs if beta > 0.
                 trainer.beta = beta
+            self._generation_started = time.perf_counter()
             output = original(inputs)
             if trainer.model.training:
                 self._policy_sampled(output)
@@ -194,8 +202,9 @@ class LoraRLCallback(TrainerCallback):
         )
         self.host.on_policy_sampled(sample)
 
-    def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any]) -> None:
+    def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any], prompts: list[Any]) -> None:
         trainer = self.trainer
+        started, self._generation_started = self._generation_started, None
         batch = rollouts_scored(
             self._collective,
             step=trainer.state.global_step + 1,
@@ -205,8 +214,25 @@ class LoraRLCallback(TrainerCallback):
             reward_weights=trainer.reward_weights.float().cpu().tolist(),
             group_size=trainer.num_generations,
             completions=completions,
+            prompts=prompts,
+            generation_seconds=None if started is None else time.perf_counter() - started,
         )
         self.host.on_rollouts_scored(batch)
+
+    def _install_informative_sampler(self, trainer: Any) -> None:
+        """Draw each generation batch's prompts through the learning plugin (informative sampling):
+        TRL's ``RepeatSampler`` layout (each prompt ``num_generations`` times, each chunk repeated for
+        ``steps_per_generation`` × ``num_iterations``), prompts chosen by the core."""
+        learning = self.host.plugin("learning")
+        original = trainer._get_train_sampler
+
+        def get_train_sampler(dataset: Any = None) -> Any:
+            base = original(dataset)
+            data = trainer.train_dataset if dataset is None else dataset
+            learning.make_selector(lambda index: prompt_key(data[index]["prompt"]), len(data), trainer.args.seed)
+            return _InformativeRepeatSampler(base, learning)
+
+        trainer._get_train_sampler = get_train_sampler
 
     def _publish(self, metrics: Mapping[str, float]) -> None:
         """Put metrics into TRL's metric store: per-step ones are averaged over the logging window."""
@@ -233,6 +259,26 @@ class LoraRLCallback(TrainerCallback):
         plugin_state = (saved or {}).get("attributes", {}).get("plugin_state")
         if plugin_state:
             self.host.set_state(plugin_state)
+
+
+class _InformativeRepeatSampler:
+    """TRL's ``RepeatSampler`` with each chunk of prompts drawn by the learning plugin (same length)."""
+
+    def __init__(self, base: Any, learning: Any) -> None:
+        self.base, self.learning = base, learning
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.base
+        self.learning.new_epoch()
+        for _ in range(base.num_samples // base.batch_size):
+            chunk = self.learning.draw(base.batch_size, shuffle=base.shuffle)
+            for _ in range(base.repeat_count):
+                for index in chunk:
+                    for _ in range(base.mini_repeat_count):
+                        yield index
 
 
 LoraRLCallback.__doc__ = (

@@ -22,7 +22,7 @@ from typing import Any
 from .bounds import hoeffding_certificate
 from .reference import ReferencePolicy
 
-__all__ = ["DEFAULT_MAX_CHUNK_ELEMENTS", "KLSums", "measure_kl"]
+__all__ = ["DEFAULT_MAX_CHUNK_ELEMENTS", "KLSums", "measure_kl", "token_log_probs"]
 
 #: Upper limit on B x positions x vocabulary logits held at once (float32: 4 bytes each).
 DEFAULT_MAX_CHUNK_ELEMENTS = 2**24
@@ -152,3 +152,61 @@ def measure_kl(
         if was_training:
             model.train()
     return sums
+
+
+def token_log_probs(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    completion_mask: Any,
+    *,
+    reference: ReferencePolicy | None = None,
+    temperature: float = 1.0,
+    max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+) -> tuple[Any, Any]:
+    """Log-probabilities of given tokens under the policy and its reference, teacher-forced.
+
+    ``input_ids``/``attention_mask`` are [B, L] prompt + completion; ``completion_mask`` [B, C] marks
+    the given tokens among the last C positions. Returns (policy, reference): float64 [B] tensors,
+    Σ over the marked tokens of log π(token | prefix) in nats, at ``temperature`` (the same body,
+    chunked head and reference as ``measure_kl``; eval mode, no gradients).
+
+    Raises:
+        TypeError: the model is not a transformers causal LM (no decoder / output embeddings).
+    """
+    import torch
+
+    reference = reference or ReferencePolicy()
+    body, head, finish = _body_and_head(model)
+    completion = completion_mask.shape[1]
+    mask = completion_mask.bool()
+    targets = input_ids[:, -completion:].unsqueeze(-1)
+    totals = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for use_reference in (False, True):
+                context = reference.activate(model) if use_reference else _nothing()
+                with context:
+                    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                    hidden = hidden[:, -completion - 1 : -1]
+                    total = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
+                    vocab = head.weight.shape[0] if hasattr(head, "weight") else head(hidden[:, :1]).shape[-1]
+                    step = max(1, max_chunk_elements // max(1, input_ids.shape[0] * vocab))
+                    for start in range(0, completion, step):
+                        stop = min(completion, start + step)
+                        logits = finish(head(hidden[:, start:stop])).double() / temperature
+                        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, start:stop]).squeeze(-1)
+                        total += logp.masked_fill(~mask[:, start:stop], 0.0).sum(-1)
+                totals.append(total)
+    finally:
+        if was_training:
+            model.train()
+    return totals[0], totals[1]
+
+
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()

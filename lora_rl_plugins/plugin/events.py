@@ -113,6 +113,8 @@ class AdapterReady:
     adapter: AdapterSummary
     model: Any = None
     """The trained model (a PEFT model where LoRA is used); plugins must not keep gradients alive."""
+    tokenizer: Any = None
+    """The tokenizer (TRL's ``processing_class``) where the integration has one; probes need it."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,13 @@ class RolloutsScored:
     """Final answers, one per rollout, where the integration already extracted them."""
     token_rewards: Sequence[Sequence[float]] | None = None
     """Per-token rewards of each rollout, for token-level reward setups."""
+    prompt_keys: Sequence[Hashable] | None = None
+    """One stable key per rollout for its prompt (dataset index, else ``learning.ledger.prompt_key``):
+    the same on every process and across resume; the per-prompt ledger needs it."""
+    prompts: Sequence[Any] | None = None
+    """The prompt of each rollout (text or chat messages), for reports."""
+    generation_seconds: float | None = None
+    """Wall seconds this process spent generating the batch, where the integration measured it."""
 
 
 @dataclass(frozen=True)

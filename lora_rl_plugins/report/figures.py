@@ -64,15 +64,17 @@ def build_figures(run: RunLog) -> dict[str, Any]:
     """name -> matplotlib Figure, for the series the run has."""
     figures: dict[str, Any] = {}
     if run.series.get("bandwidth/bits_total"):
-        figure, axis = _figure("Information delivered vs adapter capacity")
+        figure, axis = _figure("Signal the rewards carried vs adapter capacity")
         axis.plot(
-            run.steps("bandwidth/bits_total"), run.values("bandwidth/bits_total"), label="bits delivered (estimate)"
+            run.steps("bandwidth/bits_total"),
+            run.values("bandwidth/bits_total"),
+            label="signal, summed over steps (estimate)",
         )
         axis.plot(
             run.steps("bandwidth/bound_total"),
             run.values("bandwidth/bound_total"),
             "--",
-            label="upper bound on bits delivered",
+            label="upper bound on the signal",
         )
         rank = run.last("bandwidth/adapter_rank")
         for r, capacity in capacity_ranks(run).items():
@@ -89,9 +91,9 @@ def build_figures(run: RunLog) -> dict[str, Any]:
         axis.legend(fontsize=7, loc="lower right")
         figures["bits"] = figure
     if run.series.get("bandwidth/bits_step"):
-        figure, axis = _figure("Bits per step and zero-information groups")
+        figure, axis = _figure("Signal per step and zero-information groups")
         steps = run.steps("bandwidth/bits_step")
-        _noisy(axis, steps, run.values("bandwidth/bits_step"), "bits per step (estimate)", color="tab:blue")
+        _noisy(axis, steps, run.values("bandwidth/bits_step"), "signal per step (estimate)", color="tab:blue")
         if run.series.get("bandwidth/bound_step"):
             bound = run.values("bandwidth/bound_step")
             _noisy(axis, run.steps("bandwidth/bound_step"), bound, "bound per step", color="tab:orange", linestyle="--")
@@ -125,4 +127,34 @@ def build_figures(run: RunLog) -> dict[str, Any]:
         axis.set_ylabel("nats per token")
         axis.legend(fontsize=7)
         figures["kl"] = figure
+    if (ledger := ledger_figure(run)) is not None:
+        figures["ledger"] = ledger
     return figures
+
+
+LEDGER_SERIES = (
+    ("learning/solved_frac", "solved (all rollouts at the top reward)", "tab:green"),
+    ("learning/informative_frac", "informative (unequal rewards)", "tab:blue"),
+    ("learning/unsolved_frac", "unsolved (all at the bottom)", "tab:red"),
+)
+
+
+def ledger_figure(run: RunLog) -> Any | None:
+    """The per-prompt ledger over the run: fractions of the prompts seen that are solved, informative and
+    unsolved at their latest visit, stacked (the rest: constant at an intermediate reward). None without a ledger."""
+    if not all(run.series.get(name) for name, _, _ in LEDGER_SERIES):
+        return None
+    figure, axis = _figure("Prompts seen: solved, informative, unsolved")
+    steps = run.steps(LEDGER_SERIES[0][0])
+    values = [run.values(name)[: len(steps)] for name, _, _ in LEDGER_SERIES]
+    axis.stackplot(
+        steps[: min(map(len, values))],
+        *[v[: min(map(len, values))] for v in values],
+        labels=[label for _, label, _ in LEDGER_SERIES],
+        colors=[color for _, _, color in LEDGER_SERIES],
+        alpha=0.75,
+    )
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("fraction of prompts seen")
+    axis.legend(fontsize=7, loc="upper left")
+    return figure

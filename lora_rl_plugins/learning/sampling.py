@@ -1,0 +1,106 @@
+"""Informative prompt sampling: skip prompts that deliver no signal *before* generating them
+(docs/theory.md §8).
+
+A prompt whose last ``skip_after`` visits all delivered no signal (every reward of each group equal)
+is skipped and replaced by the next prompt of the stream, except with probability ``revisit`` (so a
+prompt that became informative again is found). Decisions depend only on the ledger (identical on
+every process), the prompt's key and a hash of (seed, epoch, draw position): every process draws
+the same prompts. Batches stay full: the stream wraps around to a fresh permutation when needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .ledger import PromptLedger
+
+__all__ = ["InformativeSelector"]
+
+
+class InformativeSelector:
+    """Draws prompt indices for generation, skipping those the ledger says teach nothing.
+
+    Args:
+        ledger: the per-prompt ledger (shared with the learning plugin).
+        key_of: dataset index -> the ledger key of that prompt.
+        size: number of prompts in the dataset.
+        skip_after: k, skip a prompt whose last k visits delivered no signal.
+        revisit: probability of drawing a skippable prompt anyway.
+        seed: seeds the permutations and revisit draws (same on every process).
+
+    Raises:
+        ValueError: ``size`` < 1, ``skip_after`` < 1 or ``revisit`` outside [0, 1].
+    """
+
+    def __init__(
+        self,
+        ledger: PromptLedger,
+        key_of: Callable[[int], Hashable],
+        size: int,
+        *,
+        skip_after: int = 2,
+        revisit: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"the dataset has {size} prompts: informative sampling needs at least one")
+        if skip_after < 1:
+            raise ValueError(f"skip_after must be >= 1, got {skip_after}")
+        if not 0.0 <= revisit <= 1.0:
+            raise ValueError(f"revisit must be a probability in [0, 1], got {revisit}")
+        self.ledger, self.key_of, self.size = ledger, key_of, size
+        self.skip_after, self.revisit, self.seed = skip_after, revisit, seed
+        self.skipped = 0
+        """Prompts skipped so far (each saves one group of generations)."""
+        self._keys: dict[int, Hashable] = {}
+        self._order: tuple[tuple[int, bool], list[int]] | None = None
+
+    def skippable(self, index: int) -> bool:
+        """Whether the prompt at ``index`` delivered no signal on its last ``skip_after`` visits."""
+        key = self._keys.get(index)
+        if key is None:
+            key = self._keys[index] = self.key_of(index)
+        entry = self.ledger.get(key)
+        return entry is not None and entry.zero_streak >= self.skip_after
+
+    def _chance(self, epoch: int, position: int) -> float:
+        digest = hashlib.sha1(f"{self.seed}:{epoch}:{position}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def permutation(self, epoch: int, shuffle: bool = True) -> list[int]:
+        """The base order of epoch ``epoch`` (seeded; identical on every process)."""
+        if self._order is not None and self._order[0] == (epoch, shuffle):
+            return self._order[1]
+        order = list(range(self.size))
+        if shuffle:
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        self._order = ((epoch, shuffle), order)
+        return order
+
+    def draw(self, count: int, cursor: dict[str, Any], shuffle: bool = True) -> list[int]:
+        """``count`` distinct-where-possible prompt indices from the stream at ``cursor``.
+
+        ``cursor`` is {"epoch": e, "position": p} (updated in place): the position in the epoch's
+        permutation. A skippable prompt is passed over unless a revisit draw accepts it; after a whole
+        pass without enough prompts, skippable ones are taken so the batch stays full.
+        """
+        chosen: list[int] = []
+        passed = 0
+        while len(chosen) < count:
+            order = self.permutation(cursor["epoch"], shuffle)
+            if cursor["position"] >= len(order):
+                cursor["epoch"] += 1
+                cursor["position"] = 0
+                continue
+            index = order[cursor["position"]]
+            chance = self._chance(cursor["epoch"], cursor["position"])
+            cursor["position"] += 1
+            if passed < self.size and self.skippable(index) and chance >= self.revisit:
+                self.skipped += 1
+                passed += 1
+                continue
+            chosen.append(index)
+        return chosen
