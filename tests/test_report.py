@@ -46,7 +46,7 @@ def test_figures_carry_the_right_series(trl_run) -> None:
     run = load_run(trl_run)
     assert run.kind == "trl"
     figures = build_figures(run)
-    assert set(figures) == {"bits", "per_step", "reward", "kl"}
+    assert set(figures) == {"bits", "per_step", "reward", "kl", "ledger"}
     bits = lines_of(figures["bits"])
     assert list(bits["signal, summed over steps (estimate)"].get_ydata()) == run.values("bandwidth/bits_total")
     assert list(bits["upper bound on the signal"].get_ydata()) == run.values("bandwidth/bound_total")
@@ -74,8 +74,11 @@ def test_report_is_written_and_deterministic(trl_run, tmp_path) -> None:
     for name in ("bits", "per_step", "reward", "kl"):
         assert (tmp_path / "a" / f"{name}.png").read_bytes() == (tmp_path / "b" / f"{name}.png").read_bytes()
     page = first.read_text()
-    assert page.count("data:image/png;base64,") == 4  # self-contained
+    assert page.count("data:image/png;base64,") == 5  # self-contained
     assert "Rank advice" in page and "bandwidth/bits_total" in page and "estimate" in page
+    assert "learning/informative_frac" in page
+    ledger = build_figures(load_run(trl_run))["ledger"]
+    assert len(ledger.axes[0].collections) == 3  # solved, informative, unsolved, stacked
 
 
 def test_report_reads_checkpoints_of_a_running_run(tmp_path) -> None:
@@ -168,4 +171,4 @@ def test_live_view_in_the_progress_bar_and_the_printed_log(tmp_path, capsys) -> 
     printed.add_callback(LoraRLCallback(printed, load_entry_points=False))
     printed.train()
     out = capsys.readouterr().out
-    assert out.count("lora-rl step") == 1 and "lora-rl step 3: bits" in out  # at the logging interval only
+    assert out.count("lora-rl step") == 1 and "lora-rl step 3: signal" in out  # at the logging interval only
