@@ -85,11 +85,17 @@ class InformativeSelector:
 
         ``cursor`` is {"epoch": e, "position": p} (updated in place): the position in the epoch's
         permutation. A skippable prompt is passed over unless a revisit draw accepts it; after a whole
-        pass without enough prompts, skippable ones are taken so the batch stays full.
+        pass without enough prompts, the passed-over ones are taken so the batch stays full (and not counted
+        as skipped).
         """
         chosen: list[int] = []
-        passed = 0
+        passed: list[int] = []
+        taken_back = 0
         while len(chosen) < count:
+            if len(passed) >= self.size:  # a whole pass without enough: generate the passed-over prompts after all
+                taken_back = count - len(chosen)
+                chosen += passed[:taken_back]
+                break
             order = self.permutation(cursor["epoch"], shuffle)
             if cursor["position"] >= len(order):
                 cursor["epoch"] += 1
@@ -98,9 +104,9 @@ class InformativeSelector:
             index = order[cursor["position"]]
             chance = self._chance(cursor["epoch"], cursor["position"])
             cursor["position"] += 1
-            if passed < self.size and self.skippable(index) and chance >= self.revisit:
-                self.skipped += 1
-                passed += 1
+            if self.skippable(index) and chance >= self.revisit:
+                passed.append(index)
                 continue
             chosen.append(index)
+        self.skipped += len(passed) - taken_back
         return chosen
