@@ -161,6 +161,7 @@ class LearningPlugin:
         self.seconds_per_rollout = 0.0
         self._pending = [0, 0]
         self._action: StopTraining | None = None
+        self._resumed = False
 
     # -- hooks ------------------------------------------------------------------------------
     @hookimpl
@@ -294,7 +295,7 @@ class LearningPlugin:
             "position": int(cursor["position"]),
             "draws": list(cursor["draws"]),
         }
-        self.cursor["replay"] = list(self.cursor["draws"])
+        self._resumed = True
         self.skipped_prompts = int(state["skipped_prompts"])
         self.seconds_per_rollout = float(state["seconds_per_rollout"])
         self.ledger.set_state(state["ledger"])
@@ -329,8 +330,13 @@ class LearningPlugin:
         return chosen
 
     def new_epoch(self) -> None:
-        """Forget the recorded draws at a trainer epoch boundary (a resume replays only the current epoch)."""
-        if not self.cursor.get("replay"):
+        """A trainer that re-iterates its sampler from the epoch start on resume (TRL) calls this when it
+        starts iterating: after a resume the epoch's recorded draws are replayed first (the trainer skips the
+        batches it already trained), else the record starts afresh."""
+        if self._resumed:
+            self.cursor["replay"] = list(self.cursor["draws"])
+            self._resumed = False
+        else:
             self.cursor["draws"] = []
 
     key = staticmethod(prompt_key)
