@@ -1,15 +1,18 @@
-"""Informative prompt sampling versus plain GRPO: generated rollouts and wall time to a fixed eval reward.
+"""Informative prompt sampling versus plain GRPO and the after-generation filter: rollouts to an eval reward.
 
-    python -m benchmarks.informative_sampling [--steps 300] [--seeds 0 1 2] [--target 0.8]
+    python -m benchmarks.informative_sampling [--steps 300] [--seeds 0 1 2] [--targets codebook=0.8 pairs=0.3]
+
+All three run on the Lightning reference module (examples/lightning_grpo.py), KL-free, side by side:
+"plain" GRPO, "filter" (generate, drop groups whose rewards are all equal, refill with new prompts: the
+peers' dynamic sampling) and "informative" (skip prompts whose last 2 visits taught nothing, before
+generating; revisit with probability 0.1).
 
 Two tasks: the demo's codebook (10 prompts "d=") and a harder one with 100 prompts "ab=" (each with its
 own secret digit), so solved and unsolved prompts coexist. The eval reward is exact: the mean over
 every prompt of π_θ(correct digit | prompt) at the sampling temperature (the expected reward of one
 sampled rollout), measured every `--eval-every` steps with the learning plugin's probe machinery.
-Every step generates the same number of rollouts in both modes (informative sampling replaces
-prompts, it does not shrink batches), so rollouts to target = steps to target × rollouts per step.
-The after-generation filter (generate, drop zero-signal groups, refill) is not implemented yet: its
-column says so.
+Rollouts are counted as generated (the filter generates more than it trains on); wall time excludes
+the eval.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 from .common import machine
 
+MODES = ("plain", "filter", "informative")
+
 
 class PairCodebook:
     """Prompts "ab=" for two digits, each mapped to an independent secret digit (100 prompts)."""
@@ -37,92 +42,83 @@ class PairCodebook:
         keys = sorted(self.code)
         return [rng.choice(keys) for _ in range(count)]
 
+    @property
+    def reference_answers(self) -> dict[str, str]:
+        """Every prompt's secret digit (the probe set of the eval)."""
+        return dict(self.code)
+
     def reward(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         return [float(bool(c) and c[0] == self.code[p]) for p, c in zip(prompts, completions, strict=True)]
 
 
+def _lightning_grpo() -> Any:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "lightning_grpo.py"
+    spec = importlib.util.spec_from_file_location("lightning_grpo", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["lightning_grpo"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 def run(task_name: str, mode: str, seed: int, steps: int, eval_every: int, target: float) -> dict[str, Any]:
+    """One run of the Lightning reference GRPO module: ``mode`` is "plain", "filter" or "informative"."""
     import warnings
 
     warnings.filterwarnings("ignore")
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    import lightning as L
 
-    from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer
-    from lora_rl_plugins.demo.task import CodebookTask
-    from lora_rl_plugins.integrations.trl import LoraRLCallback
     from lora_rl_plugins.learning.probes import measure_probes
 
-    tokenizer = build_tokenizer()
-    model = build_tiny_model(seed=seed)
-    codebook = CodebookTask(seed=seed)
-    codebook.warm_up(model, tokenizer, seed=seed)
-    if task_name == "codebook":
-        answers, reward = codebook.reference_answers, codebook.reward
-    else:
-        pairs = PairCodebook(seed)
-        answers, reward = pairs.code, pairs.reward
-    args = GRPOConfig(
-        output_dir=f"/tmp/lora-rl-bench-informative-{task_name}-{mode}-{seed}",
-        per_device_train_batch_size=32,
-        num_generations=8,
-        max_completion_length=2,
-        learning_rate=2e-3,
-        lr_scheduler_type="linear",
-        max_steps=steps,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        seed=seed,
-        disable_tqdm=True,
+    grpo = _lightning_grpo()
+    task = PairCodebook(seed) if task_name == "pairs" else None
+    module, prompts, callback = grpo.build(
+        steps, True, 0.0, seed, sampling=mode, task=task, on_signal_exhausted="off", probe_every=10**9
     )
-    prompts = list(answers)
-    rng = random.Random(seed)
-    dataset = Dataset.from_dict({"prompt": [rng.choice(prompts) for _ in range(steps * 4 + 16)]})
-    trainer = GRPOTrainer(
-        model=model,
-        processing_class=tokenizer,
-        reward_funcs=reward,
-        args=args,
-        train_dataset=dataset,
-        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
-    options: dict[str, Any] = {"load_entry_points": False, "live_view": False, "on_signal_exhausted": "off"}
-    if mode == "informative":
-        options.update(informative_sampling=True, skip_after=2, revisit=0.1)
-    callback = LoraRLCallback(trainer, **options)
-    trainer.add_callback(callback)
-    from transformers.trainer_callback import PrinterCallback
+    answers = dict(callback.host.plugin("learning").config.reference_answer)
+    probe_prompts = list(answers)
+    probe_answers = [answers[p] for p in probe_prompts]
+    curve: list[tuple[int, float, int, float]] = []
+    clock = {"spent": 0.0, "eval": 0.0, "started": time.perf_counter()}
 
-    trainer.remove_callback(PrinterCallback)
-    curve: list[tuple[int, float, float]] = []
-    started = time.perf_counter()
-    probe_answers = [answers[p] for p in prompts]
-
-    class Eval(TrainerCallback):
-        def on_step_end(self, a: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step % eval_every and state.global_step != steps:
+    class Eval(L.Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            step = trainer.global_step
+            if step % eval_every and step != steps:
                 return
-            clock = time.perf_counter() - started
-            result = measure_probes(trainer.model, tokenizer, prompts, probe_answers, temperature=trainer.temperature)
-            value = sum(2**v for v in result.policy_log2) / len(prompts)
-            curve.append((state.global_step, value, clock))
+            started = time.perf_counter()
+            result = measure_probes(
+                pl_module.model, pl_module.tokenizer, probe_prompts, probe_answers, temperature=pl_module.temperature
+            )
+            value = sum(2**v for v in result.policy_log2) / len(probe_prompts)
+            clock["eval"] += time.perf_counter() - started
+            elapsed = time.perf_counter() - clock["started"] - clock["eval"]
+            curve.append((step, value, pl_module.rollouts_generated, elapsed))
 
-    trainer.add_callback(Eval())
-    trainer.train()
-    per_step = args.generation_batch_size
-    reached = next(((s, t) for s, v, t in curve if v >= target), None)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[callback, Eval()],
+    )
+    clock["started"] = time.perf_counter()
+    trainer.fit(module, prompts)
+    reached = next(((s, n, t) for s, v, n, t in curve if v >= target), None)
     learning = callback.host.plugin("learning")
     return {
         "final_eval_reward": curve[-1][1],
         "steps_to_target": reached[0] if reached else None,
-        "rollouts_to_target": reached[0] * per_step if reached else None,
-        "seconds_to_target": reached[1] if reached else None,
-        "rollouts_skipped": learning.skipped_prompts * args.num_generations,
-        "seconds": time.perf_counter() - started,
+        "rollouts_to_target": reached[1] if reached else None,
+        "seconds_to_target": reached[2] if reached else None,
+        "rollouts_generated": module.rollouts_generated,
+        "rollouts_skipped": learning.skipped_prompts * module.generations,
+        "train_seconds": curve[-1][3],
         "curve": curve,
     }
 
@@ -132,30 +128,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=["codebook", "pairs"])
-    parser.add_argument("--target", type=float, default=0.8, help="eval reward to reach")
+    parser.add_argument("--targets", nargs="+", default=["codebook=0.8", "pairs=0.3"], help="TASK=eval reward to reach")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results/informative_sampling.json")
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args), "runs": {}, "summary": {}}
     for task in args.tasks:
-        for mode in ("plain", "informative"):
+        target = float(dict(t.split("=") for t in args.targets)[task])
+        for mode in MODES:
             for seed in args.seeds:
-                outcome = run(task, mode, seed, args.steps, args.eval_every, args.target)
+                outcome = run(task, mode, seed, args.steps, args.eval_every, target)
                 results["runs"][f"{task}/{mode}/{seed}"] = outcome
                 print(task, mode, seed, {k: v for k, v in outcome.items() if k != "curve"}, flush=True)
-        summary = {}
-        for mode in ("plain", "informative"):
+        summary: dict[str, Any] = {"target": target}
+        for mode in MODES:
             runs = [results["runs"][f"{task}/{mode}/{s}"] for s in args.seeds]
-            reached = [r["rollouts_to_target"] for r in runs]
             summary[mode] = {
                 "final_eval_reward_mean": sum(r["final_eval_reward"] for r in runs) / len(runs),
-                "rollouts_to_target": reached,
+                "rollouts_to_target": [r["rollouts_to_target"] for r in runs],
                 "seconds_to_target": [r["seconds_to_target"] for r in runs],
+                "rollouts_generated": [r["rollouts_generated"] for r in runs],
             }
-        plain, informative = summary["plain"]["rollouts_to_target"], summary["informative"]["rollouts_to_target"]
-        if all(plain) and all(informative):
-            summary["rollout_ratio_plain_over_informative"] = sum(plain) / sum(informative)
-        summary["after_generation_filter"] = "not implemented yet"
+        for mode in ("filter", "informative"):
+            plain, other = summary["plain"]["rollouts_to_target"], summary[mode]["rollouts_to_target"]
+            if all(plain) and all(other):
+                summary[f"rollout_ratio_plain_over_{mode}"] = sum(plain) / sum(other)
         results["summary"][task] = summary
         print(task, json.dumps(summary), flush=True)
     Path(args.out).write_text(
