@@ -75,6 +75,13 @@ def test_trl_two_processes(tmp_path) -> None:
     # every process ends with the same plugin state
     assert ranks[0]["state"]["bandwidth"] == ranks[1]["state"]["bandwidth"]
     assert ranks[0]["state"]["kl_monitor"] == ranks[1]["state"]["kl_monitor"]
+    # the per-prompt ledger and the informative sampler's draws are the same on every process
+    learning = [{k: v for k, v in r["state"]["learning"].items() if k != "seconds_per_rollout"} for r in ranks]
+    assert learning[0] == learning[1]
+    assert learning[0]["skipped_prompts"] > 0
+    assert sum(e["visits"] for _, e in learning[0]["ledger"]["entries"]) == 4 * 3  # 3 groups of 8 per step
+    for i in range(4):  # the group split across the processes has one prompt: both drew the same prompts
+        assert len({*ranks[0]["calls"][i]["prompts"][8:], *ranks[1]["calls"][i]["prompts"][:4]}) == 1
     # groups of 8 over 2 x 12 rollouts: the middle group is split across the processes
     steps = [[(r["calls"][i]["rewards"], r["calls"][i]["completions"]) for r in ranks] for i in range(4)]
     expected = replay(steps, group_size=8)
