@@ -179,3 +179,38 @@ def test_informative_sampling_skips_prompts_that_teach_nothing(tmp_path) -> None
     assert sum(int(p[0]) >= 5 for p in late) / len(late) < 0.2  # silent prompts skipped before generation
     last = trainer.state.log_history[-2]
     assert last["learning/rollouts_skipped"] > 0 and last["learning/generation_seconds_saved"] > 0
+
+
+@pytest.mark.slow
+def test_demo_absorbed_bits_rise_with_reward_and_stay_below_the_codebook(tmp_path) -> None:
+    pytest.importorskip("trl")
+    from lora_rl_plugins.demo.run import format_summary, run_demo
+
+    result = run_demo(steps=40, progress=False, output_dir=str(tmp_path))
+    steps, absorbed = zip(*result.absorbed, strict=True)
+    assert steps == (10, 20, 30, 40)
+    answer = result.final["learning/answer_bits"]
+    assert all(bits <= answer for bits in absorbed)
+    assert absorbed[-1] > absorbed[0] > 0
+    assert sum(result.reward[-10:]) > sum(result.reward[:10])  # reward rose with it
+    summary = format_summary(result)
+    assert "absorbed" in summary and "to learn" in summary and "margin" in summary
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"reference_answer": "7"}, "reference_answer must be"),
+        ({"reference_answer": lambda p: "1"}, "needs probe_prompts"),
+        ({"probe_every": 0}, "probe_every"),
+        ({"on_signal_exhausted": "panic"}, "on_signal_exhausted"),
+        ({"signal_threshold": 2.0}, "signal_threshold"),
+        ({"revisit": -0.1}, "revisit"),
+        ({"probe_prompts": "3="}, "not one string"),
+    ],
+)
+def test_learning_options_refuse_bad_values(options, message) -> None:
+    from lora_rl_plugins.bridge.options import PluginOptions
+
+    with pytest.raises((TypeError, ValueError), match=message):
+        PluginOptions(**options)
