@@ -155,8 +155,8 @@ def test_informative_sampling_skips_prompts_that_teach_nothing(tmp_path) -> None
 
     rng = random.Random(0)
 
-    def reward(prompts, completions):  # digits 0-4 informative (random), 5-9 always 0 (nothing to learn)
-        return [float(rng.random() < 0.5) if int(p[0]) < 5 else 0.0 for p in prompts]
+    def reward(prompts, completions):  # digits 0-4 informative (random), 5-9 always 1 (solved: nothing to learn)
+        return [float(rng.random() < 0.5) if int(p[0]) < 5 else 1.0 for p in prompts]
 
     recorder = RecordingReward(reward)
     trainer = grpo_trainer(recorder, tmp_path, steps=12)

@@ -195,7 +195,7 @@ def test_example_runs_and_reward_rises(tmp_path, capsys) -> None:
 def test_informative_sampling_ledger_survives_resume(tmp_path) -> None:
     def run(extra_callbacks=(), ckpt_path=None):
         module, prompts, callback = lightning_grpo.build(
-            steps=8, kl_free=True, beta=0.0, sampling="informative", skip_after=1, revisit=0.0
+            steps=8, kl_free=True, beta=0.0, sampling="informative", skip_after=1, revisit=0.0, skip_unsolved=True
         )
         trainer = L.Trainer(
             max_steps=8,

@@ -30,6 +30,9 @@ class InformativeSelector:
         skip_after: k, skip a prompt whose last k visits delivered no signal.
         revisit: probability of drawing a skippable prompt anyway.
         seed: seeds the permutations and revisit draws (same on every process).
+        skip_unsolved: also skip prompts whose zero-signal streak ended unsolved (every rollout at the
+            bottom reward). Off by default: a prompt too hard *now* improves only by being tried, and
+            skipping it starved learning in the benchmark (benchmarks/informative_sampling.py).
 
     Raises:
         ValueError: ``size`` < 1, ``skip_after`` < 1 or ``revisit`` outside [0, 1].
@@ -44,6 +47,7 @@ class InformativeSelector:
         skip_after: int = 2,
         revisit: float = 0.1,
         seed: int = 0,
+        skip_unsolved: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"the dataset has {size} prompts: informative sampling needs at least one")
@@ -53,18 +57,22 @@ class InformativeSelector:
             raise ValueError(f"revisit must be a probability in [0, 1], got {revisit}")
         self.ledger, self.key_of, self.size = ledger, key_of, size
         self.skip_after, self.revisit, self.seed = skip_after, revisit, seed
+        self.skip_unsolved = skip_unsolved
         self.skipped = 0
         """Prompts skipped so far (each saves one group of generations)."""
         self._keys: dict[int, Hashable] = {}
         self._order: tuple[tuple[int, bool], list[int]] | None = None
 
     def skippable(self, index: int) -> bool:
-        """Whether the prompt at ``index`` delivered no signal on its last ``skip_after`` visits."""
+        """Whether the prompt at ``index`` delivered no signal on its last ``skip_after`` visits, the latest
+        solved (or, with ``skip_unsolved``, any zero-signal outcome)."""
         key = self._keys.get(index)
         if key is None:
             key = self._keys[index] = self.key_of(index)
         entry = self.ledger.get(key)
-        return entry is not None and entry.zero_streak >= self.skip_after
+        if entry is None or entry.zero_streak < self.skip_after:
+            return False
+        return self.skip_unsolved or entry.last == "solved"
 
     def _chance(self, epoch: int, position: int) -> float:
         digest = hashlib.sha1(f"{self.seed}:{epoch}:{position}".encode()).digest()
@@ -84,13 +92,16 @@ class InformativeSelector:
         """``count`` distinct-where-possible prompt indices from the stream at ``cursor``.
 
         ``cursor`` is {"epoch": e, "position": p} (updated in place): the position in the epoch's
-        permutation. A skippable prompt is passed over unless a revisit draw accepts it; after a whole
+        permutation. ``skipped`` grows by the skippable prompts among the first ``count`` candidates: the
+        zero-signal groups drawing the next ``count`` prompts of the stream would have generated.
+        A skippable prompt is passed over unless a revisit draw accepts it; after a whole
         pass without enough prompts, the passed-over ones are taken so the batch stays full (and not counted
         as skipped).
         """
         chosen: list[int] = []
         passed: list[int] = []
         taken_back = 0
+        skipped_early = 0
         while len(chosen) < count:
             if len(passed) >= self.size:  # a whole pass without enough: generate the passed-over prompts after all
                 taken_back = count - len(chosen)
@@ -105,8 +116,9 @@ class InformativeSelector:
             chance = self._chance(cursor["epoch"], cursor["position"])
             cursor["position"] += 1
             if self.skippable(index) and chance >= self.revisit:
+                skipped_early += len(chosen) + len(passed) < count
                 passed.append(index)
                 continue
             chosen.append(index)
-        self.skipped += len(passed) - taken_back
+        self.skipped += max(0, skipped_early - taken_back)
         return chosen

@@ -83,6 +83,7 @@ def main(out_dir: str) -> None:
         informative_sampling=True,
         skip_after=1,
         revisit=0.0,
+        skip_unsolved=True,
     )
     trainer.add_callback(callback)
     trainer.train()
