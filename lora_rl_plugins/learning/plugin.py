@@ -111,8 +111,8 @@ class LearningConfig:
     signal_threshold: float = option(0.05, doc="informative fraction of groups below which the signal is exhausted")
     informative_sampling: bool = option(
         False,
-        doc="skip prompts whose last `skip_after` visits delivered no signal, before generating them "
-        "(TRL and the Lightning reference module; batches stay full)",
+        doc="skip prompts whose last `skip_after` visits delivered no signal (solved ones; all with "
+        "`skip_unsolved`), before generating them (TRL and the Lightning reference module; batches stay full)",
     )
     skip_after: int = option(2, doc="k: visits without signal after which informative sampling skips a prompt")
     revisit: float = option(0.1, doc="probability of drawing a prompt informative sampling would skip")
