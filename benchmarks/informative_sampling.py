@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import machine
+from .common import machine, markdown_table
 
 MODES = ("plain", "filter", "informative")
 
@@ -123,6 +123,28 @@ def run(task_name: str, mode: str, seed: int, steps: int, eval_every: int, targe
     }
 
 
+def table(results: dict[str, Any]) -> str:
+    """The README table: per task and mode, rollouts and seconds to the target (per seed) and final eval reward."""
+    rows = []
+    for task, summary in results["summary"].items():
+        for mode in MODES:
+            runs = [results["runs"][f"{task}/{mode}/{seed}"] for seed in results["settings"]["seeds"]]
+            reached = [r["rollouts_to_target"] for r in runs]
+            seconds = [r["seconds_to_target"] for r in runs]
+            rows.append(
+                [
+                    f"{task} (target {summary['target']:g})",
+                    mode,
+                    " / ".join("—" if x is None else f"{x:,}" for x in reached),
+                    " / ".join("—" if x is None else f"{x:.0f}" for x in seconds),
+                    f"{summary[mode]['final_eval_reward_mean']:.3f}",
+                    f"{sum(r['rollouts_generated'] for r in runs) / len(runs):,.0f}",
+                ]
+            )
+    header = ["task", "mode", "rollouts to target (per seed)", "s to target", "final eval reward", "rollouts generated"]
+    return markdown_table(header, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -155,6 +177,8 @@ def main() -> None:
                 summary[f"rollout_ratio_plain_over_{mode}"] = sum(plain) / sum(other)
         results["summary"][task] = summary
         print(task, json.dumps(summary), flush=True)
+    results["markdown"] = table(results)
+    print(results["markdown"])
     Path(args.out).write_text(
         json.dumps(results, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
     )

@@ -214,3 +214,19 @@ def test_learning_options_refuse_bad_values(options, message) -> None:
 
     with pytest.raises((TypeError, ValueError), match=message):
         PluginOptions(**options)
+
+
+@pytest.mark.slow
+def test_report_lists_the_prompts_that_taught_nothing(tmp_path) -> None:
+    pytest.importorskip("trl")
+    pytest.importorskip("matplotlib")
+    from lora_rl_plugins.integrations.trl import LoraRLCallback
+    from lora_rl_plugins.report.page import write_report
+
+    trainer = grpo_trainer(RecordingReward(_constant_reward), tmp_path, steps=3)
+    trainer.add_callback(LoraRLCallback(trainer, load_entry_points=False, live_view=False))
+    trainer.train()
+    trainer.save_state()  # the final plugin state (the ledger) rides in trainer_state.json
+    page = write_report(tmp_path / "out").read_text()
+    assert "prompts taught nothing" in page
+    assert "<code>3=</code>" in page or "<code>0=</code>" in page or "=</code>" in page

@@ -83,9 +83,14 @@ def learning_section(run: RunLog) -> str:
         saved = json.loads(run.source.read_text()).get("stateful_callbacks", {}).get("LoraRLCheckpointState")
         saved = saved[-1] if isinstance(saved, list) else saved
         learning = ((saved or {}).get("attributes", {}).get("plugin_state") or {}).get("learning") or {}
-        for key, entry in learning.get("ledger", {}).get("entries", []):
+        entries = learning.get("ledger", {}).get("entries", [])
+        for key, entry in entries:
             if entry["signal_bits"] == 0 and entry["visits"]:
                 silent.append((entry["text"] or key, int(entry["visits"])))
+        if entries and not silent:
+            parts.append(
+                f"<p>Every one of the {len(entries)} prompts in the ledger delivered a signal at least once.</p>"
+            )
     if silent:
         silent.sort(key=lambda item: -item[1])
         rows = "".join(
