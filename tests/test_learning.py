@@ -230,3 +230,49 @@ def test_report_lists_the_prompts_that_taught_nothing(tmp_path) -> None:
     page = write_report(tmp_path / "out").read_text()
     assert "prompts taught nothing" in page
     assert "<code>3=</code>" in page or "<code>0=</code>" in page or "=</code>" in page
+
+
+@pytest.mark.slow
+def test_trl_informative_sampling_resumes_exactly(tmp_path) -> None:
+    pytest.importorskip("trl")
+    from transformers import TrainerCallback
+
+    from lora_rl_plugins.integrations.trl import LoraRLCallback
+
+    def reward(prompts, completions):  # digits 5-9 always solved; 0-4 depend on the completion
+        return [1.0 if int(p[0]) >= 5 else float(c[:1] in "0123") for p, c in zip(prompts, completions, strict=True)]
+
+    class StopAt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= 3:
+                control.should_training_stop = True
+
+    def run(name, *, stop=False, resume=False):
+        recorder = RecordingReward(reward)
+        trainer = grpo_trainer(
+            recorder, tmp_path / name, steps=6, learning_rate=5e-2, save_strategy="steps", save_steps=3
+        )
+        seen: list[list[str]] = []
+        original = trainer._calculate_rewards
+
+        def calculate(inputs, prompts, completions, ids):
+            seen.append(list(prompts))
+            return original(inputs, prompts, completions, ids)
+
+        trainer._calculate_rewards = calculate
+        callback = LoraRLCallback(
+            trainer, informative_sampling=True, skip_after=1, revisit=0.0, load_entry_points=False, live_view=False
+        )
+        trainer.add_callback(callback)
+        if stop:
+            trainer.add_callback(StopAt())
+        trainer.train(resume_from_checkpoint=str(tmp_path / name / "out" / "checkpoint-3") if resume else None)
+        return callback.host.plugin("learning"), seen
+
+    straight, straight_seen = run("straight")
+    run("resumed", stop=True)
+    resumed, resumed_seen = run("resumed", resume=True)
+    assert straight.skipped_prompts > 0
+    assert resumed_seen == straight_seen[3:]  # after the resume the same prompts are drawn
+    assert resumed.ledger.get_state() == straight.ledger.get_state()
+    assert resumed.skipped_prompts == straight.skipped_prompts
