@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -123,6 +124,7 @@ class GRPOModule(L.LightningModule):
         self.sampling_seed = sampling_seed
         self.refill, self.max_refills = refill, max_refills
         self.rollouts_generated = 0
+        self.generation_seconds = 0.0
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
 
     def configure_optimizers(self) -> Any:
@@ -139,6 +141,7 @@ class GRPOModule(L.LightningModule):
         prompt_mask = encoded["attention_mask"].repeat_interleave(self.generations, dim=0)
         was_training = self.model.training
         self.model.eval()
+        started = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # step-keyed sampling, global RNG untouched
             torch.manual_seed(self.sampling_seed + self.global_step + 1_000_003 * attempt)
             output = self.model.generate(
@@ -151,6 +154,7 @@ class GRPOModule(L.LightningModule):
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         self.model.train(was_training)
+        self.generation_seconds += time.perf_counter() - started
         self.rollouts_generated += prompt_ids.size(0)
         completion_ids = output[:, prompt_ids.size(1) :]
         if completion_ids.size(1) < self.max_new_tokens:  # every sequence ended early: pad to a fixed width
@@ -215,6 +219,7 @@ class GRPOModule(L.LightningModule):
     def training_step(self, batch: list[str], batch_idx: int) -> dict[str, Any]:
         prompts = list(batch)
         self._batch = len(prompts)
+        self.generation_seconds = 0.0
         if self.refill is not None:
             prompts, rollout, texts, rewards = self.filtered(prompts)
         else:
@@ -250,6 +255,7 @@ class GRPOModule(L.LightningModule):
             "completions": texts,
             "temperature": self.temperature,
             "prompts": prompts,
+            "generation_seconds": self.generation_seconds,
             **rollout,
         }
 

@@ -217,6 +217,7 @@ def test_informative_sampling_ledger_survives_resume(tmp_path) -> None:
     left, right = (c.host.plugin("learning") for c in (straight, resumed))
     assert right.ledger.get_state() == left.ledger.get_state()
     assert right.skipped_prompts == left.skipped_prompts > 0
+    assert left.seconds_per_rollout > 0  # the module reports its generation time
     assert sum(e.visits for e in left.ledger.entries.values()) == 8 * 4
     assert left.values["absorbed_bits"] <= left.values["answer_bits"]
 

@@ -15,6 +15,7 @@ A GRPO module returns a dict from ``training_step`` (``G`` prompts, ``K`` genera
         "token_rewards": [N, C] per-token rewards (with completion_mask),
         "temperature": sampling temperature (default 1.0),
         "prompts": [G prompts] (text or chat messages; the per-prompt ledger keys them),
+        "generation_seconds": wall seconds spent generating this batch (for learning/generation_seconds_saved),
     }
 
 Values may be tensors (any device) or nested lists. ``parse_grpo_output`` returns a
@@ -33,7 +34,7 @@ __all__ = ["CONTRACT", "GRPOOutputError", "GRPOReport", "parse_grpo_output"]
 CONTRACT = (
     'training_step must return {"loss": ..., "rewards": [groups, generations]} (plus optional "prompt_ids", '
     '"prompt_mask", "completion_ids", "completion_mask" of shape [groups*generations, length], "completions", '
-    '"answers", "reward_components", "reward_weights", "token_rewards", "temperature", "prompts" [groups]); see '
+    '"answers", "reward_components", "reward_weights", "token_rewards", "temperature", "prompts" [groups], "generation_seconds"); see '
     "lora_rl_plugins.bridge.grpo_output"
 )
 
@@ -62,6 +63,7 @@ class GRPOReport:
     sequences: tuple[Any, Any, Any, Any] | None
     prompts: list[Any] | None = None
     """One prompt per rollout (each group's prompt repeated K times), when the module returned them."""
+    generation_seconds: float | None = None
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -174,4 +176,5 @@ def parse_grpo_output(outputs: Any) -> GRPOReport:
         temperature=float(outputs.get("temperature", 1.0)),
         sequences=_sequences(outputs),
         prompts=[p for p in outputs["prompts"] for _ in range(generations)] if "prompts" in outputs else None,
+        generation_seconds=float(outputs["generation_seconds"]) if "generation_seconds" in outputs else None,
     )

@@ -159,6 +159,7 @@ class LoraRLCallback(Callback):
             answers=report.answers,
             token_rewards=report.token_rewards,
             prompts=report.prompts,
+            generation_seconds=report.generation_seconds,
         )
         self.host.on_rollouts_scored(batch)
 
