@@ -34,7 +34,8 @@ __all__ = ["CONTRACT", "GRPOOutputError", "GRPOReport", "parse_grpo_output"]
 CONTRACT = (
     'training_step must return {"loss": ..., "rewards": [groups, generations]} (plus optional "prompt_ids", '
     '"prompt_mask", "completion_ids", "completion_mask" of shape [groups*generations, length], "completions", '
-    '"answers", "reward_components", "reward_weights", "token_rewards", "temperature", "prompts" [groups], "generation_seconds"); see '
+    '"answers", "reward_components", "reward_weights", "token_rewards", "temperature", "prompts" [groups], '
+    '"generation_seconds"); see '
     "lora_rl_plugins.bridge.grpo_output"
 )
 
