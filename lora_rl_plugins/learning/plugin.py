@@ -247,6 +247,14 @@ class LearningPlugin:
             self.window.append((self._pending[0], self._pending[1]))
             self.window = self.window[-self.config.signal_window :]
         self._pending = [0, 0]
+        if self.config.informative_sampling and self.selector is None:
+            self._warn_once(
+                "no_selector",
+                "lora_rl_plugins: informative_sampling=True, but nothing draws prompts through it: TRL installs it "
+                "on GRPOTrainer's sampler (map-style datasets only; an iterable dataset is streamed without one), "
+                "Lightning through callback.informative_sampler(prompts) passed to your prompt stream.",
+                UserWarning,
+            )
         self._check_signal(step.step)
         last = self.total_steps is not None and step.step >= self.total_steps
         if self.probes is not None and (step.step % self.config.probe_every == 0 or last):
