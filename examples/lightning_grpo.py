@@ -294,7 +294,7 @@ def build(
     callback = LoraRLCallback(
         kl_free=kl_free,
         load_entry_points=False,
-        informative_sampling=sampling == "informative",
+        informative_sampling=options.pop("informative_sampling", sampling == "informative"),
         reference_answer=task.reference_answers,
         **options,
     )
