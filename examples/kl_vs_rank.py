@@ -47,7 +47,7 @@ def train(rank: int, alpha: float, steps: int, seed: int = 0) -> dict[str, float
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, target_modules=["lm_head"]))
     module = GRPOModule(model, tokenizer, task.reward, beta=0.0)
     prompts = DataLoader(task.prompts(steps * 4, seed=seed), batch_size=4, collate_fn=list)
-    callback = LoraRLCallback(kl_free=True, kl_every=1, load_entry_points=False)
+    callback = LoraRLCallback(kl_free=True, kl_every=1, load_entry_points=False, run_log=False)  # a sweep: no log
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",

@@ -101,6 +101,12 @@ class GRPOModule(L.LightningModule):
             counts every rollout generated.
     """
 
+    # How training_step turns rewards into advantages, for the callback (names as in TRL's GRPOConfig):
+    # (r - group mean) / (group std + 1e-4), one reward function.
+    scale_rewards = "group"
+    multi_objective_aggregation = "sum_then_normalize"
+    advantage_epsilon = 1e-4
+
     def __init__(
         self,
         model: Any,
@@ -327,6 +333,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     module, prompts, callback = build(args.steps, args.kl_free, args.beta, sampling=args.sampling)
     trainer = L.Trainer(
         max_steps=args.steps,
+        max_epochs=1,  # the prompt stream holds exactly max_steps batches: one epoch ("Epoch 0/0" in the bar)
         accelerator="cpu",
         devices=1,
         callbacks=[callback],
@@ -343,6 +350,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     print(
         f"{trainer.global_step} steps: reward {sum(rewards[:tenth]) / tenth:.2f} -> {sum(rewards[-tenth:]) / tenth:.2f}"
         f" | {callback.host.summary_line()}\nmetrics (bandwidth/*, kl_monitor/*, reward) in {metrics_file}"
+        f"\n`lora-rl report {args.logdir}` draws them"
     )
     return trainer
 

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None):
     )
     trainer.train()
     last = [entry for entry in trainer.state.log_history if "bandwidth/bits_total" in entry][-1]
-    print({key: round(value, 4) for key, value in last.items() if key.startswith(("reward", "bandwidth/", "kl"))})
+    print({key: float(f"{value:.4g}") for key, value in last.items() if key.startswith(("reward", "bandwidth/", "kl"))})
+    print(f"the run log is {args.output_dir}/lora_rl_metrics.jsonl: `lora-rl report {args.output_dir}` draws it")
     return trainer
 
 

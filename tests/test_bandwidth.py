@@ -58,7 +58,7 @@ def one_matrix_adapter(rank: int, d: int) -> AdapterSummary:
 def test_constant_group_carries_zero_bits() -> None:
     account = account_group([1.0, 1.0, 1.0, 1.0], levels=2)
     assert account.estimate == 0.0
-    assert account.constant
+    assert account.zero_info
     assert account.bound == 4.0  # D = K = 4 rollouts, log2 L = 1
 
 
@@ -75,16 +75,17 @@ def test_distinct_completions_cap_the_bound() -> None:
     assert account.estimate == 2.0  # K·H = 4 > 2
 
 
-def test_answers_tighten_to_log2_m_plus_1_and_uniform_prior_is_exact() -> None:
+def test_answers_tighten_to_log2_m_plus_1_and_uniform_prior_is_reported_apart() -> None:
     rewards = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     answers = ["7", "3", "3", "9", None, "9"]  # M = 3 distinct parseable answers
     account = account_group(rewards, levels=2, answers=answers)
-    assert account.rule == "answers"
+    assert account.rule == "answers" and account.uniform_prior is None
     assert account.bound == pytest.approx(2.0)  # log2(3 + 1)
-    exact = account_group(rewards, levels=2, answers=answers, answer_space_size=10)
-    assert exact.rule == "uniform_prior"
-    assert exact.bound == pytest.approx(group_uniform_prior_bits(3, 10))
-    assert exact.estimate <= exact.bound
+    with_v = account_group(rewards, levels=2, answers=answers, answer_space_size=10)
+    # the uniform-prior value is exact only under a uniform prior: not a bound, so it does not replace it
+    assert with_v.rule == "answers" and with_v.bound == pytest.approx(2.0)
+    assert with_v.uniform_prior == pytest.approx(group_uniform_prior_bits(3, 10))
+    assert with_v.estimate == pytest.approx(min(6 * binary_entropy(1 / 6), 2.0))
 
 
 def test_answers_ignored_for_non_binary_rewards() -> None:
@@ -151,10 +152,22 @@ def test_quantised_continuous_rewards() -> None:
     host.on_rollouts_scored(batch([0.01, 0.02, 0.97, 0.99], 4))
     host.on_step_end(StepEnded(1))
     metrics = host.collect_metrics()
-    # quantised to levels 0, 0, 3, 3: a fair two-valued group, 4 bits; L = 4 -> bound 4 x 2 bits
-    assert metrics["bandwidth/bits_step"] == 4.0
+    # the bound counts L = 4 declared levels: 4 rollouts x 2 bits. The trainer's advantages come from the
+    # raw rewards, four distinct values: the estimate is 4·log2 4 = 8 bits, capped by the bound (8)
     assert metrics["bandwidth/bound_step"] == 8.0
+    assert metrics["bandwidth/bits_step"] == 8.0
     assert metrics["bandwidth/reward_levels"] == 4
+
+
+def test_quantised_to_one_level_still_follows_the_trainers_advantages() -> None:
+    # issue 13: rewards 0.50-0.56 fall in one of 4 levels over (0, 1), but TRL's advantages are not zero
+    host, _ = host_with(BandwidthConfig(reward_levels=4, reward_range=(0.0, 1.0)))
+    host.on_rollouts_scored(batch([0.50, 0.52, 0.54, 0.56, 0.5, 0.5, 0.5, 0.5], 4))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
+    assert metrics["bandwidth/zero_info_frac"] == 0.5  # only the constant group
+    assert metrics["bandwidth/bound_step"] == 16.0  # 2 groups x 4 rollouts x log2 4
+    assert metrics["bandwidth/bits_step"] == 8.0  # four distinct advantages: 4·log2 4, within the bound
 
 
 def test_declared_levels_exceeded_warns_and_uses_observed() -> None:
@@ -249,3 +262,89 @@ def test_state_round_trip_resumes_exactly() -> None:
     right = {k: v for k, v in restored_host.collect_metrics().items() if not k.startswith("plugins/")}
     assert left == right
     assert restored.reward_levels == 4
+
+
+# -- the trainer's advantage settings, levels and labels (issue 13) ---------------------------------------
+def host_for(options: dict, config: BandwidthConfig | None = None):
+    plugin = BandwidthPlugin(config)
+    host = PluginHost(make_plugin_manager({"bandwidth": plugin}, load_entry_points=False))
+    host.on_run_start(RunStarted("test", 4, options=options))
+    return host, plugin
+
+
+def test_settings_from_run_options_decide_zero_information() -> None:
+    # two functions whose weighted sum (2·a + b) is 2 for every rollout of the first group
+    rows = [[1.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 2.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 2.0]]
+    for aggregation, zero_frac in (("sum_then_normalize", 1.0), ("normalize_then_sum", 0.0)):
+        host, plugin = host_for({"multi_objective_aggregation": aggregation})
+        host.on_rollouts_scored(batch(rows, 4, names=("a", "b"), weights=[2.0, 1.0]))
+        host.on_step_end(StepEnded(1))
+        metrics = host.collect_metrics()
+        assert metrics["bandwidth/zero_info_frac"] == zero_frac, aggregation
+        assert (metrics["bandwidth/bits_step"] > 0) == (zero_frac == 0.0)
+    # normalize_then_sum: levels are the vectors of function values (2 seen), not the one weighted sum
+    assert plugin.reward_levels == 2
+
+
+def test_invalid_trainer_setting_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="scale_rewards='groups' is not one GRPO knows"):
+        host_for({"scale_rewards": "groups"})
+
+
+def test_uniform_prior_value_is_reported_apart_from_the_bound() -> None:
+    config = BandwidthConfig(answer_extractor=lambda text: text, answer_space_size=10)
+    host, _ = host_for({}, config)
+    host.on_rollouts_scored(batch([1, 0, 0, 0], 4, completions=["7", "3", "3", "9"]))
+    host.on_step_end(StepEnded(1))
+    metrics = host.collect_metrics()
+    assert metrics["bandwidth/bound_step"] == pytest.approx(2.0)  # log2(M + 1), M = 3: a bound
+    assert metrics["bandwidth/uniform_prior_step"] == pytest.approx(group_uniform_prior_bits(3, 10))
+    assert metrics["bandwidth/uniform_prior_total"] == pytest.approx(group_uniform_prior_bits(3, 10))
+    assert metrics["bandwidth/bits_step"] == pytest.approx(min(4 * binary_entropy(0.25), 2.0))
+    plain, _ = host_for({})
+    plain.on_rollouts_scored(batch([1, 0, 0, 0], 4))
+    plain.on_step_end(StepEnded(1))
+    assert not any("uniform_prior" in name for name in plain.collect_metrics())
+
+
+def test_continuous_reward_without_levels_warns_once_and_says_so() -> None:
+    from lora_rl_plugins.bandwidth.plugin import ContinuousRewardWarning
+
+    rng = __import__("random").Random(0)
+    host, _ = host_for({})
+    with pytest.warns(ContinuousRewardWarning, match=r"K·log2 K = 8.0 bits for a group of K=4"):
+        host.on_rollouts_scored(batch([rng.random() for _ in range(8)], 4))
+    host.on_step_end(StepEnded(1))
+    assert host.collect_metrics()["bandwidth/bits_step"] == pytest.approx(2 * 4 * math.log2(4))
+    assert "K·log2 K per group" in host.summary_line()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        host.on_rollouts_scored(batch([rng.random() for _ in range(8)], 4, step=2))  # once
+    # binary rewards and declared levels never warn
+    for config, rows in (
+        (None, [1, 0, 1, 0, 0, 1, 1, 0]),
+        (BandwidthConfig(reward_levels=8, reward_range=(0, 1)), None),
+    ):
+        quiet, _ = host_for({}, config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet.on_rollouts_scored(batch(rows or [rng.random() for _ in range(8)], 4))
+
+
+def test_state_round_trip_with_vector_levels_and_uniform_prior() -> None:
+    import json
+
+    config = BandwidthConfig(answer_extractor=lambda text: text, answer_space_size=10)
+    options = {"multi_objective_aggregation": "normalize_then_sum"}
+    rows = [[1.0, 0.0], [0.0, None], [1.0, 0.5], [0.0, 0.5]]
+    host, _ = host_for(options, config)
+    host.on_rollouts_scored(batch(rows, 4, names=("a", "b"), completions=["1", "2", "3", "4"]))
+    host.on_step_end(StepEnded(1))
+    restored_host, restored = host_for(options, config)
+    restored_host.set_state(json.loads(json.dumps(host.get_state())))
+    for h in (host, restored_host):
+        h.on_rollouts_scored(batch(rows[::-1], 4, names=("a", "b"), step=2, completions=["1", "2", "2", "4"]))
+        h.on_step_end(StepEnded(2))
+    left = {k: v for k, v in host.collect_metrics().items() if not k.startswith("plugins/")}
+    right = {k: v for k, v in restored_host.collect_metrics().items() if not k.startswith("plugins/")}
+    assert left == right and restored.reward_levels == 4

@@ -35,14 +35,16 @@ def batch(seed=1, rows=3, length=8, completion=4):
 
 
 def naive(model, ids, attention, mask, temperature=1.0, reference=None):
-    """Full-logits reference implementation."""
+    """Full-logits reference implementation: the model's own forward().logits, float64 after them."""
     reference = reference or ReferencePolicy()
     c = mask.shape[1]
     with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, -c - 1 : -1] / temperature, -1)
+        lp = torch.log_softmax(
+            model(input_ids=ids, attention_mask=attention).logits[:, -c - 1 : -1].double() / temperature, -1
+        )
         with reference.activate(model):
             lr = torch.log_softmax(
-                model(input_ids=ids, attention_mask=attention).logits[:, -c - 1 : -1] / temperature, -1
+                model(input_ids=ids, attention_mask=attention).logits[:, -c - 1 : -1].double() / temperature, -1
             )
     kl = (lp.exp() * (lp - lr)).sum(-1)
     reverse = (lr.exp() * (lr - lp)).sum(-1)

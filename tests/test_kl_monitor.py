@@ -58,7 +58,10 @@ def test_beta_zero_kl_grows_from_zero(tmp_path) -> None:
     assert measured[0] == pytest.approx(0.0, abs=1e-7)
     assert measured[-1] > measured[0] + 1e-4
     assert logged(trainer, "kl_monitor/update_spectral_max")[-1] > 0
-    assert any(name.startswith("kl_monitor/norms/") for name in trainer.state.log_history[-2])
+    # per-module norms are detail metrics: in the run log, not in TRL's console dict (console_detail=False)
+    assert not any(name.startswith("kl_monitor/norms/") for name in trainer.state.log_history[-2])
+    run_log = (tmp_path / "out" / "lora_rl_metrics.jsonl").read_text()
+    assert '"name": "kl_monitor/norms/' in run_log
 
 
 def test_budget_stop_ends_training_cleanly(tmp_path) -> None:
@@ -165,3 +168,38 @@ def test_initial_adapter_reference_for_a_pretrained_adapter(tmp_path) -> None:
         runs[reference] = logged(trainer, "kl_monitor/kl_mean")
     assert runs["initial_adapter"][0] == pytest.approx(0.0, abs=1e-7)  # drift from where this run started
     assert runs["base"][0] > 1e-4  # drift from the base model includes the earlier training
+
+
+@pytest.mark.parametrize(
+    ("settings", "lora_dropout", "expected"),
+    [
+        (dict(top_k=3), 0.0, "top_k=3"),
+        (dict(top_p=0.8, min_p=0.05), 0.0, "top_p=0.8, min_p=0.05"),
+        (dict(beta=0.04, bf16=False), 0.1, "dropout is active"),
+        (dict(beta=0.04, bf16=True), 0.0, "bf16 autocast"),
+        (dict(beta=0.04, bf16=False), 0.1, None),  # disable_dropout=True below
+        (dict(beta=0.04, bf16=False), 0.0, None),
+    ],
+)
+def test_trl_settings_that_make_exact_kl_and_k3_differ_warn_once(tmp_path, settings, lora_dropout, expected) -> None:
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from lora_rl_plugins.demo.model import build_tiny_model
+    from lora_rl_plugins.kl.monitor import KLComparabilityWarning
+
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=lora_dropout, task_type="CAUSAL_LM"
+    )
+    model = get_peft_model(build_tiny_model(), config)
+    if lora_dropout and expected is None:
+        settings = dict(settings, disable_dropout=True)
+    trainer = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=2, peft=False, model=model, **settings)
+    trainer.add_callback(LoraRLCallback(trainer, kl_every=1, load_entry_points=False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    messages = [str(w.message) for w in caught if issubclass(w.category, KLComparabilityWarning)]
+    assert messages == [] if expected is None else (len(messages) == 1 and expected in messages[0])
+    assert len(logged(trainer, "kl_monitor/kl_mean")) == 2  # measured all the same

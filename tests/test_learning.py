@@ -163,9 +163,9 @@ def test_informative_sampling_skips_prompts_that_teach_nothing(tmp_path) -> None
     seen: list[list[str]] = []
     original = trainer._calculate_rewards
 
-    def calculate(inputs, prompts, completions, ids):
+    def calculate(inputs, prompts, completions, completion_ids_list):  # TRL's names: the contract check reads them
         seen.append(list(prompts))
-        return original(inputs, prompts, completions, ids)
+        return original(inputs, prompts, completions, completion_ids_list)
 
     trainer._calculate_rewards = calculate
     callback = LoraRLCallback(
@@ -255,9 +255,9 @@ def test_trl_informative_sampling_resumes_exactly(tmp_path) -> None:
         seen: list[list[str]] = []
         original = trainer._calculate_rewards
 
-        def calculate(inputs, prompts, completions, ids):
+        def calculate(inputs, prompts, completions, completion_ids_list):
             seen.append(list(prompts))
-            return original(inputs, prompts, completions, ids)
+            return original(inputs, prompts, completions, completion_ids_list)
 
         trainer._calculate_rewards = calculate
         callback = LoraRLCallback(
@@ -276,3 +276,34 @@ def test_trl_informative_sampling_resumes_exactly(tmp_path) -> None:
     assert resumed_seen == straight_seen[3:]  # after the resume the same prompts are drawn
     assert resumed.ledger.get_state() == straight.ledger.get_state()
     assert resumed.skipped_prompts == straight.skipped_prompts
+
+
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+def test_ledger_and_bandwidth_agree_on_zero_information(aggregation) -> None:
+    """'Informative' is the bandwidth plugin's zero-information test (the trainer's advantages), not equal rewards:
+    under normalize_then_sum with weights (1, 2), rewards f1 = (0, 1), f2 = (0.5, 0) combine to (1, 1) yet the
+    per-function z-scores give advantages ±a."""
+    from lora_rl_plugins.bandwidth.plugin import BandwidthPlugin
+    from lora_rl_plugins.learning.plugin import LearningPlugin
+    from lora_rl_plugins.plugin.events import RolloutsScored, RunStarted, StepEnded
+
+    run = RunStarted("test", group_size=2, options={"multi_objective_aggregation": aggregation})
+    batch = RolloutsScored(
+        step=1,
+        rewards=[[0.0, 0.5], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]],
+        reward_names=["f1", "f2"],
+        reward_weights=[1.0, 2.0],
+        group_size=2,
+        prompt_keys=["a", "a", "b", "b", "c", "c"],
+    )
+    bandwidth, learning = BandwidthPlugin(), LearningPlugin()
+    for plugin in (bandwidth, learning):
+        plugin.on_run_start(run)
+        plugin.on_rollouts_scored(batch)
+        plugin.on_step_end(StepEnded(1))
+    zero_info = bandwidth.collect_metrics()["bandwidth/zero_info_frac"]
+    informative = [learning.ledger.get(key).last == "informative" for key in "abc"]
+    assert learning.signal_fraction == pytest.approx(1 - zero_info)
+    assert informative[0] == (aggregation == "normalize_then_sum")  # equal combined rewards, unequal advantages
+    assert informative[1:] == [False, True]
+    assert (learning.ledger.get("a").signal_bits > 0) == informative[0]

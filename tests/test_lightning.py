@@ -97,7 +97,7 @@ class Interrupt(L.Callback):
 
 
 def test_resumed_run_gives_the_same_totals(tmp_path) -> None:
-    def run(extra_callbacks=(), ckpt_path=None):
+    def run(extra_callbacks=(), ckpt_path=None, root=tmp_path):
         module, prompts, _ = lightning_grpo.build(steps=8, kl_free=True, beta=0.0)
         callback = LoraRLCallback(kl_free=True, kl_every=3, load_entry_points=False)
         trainer = L.Trainer(
@@ -105,6 +105,7 @@ def test_resumed_run_gives_the_same_totals(tmp_path) -> None:
             accelerator="cpu",
             devices=1,
             logger=False,
+            default_root_dir=root,  # no logger: the run log goes here
             enable_progress_bar=False,
             enable_model_summary=False,
             callbacks=[callback, *extra_callbacks],
@@ -113,7 +114,7 @@ def test_resumed_run_gives_the_same_totals(tmp_path) -> None:
         trainer.fit(module, prompts, ckpt_path=ckpt_path)
         return callback
 
-    straight = run()
+    straight = run(root=tmp_path / "straight")
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1)
     run([checkpoint, Interrupt(4)])
     resumed = run(ckpt_path=str(tmp_path / "epoch=0-step=4.ckpt"))
@@ -128,6 +129,12 @@ def test_resumed_run_gives_the_same_totals(tmp_path) -> None:
     kl_right = resumed.host.plugin("kl_monitor").get_state()
     assert kl_right["batches_seen"] == kl_left["batches_seen"] == 8
     assert kl_right["values"]["kl_mean"] == pytest.approx(kl_left["values"]["kl_mean"], rel=1e-4)
+    # the run log of the interrupted and resumed run: every step once, the totals of the straight run
+    from lora_rl_plugins.report import load_run
+
+    resumed_log, straight_log = load_run(tmp_path / "lora_rl_metrics.jsonl"), load_run(tmp_path / "straight")
+    assert resumed_log.steps("bandwidth/bits_step") == list(range(1, 9))
+    assert resumed_log.last("bandwidth/bits_total") == pytest.approx(straight_log.last("bandwidth/bits_total"))
 
 
 def test_kl_free_module_asks_and_penalty_switches_reference_on(tmp_path) -> None:
@@ -231,3 +238,30 @@ def test_after_generation_filter_refills_zero_signal_groups(tmp_path) -> None:
     assert sum(e.visits for e in ledger.entries.values()) == 6 * 4  # batches stay full: 4 groups a step
     rows = read_metrics(trainer)
     assert column(rows, "rollouts_generated")[-1] == module.rollouts_generated
+
+
+def test_module_declares_its_advantage_settings_and_zero_information_follows_them(tmp_path) -> None:
+    module, prompts, _ = lightning_grpo.build(steps=3, kl_free=True, beta=0.0)
+    module.__class__ = Recording
+    module.returned = []
+    callback = LoraRLCallback(kl_free=True, kl_every=1000, load_entry_points=False)
+    trainer = trainer_for(callback, 3, tmp_path, enable_checkpointing=False)
+    trainer.fit(module, prompts)
+    settings = callback.host.plugin("bandwidth").advantage_settings
+    assert (settings.scale_rewards, settings.aggregation, settings.epsilon) == ("group", "sum_then_normalize", 1e-4)
+    # the module's own advantages (its training_step formula), recomputed from what it returned
+    expected = []
+    for step_rewards, _ in module.returned:
+        rewards = torch.tensor(step_rewards)
+        advantages = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
+        expected.append(float((advantages.abs().amax(1) == 0).float().mean()))
+    assert column(read_metrics(trainer), "bandwidth/zero_info_frac") == pytest.approx(expected)
+
+    class Declared(lightning_grpo.GRPOModule):
+        scale_rewards = "batch"
+        multi_objective_aggregation = "normalize_then_sum"
+
+    other = LoraRLCallback(load_entry_points=False)
+    other.on_train_start(trainer, Declared(module.model, module.tokenizer, module.reward_fn))
+    declared = other.host.plugin("bandwidth").advantage_settings
+    assert (declared.scale_rewards, declared.aggregation) == ("batch", "normalize_then_sum")

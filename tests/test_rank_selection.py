@@ -91,7 +91,7 @@ def test_select_rank_from_plan_and_vllm_constraint() -> None:
     assert choice.capacity_bits >= 5_000_000 > choice.capacity_at(choice.rank - 1)
     with pytest.raises(ValueError, match="above max_lora_rank=16; serve with max_lora_rank=32"):
         select_rank(plan=plan, hidden_size=4096, max_lora_rank=16)
-    with pytest.raises(ValueError, match="rank 3815 is above vLLM's largest max_lora_rank 512"):
+    with pytest.raises(ValueError, match="r=3815 is above vLLM's largest max_lora_rank 512"):
         select_rank(bits=1e9, hidden_size=4096, vllm=True)
 
 
@@ -142,7 +142,7 @@ def test_cli_rank_explains_the_choice(tmp_path, capsys) -> None:
     assert main(["rank", "--model-config", str(config), "--episodes", "320000", "--reward-levels", "2"]) == 0
     out = capsys.readouterr().out
     assert "320,000 episodes × log2(2) = 1 bits/episode × margin 2 = 640,000 bits" in out
-    assert "Σ(d_in+d_out) = 2,621,440" in out
+    assert "Σ E·(d_in+d_out)·r_m/r = 2,621,440" in out
     assert "<- chosen" in out and "chosen rank: r = 1" in out
 
     assert main(["rank", "--hidden-size", "4096", "--bits", "2097152", "--vllm", "--json"]) == 0

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def readme_metric_kinds() -> dict[str, str]:
-    rows = re.findall(r"^\| `([a-z0-9_]+/[a-z0-9_<>]+)` \| (\w+) \|", README, flags=re.MULTILINE)
+    rows = re.findall(r"^\| `([a-z0-9_]+/[a-z0-9_<>/]+)` \| (\w+) \|", README, flags=re.MULTILINE)
     return dict(rows)
 
 

@@ -17,7 +17,7 @@ from helpers import RecordingReward, grpo_trainer
 
 from lora_rl_plugins.integrations.trl import LoraRLCallback
 from lora_rl_plugins.report import load_run, write_report
-from lora_rl_plugins.report.figures import build_figures, capacity_ranks
+from lora_rl_plugins.report.figures import build_figures, capacity_ranks, describe_figures, measurements
 from lora_rl_plugins.report.page import rank_advice
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def reward_fn(prompts, completions):
 
 @pytest.fixture(scope="module")
 def trl_run(tmp_path_factory) -> Path:
-    """A real 12-step GRPO run with a KL budget; its trainer_state.json is what the report reads."""
+    """A real 12-step GRPO run with a KL budget; its run log (and trainer_state.json) is what the report reads."""
     root = tmp_path_factory.mktemp("trl_run")
     trainer = grpo_trainer(RecordingReward(reward_fn), root, steps=12, learning_rate=5e-2)
     trainer.add_callback(LoraRLCallback(trainer, kl_every=2, kl_budget=5.0, load_entry_points=False))
@@ -38,33 +38,70 @@ def trl_run(tmp_path_factory) -> Path:
     return root / "out"
 
 
+def axis_of(figure, label):
+    return next(axis for axis in figure.axes for line in axis.get_lines() if line.get_label() == label)
+
+
 def lines_of(figure):
     return {line.get_label(): line for axis in figure.axes for line in axis.get_lines()}
 
 
 def test_figures_carry_the_right_series(trl_run) -> None:
     run = load_run(trl_run)
-    assert run.kind == "trl"
+    assert run.kind == "run log"  # lora_rl_metrics.jsonl, read before trainer_state.json
     figures = build_figures(run)
     assert set(figures) == {"bits", "per_step", "reward", "kl", "ledger"}
     bits = lines_of(figures["bits"])
-    assert list(bits["signal, summed over steps (estimate)"].get_ydata()) == run.values("bandwidth/bits_total")
-    assert list(bits["upper bound on the signal"].get_ydata()) == run.values("bandwidth/bound_total")
+    assert list(bits["signal, summed over steps (estimate)"].get_ydata()) == run.through_end("bandwidth/bits_total")[1]
+    assert list(bits["upper bound on the signal"].get_ydata()) == run.through_end("bandwidth/bound_total")[1]
+    assert bits["signal, summed over steps (estimate)"].get_xdata()[-1] == run.last_step == 12
     rank = int(run.last("bandwidth/adapter_rank"))
     assert rank == 4
     capacity = run.last("bandwidth/capacity_bits")
     assert bits[f"capacity at r={rank} (this run)"].get_ydata()[0] == capacity
     assert bits["capacity at r=2"].get_ydata()[0] == capacity / 2  # a neighbouring rank
     assert figures["bits"].axes[0].get_yscale() == "log"
+    # the capacity lines can be told apart: each its own colour, and labelled at its right end
+    capacity_lines = [line for label, line in bits.items() if label.startswith("capacity at r=")]
+    assert len({str(line.get_color()) for line in capacity_lines}) == len(capacity_lines) == len(capacity_ranks(run))
+    end_labels = {text.get_text() for text in figures["bits"].axes[0].texts}
+    assert end_labels == {f"r={r}" + (" (this run)" if r == rank else "") for r in capacity_ranks(run)}
+    assert all(text.xy[0] == 1.0 for text in figures["bits"].axes[0].texts)  # at the axis' right edge
     kl = lines_of(figures["kl"])
-    assert list(kl["KL(π_θ‖π_ref), mean per token (exact)"].get_ydata()) == run.values("kl_monitor/kl_mean")
-    assert kl["budget 5"].get_ydata()[0] == 5.0
+    mean_label = "KL(π_θ‖π_ref), mean per token (exact)"
+    certificate = "certificate (max δ − min δ)²/8: bounds the mean"
+    # one point per measurement (every 2nd batch: steps 1, 3, ...; the exact 0 of the fresh adapter left off the log
+    # scale), not one per log
+    steps, values = measurements(run, "kl_monitor/kl_mean")
+    assert steps == sorted({int(s) for s in run.values("kl_monitor/measured_step")}) == [1, 3, 5, 7, 9, 11]
+    assert values[0] == 0.0  # the fresh adapter
+    drawn = list(kl[mean_label].get_xdata())
+    assert drawn == [s for s, v in zip(steps, values, strict=True) if v > 0] == [3, 5, 7, 9, 11]
+    # each bound is drawn against the quantity it bounds: the certificate and the budget beside the mean,
+    # the largest per-token KL in its own panel
+    assert axis_of(figures["kl"], certificate) is axis_of(figures["kl"], mean_label)
+    assert axis_of(figures["kl"], "budget 5 (on the mean)") is axis_of(figures["kl"], mean_label)
+    assert axis_of(figures["kl"], "KL, largest per token (exact)") is not axis_of(figures["kl"], mean_label)
+    for mean, bound in zip(kl[mean_label].get_ydata(), kl[certificate].get_ydata(), strict=True):
+        assert bound >= mean
+    assert kl["budget 5 (on the mean)"].get_ydata()[0] == 5.0
+    # legends sit outside the data (below the axes)
+    for figure in figures.values():
+        figure.canvas.draw()
+        for axis in figure.axes:
+            legend = axis.get_legend()
+            if legend is not None:
+                assert legend.get_window_extent().y1 <= axis.get_window_extent().y0
+    captions = describe_figures(run)
+    assert "single-layer bound" not in captions["kl"]  # not drawn: TRL adapts no output layer
+    assert "budget" in captions["kl"] and "certificate" in captions["kl"]
     reward = lines_of(figures["reward"])
     assert list(reward["mean reward"].get_ydata()) == run.values("reward")
     assert 1 in capacity_ranks(run)  # the sufficient rank is drawn too
     advice = " ".join(rank_advice(run))
     assert f"At rank {rank} the adapter holds {capacity:,.0f} bits" in advice
     assert "The smallest rank whose capacity holds that is r = 1" in advice
+    assert "over 12 steps" in advice  # exact step count
 
 
 def test_report_is_written_and_deterministic(trl_run, tmp_path) -> None:
@@ -83,8 +120,8 @@ def test_report_is_written_and_deterministic(trl_run, tmp_path) -> None:
 
 def test_report_reads_checkpoints_of_a_running_run(tmp_path) -> None:
     trainer = grpo_trainer(RecordingReward(reward_fn), tmp_path, steps=4, save_strategy="steps", save_steps=2)
-    trainer.add_callback(LoraRLCallback(trainer, load_entry_points=False))
-    trainer.train()  # no save_state(): only checkpoint-2 and checkpoint-4 hold trainer_state.json
+    trainer.add_callback(LoraRLCallback(trainer, run_log=False, load_entry_points=False))
+    trainer.train()  # no save_state(), no run log: only checkpoint-2 and checkpoint-4 hold trainer_state.json
     run = load_run(tmp_path / "out")
     assert max(run.steps("bandwidth/bits_total")) == 4
 
@@ -110,8 +147,13 @@ def test_report_from_lightning_csv(tmp_path) -> None:
 
     lightning_grpo.main(["--steps", "6", "--kl-free", "--logdir", str(tmp_path)])
     run = load_run(tmp_path)
-    assert run.kind == "lightning-csv"
-    assert len(run.values("bandwidth/bits_total")) == 6
+    assert run.kind == "run log"  # written beside Lightning's metrics.csv
+    assert run.steps("bandwidth/bits_step") == [1, 2, 3, 4, 5, 6]  # exact steps: 6, not Lightning's 0..5
+    assert "over 6 steps" in " ".join(rank_advice(run))
+    assert run.values("reward")  # what the module logged comes along
+    csv_run = load_run(next(tmp_path.rglob("metrics.csv")))
+    assert csv_run.kind == "lightning-csv"
+    assert len(csv_run.values("bandwidth/bits_total")) == 6
     path = write_report(tmp_path)
     assert path.exists() and (path.parent / "kl.png").exists()
 
@@ -144,7 +186,7 @@ def test_report_renders_in_a_headless_browser(trl_run, tmp_path) -> None:
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1100,1600",
+            "--window-size=1100,3600",
             f"--screenshot={shot}",
             page.as_uri(),
         ],
@@ -157,9 +199,23 @@ def test_report_renders_in_a_headless_browser(trl_run, tmp_path) -> None:
     from PIL import Image
 
     image = Image.open(shot).convert("RGB")
-    assert image.size == (1100, 1600)
-    colours = image.resize((110, 160)).getcolors(maxcolors=100_000)
+    assert image.size == (1100, 3600)
+    colours = image.resize((110, 360)).getcolors(maxcolors=100_000)
     assert colours is not None and len(colours) > 50  # figures and text, not a blank or error page
+    # what is drawn reached the screen: every capacity line's colour, the certificate's and the budget's
+    from matplotlib.colors import to_rgb
+
+    from lora_rl_plugins.report.figures import CAPACITY_COLORS
+
+    pixels = set(image.getdata())
+
+    def shown(colour: str) -> bool:
+        target = tuple(round(255 * c) for c in to_rgb(colour))
+        return any(sum(abs(p - t) for p, t in zip(pixel, target, strict=True)) < 40 for pixel in pixels)
+
+    others = len(capacity_ranks(load_run(trl_run))) - 1
+    for colour in (*CAPACITY_COLORS[:others], "tab:orange", "tab:red", "tab:purple"):
+        assert shown(colour), colour
 
 
 def test_live_view_in_the_progress_bar_and_the_printed_log(tmp_path, capsys) -> None:

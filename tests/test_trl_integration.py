@@ -71,7 +71,7 @@ def test_logged_metrics_equal_independent_recomputation(tmp_path) -> None:
     assert logged(trainer, "bandwidth/bits_total")[-1] == pytest.approx(sum(e[0] for e in expected))
     assert logged(trainer, "bandwidth/bound_total")[-1] == pytest.approx(sum(e[1] for e in expected))
     assert logged(trainer, "bandwidth/bits_per_rollout") == pytest.approx([e[0] / 16 for e in expected])
-    # zero-information groups are exactly the groups TRL gives zero advantage
+    # binary rewards, TRL's default settings, every group scored: here TRL's count agrees (README table)
     assert logged(trainer, "bandwidth/zero_info_frac") == pytest.approx(logged(trainer, "frac_reward_zero_std"))
 
     # capacity from the real adapter: 32 bits x every LoRA parameter
@@ -200,3 +200,32 @@ def test_use_vllm_note_is_given_once(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="lora_rl_plugins"):
         host.on_run_start(RunStarted("trl", 4, options={"use_vllm": True}))
     assert caplog.text.count("max_lora_rank does not apply") == 1
+
+
+def test_trl_outside_the_supported_range_or_with_changed_internals_is_refused(tmp_path, monkeypatch) -> None:
+    import trl
+
+    from lora_rl_plugins.bridge.trl_contract import (
+        SUPPORTED_TRL,
+        UnsupportedTRLError,
+        check_trl_grpo_trainer,
+        trl_contract_problems,
+    )
+
+    trainer = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=1)
+    assert trl_contract_problems(trainer, trl.__version__) == []  # the installed TRL (CI: lowest and newest)
+    for version in ("1.5.0", "0.29.1", "2.0.0"):
+        with pytest.raises(UnsupportedTRLError, match=rf"supports trl{SUPPORTED_TRL}.*TRL {version} is outside"):
+            check_trl_grpo_trainer(trainer, version)
+    monkeypatch.setattr(trl, "__version__", "2.1.0")
+    with pytest.raises(UnsupportedTRLError, match=r"pip install 'trl>=1\.6,<2'"):
+        LoraRLCallback(trainer, load_entry_points=False)
+    monkeypatch.undo()
+    # a TRL whose internals moved: a wrapped method with other parameters, an attribute gone
+    trainer._calculate_rewards = lambda inputs, prompts: None
+    del trainer.reward_func_names
+    problems = trl_contract_problems(trainer, "1.16.0")
+    assert any("_calculate_rewards takes ('inputs', 'prompts')" in p for p in problems), problems
+    assert any("'reward_func_names'" in p for p in problems), problems
+    with pytest.raises(UnsupportedTRLError, match="reward_func_names"):
+        LoraRLCallback(trainer, load_entry_points=False)

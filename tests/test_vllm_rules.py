@@ -60,6 +60,9 @@ GRID = [
     ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": 2}, ("max_cpu_loras",)),
     ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": 4}, ()),
     ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": None}, ()),
+    # vllm/engine/arg_utils.py:2704-2706: 0 and negative values mean "unset" (= max_loras)
+    ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": 0}, ()),
+    ({}, {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": -1}, ()),
     ({}, {"max_lora_rank": 8, "lora_dtype": "float32"}, ("lora_dtype",)),
     ({}, {"max_lora_rank": 8, "lora_dtype": "bfloat16"}, ()),
     ({}, {"max_lora_rank": 8, "lora_dtype": "float16"}, ()),
@@ -171,7 +174,7 @@ def test_memory_estimate_llama_8b() -> None:
     assert vllm_lora_memory_bytes(llama, max_lora_rank=16) == expected == 92_356_608
     assert vllm_lora_memory_bytes(llama, max_lora_rank=64, max_loras=4) == 16 * expected
     assert vllm_lora_memory_bytes(llama, max_lora_rank=16, include_embeddings=False) == 2 * 16 * 32 * per_layer
-    with pytest.raises(ValueError, match="dense models"):
+    with pytest.raises(ValueError, match="not estimated: the estimate covers dense Llama-style models and Qwen3-MoE"):
         vllm_lora_memory_bytes({**llama, "num_experts": 8}, max_lora_rank=16)
 
 
@@ -179,9 +182,9 @@ def test_cli_check_vllm_exit_codes(tmp_path, capsys) -> None:
     from lora_rl_plugins.cli import main
 
     (tmp_path / "adapter_config.json").write_text(json.dumps(adapter(r=32)))
-    assert main(["check-vllm", str(tmp_path), "--max-lora-rank", "32"]) == 0
+    assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "32"]) == 0
     assert "ok: vLLM" in capsys.readouterr().out
-    assert main(["check-vllm", str(tmp_path), "--max-lora-rank", "16"]) == 1
+    assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "16"]) == 1
     out = capsys.readouterr().out
     assert "LoRA rank 32 (r) is greater than max_lora_rank 16" in out
     assert main(["check-vllm", str(tmp_path / "missing"), "--max-lora-rank", "16"]) == 1
@@ -197,6 +200,9 @@ def test_grid_matches_real_vllm(overrides, engine, expected) -> None:
     from vllm.lora.peft_helper import PEFTHelper
 
     try:
+        # EngineArgs turns max_cpu_loras <= 0 into None before LoRAConfig (vllm/engine/arg_utils.py:2704-2706)
+        if engine.get("max_cpu_loras") is not None and engine["max_cpu_loras"] <= 0:
+            engine = {**engine, "max_cpu_loras": None}
         PEFTHelper.from_dict(adapter(**overrides)).validate_legal(LoRAConfig(**engine))
         accepted = True
     except Exception:

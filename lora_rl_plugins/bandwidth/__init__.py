@@ -1,9 +1,27 @@
 """Information bandwidth: what the reward stream can carry, per rollout, group, step and run.
 
 ``information`` (pure functions, bits), ``rewards`` (validating and combining reward-function
-outputs), ``accounting`` (one group's bound and estimate) and ``plugin`` (the built-in plugin).
+outputs), ``advantages`` (the trainer's GRPO advantages, framework-free), ``accounting`` (one group's
+bound, estimate and zero-information flag) and ``plugin`` (the built-in plugin).
 """
 
-from .plugin import BANDWIDTH_METRICS, BandwidthConfig, BandwidthPlugin, CapacityWarning, MissingRewardWarning
+from .advantages import AdvantageSettings, grpo_advantages
+from .plugin import (
+    BANDWIDTH_METRICS,
+    BandwidthConfig,
+    BandwidthPlugin,
+    CapacityWarning,
+    ContinuousRewardWarning,
+    MissingRewardWarning,
+)
 
-__all__ = ["BANDWIDTH_METRICS", "BandwidthConfig", "BandwidthPlugin", "CapacityWarning", "MissingRewardWarning"]
+__all__ = [
+    "BANDWIDTH_METRICS",
+    "AdvantageSettings",
+    "BandwidthConfig",
+    "BandwidthPlugin",
+    "CapacityWarning",
+    "ContinuousRewardWarning",
+    "MissingRewardWarning",
+    "grpo_advantages",
+]

@@ -16,8 +16,9 @@ from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, small
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
-from ..plugin.metrics import MetricInfo
+from ..plugin.metrics import MetricInfo, format_percent
 from .accounting import GroupAccount, account_group, account_token_group
+from .advantages import AdvantageSettings, grpo_advantages
 from .information import quantise
 from .rewards import combine_rewards, partly_missing, split_groups
 
@@ -26,6 +27,7 @@ __all__ = [
     "BandwidthConfig",
     "BandwidthPlugin",
     "CapacityWarning",
+    "ContinuousRewardWarning",
     "MissingRewardWarning",
     "RewardLevelsWarning",
 ]
@@ -48,6 +50,12 @@ class MissingRewardWarning(UserWarning):
     """Some rollouts or whole groups have no reward."""
 
 
+class ContinuousRewardWarning(UserWarning):
+    """The reward looks continuous and no levels are declared: every group's estimate is K·log2 K
+    whatever the rewards, and the bound grows with every new value (declare reward_levels and
+    reward_range)."""
+
+
 def _m(name: str, kind: str, unit: str, definition: str, reduce: str = "last") -> MetricInfo:
     return MetricInfo(f"bandwidth/{name}", kind, unit, definition, reduce)  # type: ignore[arg-type]
 
@@ -57,15 +65,17 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "bits_step",
         "estimate",
         "bits",
-        "signal rate: Σ over this step's groups of min(K·H(group rewards), group bound), what the rewards could "
-        "distinguish this step; not information the policy absorbed (that is learning/absorbed_bits)",
+        "signal rate: Σ over this step's groups with non-zero advantages of min(n·H(pattern of the trainer's "
+        "advantages), group bound), what the rewards could distinguish this step; not information the policy "
+        "absorbed (that is learning/absorbed_bits); with a continuous reward and no declared levels every rollout "
+        "is its own class, so each group scores K·log2 K whatever the rewards (ContinuousRewardWarning)",
         "mean",
     ),
     _m(
         "bound_step",
         "bound",
         "bits",
-        "Σ over this step's groups of the group bound (D·log2 L, log2(M+1) or the uniform-prior value)",
+        "Σ over this step's groups of the group bound: D·log2 L, or log2(M+1) for binary rewards with answers",
         "mean",
     ),
     _m(
@@ -83,10 +93,22 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
     ),
     _m("bits_per_rollout", "estimate", "bits", "bits_step / rollouts scored this step", "mean"),
     _m(
+        "uniform_prior_step",
+        "estimate",
+        "bits",
+        "with answer_space_size: Σ over this step's groups of log2 V − ((V−M)/V)·log2(V−M), each group's "
+        "information if the policy's prior over the V answers were uniform; exact only under that prior, not a "
+        "bound (after learning the true information can exceed it)",
+        "mean",
+    ),
+    _m("uniform_prior_total", "estimate", "bits", "uniform_prior_step summed over the run"),
+    _m(
         "zero_info_frac",
         "exact",
         "fraction",
-        "groups whose rewards are all equal (or < 2 scored) / groups this step: GRPO learns nothing from them",
+        "groups whose advantages, computed with the trainer's settings from its rewards, are all zero (this "
+        "includes groups with < 2 scored rollouts) / groups this step; differs from TRL's frac_reward_zero_std "
+        "where docs/theory.md §1 says",
         "mean",
     ),
     _m(
@@ -108,17 +130,30 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "flag",
         "1 when reward_levels was inferred from the rewards, 0 when declared",
     ),
-    _m("capacity_bits", "bound", "bits", "bits_per_param × trainable LoRA parameters Σ r·(d_in+d_out)"),
+    _m(
+        "capacity_bits",
+        "bound",
+        "bits",
+        "bits_per_param × trainable LoRA parameters Σ_m E_m·r_m·(d_in,m+d_out,m) (each matrix at its own rank r_m, "
+        "E_m experts)",
+    ),
     _m("capacity_used", "estimate", "fraction", "bits_total / capacity_bits"),
     _m("projected_bits", "estimate", "bits", "bits_total / steps done × planned steps"),
     _m(
         "rank_sufficient",
         "estimate",
         "rank",
-        "smallest uniform rank r with bits_per_param·r·Σ(d_in+d_out) >= projected_bits",
+        "smallest adapter rank r with bits_per_param·r·params_per_rank >= projected_bits (every matrix keeping "
+        "its rank ratio r_m/r)",
     ),
     _m("adapter_rank", "setting", "rank", "the largest LoRA rank among the adapted matrices"),
-    _m("params_per_rank", "exact", "parameters", "Σ(d_in+d_out) over the adapted matrices: parameters per unit rank"),
+    _m(
+        "params_per_rank",
+        "exact",
+        "parameters",
+        "Σ_m E_m·(d_in,m+d_out,m)·r_m/r over the adapted matrices (r the adapter's configured rank, r_m each "
+        "matrix's own, E_m its experts) = trainable LoRA parameters / r",
+    ),
 )
 
 
@@ -127,20 +162,23 @@ class BandwidthConfig:
     """Options of the bandwidth plugin (all optional); each field's ``doc`` is its documentation."""
 
     reward_levels: int | None = option(
-        doc="L, the number of values the combined reward takes. Unset: inferred as the distinct values seen so far "
-        "(the metrics say so); without quantisation every distinct float of a continuous reward counts as a level, "
-        "which makes the bound loose"
+        doc="L, the number of values the combined reward takes (with multi_objective_aggregation="
+        '"normalize_then_sum": the vector of reward-function values). Unset: inferred as the distinct values seen so '
+        "far (the metrics say so); without quantisation every distinct float of a continuous reward counts as a "
+        "level, which makes the bound loose and the estimate K·log2 K per group"
     )
     reward_range: tuple[float, float] | None = option(
-        doc="(low, high): quantise a continuous reward to `reward_levels` evenly spaced levels over the range "
-        "before counting (b-bit quantisation)"
+        doc="(low, high): quantise the combined reward to `reward_levels` evenly spaced levels over the range "
+        "before counting levels for the bound (b-bit quantisation); zero-information groups and the estimate still "
+        "follow the trainer's advantages of the raw rewards"
     )
     answer_extractor: Callable[[Any], Hashable | None] | None = option(
         doc="completion -> final answer (or None); with binary rewards the group bound tightens to log2(M+1), "
         "M the distinct answers in the group"
     )
     answer_space_size: int | None = option(
-        doc="V, with `answer_extractor`: the uniform-prior group value log2 V − ((V−M)/V)·log2(V−M)"
+        doc="V, with `answer_extractor`: also report the uniform-prior group value log2 V − ((V−M)/V)·log2(V−M) "
+        "(bandwidth/uniform_prior_*; exact only under a uniform prior, not a bound)"
     )
     token_reward_levels: int | None = option(doc="A, for per-token rewards: the alphabet size in Σ_t log2 A")
     bits_per_param: float = option(
@@ -173,6 +211,7 @@ class BandwidthPlugin:
         self.adapter: AdapterSummary | None = None
         self.total_steps: int | None = None
         self._warned_no_lora = False
+        self.advantage_settings = AdvantageSettings()
         # Run state (everything in get_state).
         self.steps = 0
         self.bits_total = 0.0
@@ -180,7 +219,8 @@ class BandwidthPlugin:
         self.rollouts_total = 0
         self.missing_total = 0
         self.small_groups_total = 0
-        self.seen_levels: set[float] = set()
+        self.uniform_prior_total = 0.0
+        self.seen_levels: set[float | str] = set()
         self.levels_saturated = False
         self.warned: set[str] = set()
         self.last_step: dict[str, float] = {}
@@ -190,6 +230,7 @@ class BandwidthPlugin:
     @hookimpl
     def on_run_start(self, run: RunStarted) -> None:
         self.total_steps = run.total_steps
+        self.advantage_settings = AdvantageSettings.from_options(run.options)
 
     @hookimpl
     def on_adapter_ready(self, adapter: AdapterReady) -> None:
@@ -220,7 +261,10 @@ class BandwidthPlugin:
         self.bits_total += pending["bits"]
         self.bound_total += pending["bound"]
         self.rollouts_total += int(pending["rollouts"])
+        self.uniform_prior_total += pending["uniform_prior"]
         self.last_step = {"bits_step": pending["bits"], "bound_step": pending["bound"]}
+        if self.config.answer_space_size is not None:
+            self.last_step["uniform_prior_step"] = pending["uniform_prior"]
         if pending["rollouts"]:
             self.last_step["bits_per_rollout"] = pending["bits"] / pending["rollouts"]
         if pending["groups"]:
@@ -236,6 +280,8 @@ class BandwidthPlugin:
             missing_rewards=float(self.missing_total),
             small_groups=float(self.small_groups_total),
         )
+        if self.config.answer_space_size is not None:
+            values["uniform_prior_total"] = self.uniform_prior_total
         levels = self.reward_levels
         if levels is not None:
             values["reward_levels"] = float(levels)
@@ -259,9 +305,11 @@ class BandwidthPlugin:
         if not self.steps:
             return None
         line = f"signal {self.bits_total:,.0f} bits (bound {self.bound_total:,.0f})"
+        if "continuous" in self.warned:
+            line += " [continuous reward, no levels declared: K·log2 K per group]"
         capacity = self.capacity_bits
         if capacity:
-            line += f", capacity used {self.bits_total / capacity:.2%}"
+            line += f", capacity used {format_percent(self.bits_total / capacity)}"
         return line
 
     @hookimpl
@@ -273,7 +321,8 @@ class BandwidthPlugin:
             "rollouts_total": self.rollouts_total,
             "missing_total": self.missing_total,
             "small_groups_total": self.small_groups_total,
-            "seen_levels": sorted(self.seen_levels),
+            "uniform_prior_total": self.uniform_prior_total,
+            "seen_levels": sorted(self.seen_levels, key=str),
             "levels_saturated": self.levels_saturated,
             "warned": sorted(self.warned),
             "last_step": dict(self.last_step),
@@ -287,7 +336,8 @@ class BandwidthPlugin:
         self.rollouts_total = int(state["rollouts_total"])
         self.missing_total = int(state["missing_total"])
         self.small_groups_total = int(state["small_groups_total"])
-        self.seen_levels = {float(v) for v in state["seen_levels"]}
+        self.uniform_prior_total = float(state.get("uniform_prior_total", 0.0))
+        self.seen_levels = {v if isinstance(v, str) else float(v) for v in state["seen_levels"]}
         self.levels_saturated = bool(state["levels_saturated"])
         self.warned = set(state["warned"])
         self.last_step = {k: float(v) for k, v in state["last_step"].items()}
@@ -295,7 +345,17 @@ class BandwidthPlugin:
 
     # -- accounting -------------------------------------------------------------------------
     def account(self, batch: RolloutsScored) -> list[GroupAccount]:
-        """Account every group of ``batch`` (updates the inferred reward levels)."""
+        """Account every group of ``batch`` (updates the inferred reward levels).
+
+        Zero-information groups and the estimate follow the advantages the trainer computes with its
+        settings (``AdvantageSettings`` from ``RunStarted.options``); the bound counts reward levels
+        separately: the quantised combined reward with ``reward_range``, the vector of reward-function
+        values under ``normalize_then_sum``, else the combined reward.
+
+        Raises:
+            RewardValueError: a reward is ±inf or not a number.
+            RolloutShapeError, ValueError: rewards, completions, answers or groups do not line up.
+        """
         config = self.config
         combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
         for name, count in partly_missing(batch.rewards, batch.reward_names).items():
@@ -306,33 +366,79 @@ class BandwidthPlugin:
                 "alone (TRL sums with nansum). Return a number for every rollout if that is not intended.",
                 MissingRewardWarning,
             )
-        if config.reward_range is not None and config.reward_levels is not None:
-            low, high = config.reward_range
-            combined = [r if math.isnan(r) else float(quantise(r, config.reward_levels, low, high)) for r in combined]
-        self._observe_levels(r for r in combined if not math.isnan(r))
-        levels = self.reward_levels or 1
         groups = split_groups(combined, batch.group_size)
+        advantages = grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, self.advantage_settings)
+        keys = self._level_keys(batch, combined)
+        self._observe_levels(key for key in keys if key is not None)
+        levels = self.reward_levels or 1
         completions = self._per_group(batch.completions, batch.group_size, "completions", len(combined))
         answers = self._answers(batch, len(combined))
         answer_groups = self._per_group(answers, batch.group_size, "answers", len(combined))
         tokens = self._per_group(batch.token_rewards, batch.group_size, "token_rewards", len(combined))
+        tolerance = advantages.tolerance
         accounts = []
-        for g, rewards in enumerate(groups):
+        for g in range(len(groups)):
             group_completions = completions[g] if completions else None
             if tokens is not None:
                 account = account_token_group(
                     tokens[g], alphabet_size=self._token_levels(tokens[g]), completions=group_completions
                 )
             else:
+                k = batch.group_size
                 account = account_group(
-                    rewards,
+                    combined[g * k : (g + 1) * k],
                     levels=levels,
+                    advantages=advantages.group(g),
+                    tolerance=tolerance,
                     completions=group_completions,
                     answers=answer_groups[g] if answer_groups else None,
                     answer_space_size=config.answer_space_size,
                 )
             accounts.append(account)
+        if tokens is None:
+            self._check_continuous(keys, accounts, batch.group_size)
         return accounts
+
+    def _level_keys(self, batch: RolloutsScored, combined: Sequence[float]) -> list[float | str | None]:
+        """What the bound counts as one reward level, per rollout (None: unscored)."""
+        config = self.config
+        if config.reward_range is not None and config.reward_levels is not None:
+            low, high = config.reward_range
+            return [None if math.isnan(r) else float(quantise(r, config.reward_levels, low, high)) for r in combined]
+        weights = batch.reward_weights
+        if self.advantage_settings.aggregation == "normalize_then_sum" and len(batch.reward_names) > 1:
+            # each function is normalised on its own: the update depends on the whole vector of values
+            used = [j for j, w in enumerate(weights) if w != 0]
+            keys: list[float | str | None] = []
+            for row, total in zip(batch.rewards, combined, strict=True):
+                if math.isnan(total):
+                    keys.append(None)
+                    continue
+                vector = tuple(None if row[j] is None or math.isnan(float(row[j])) else float(row[j]) for j in used)
+                keys.append(repr(vector))
+            return keys
+        return [None if math.isnan(r) else r for r in combined]
+
+    def _check_continuous(self, keys: Sequence[Any], accounts: Sequence[GroupAccount], size: int) -> None:
+        """Warn once when no levels are declared and the reward looks continuous (docs/theory.md §1)."""
+        if self.config.reward_levels is not None or "continuous" in self.warned:
+            return
+        if max((a.scored for a in accounts), default=0) < 3 or len(self.seen_levels) <= size:
+            return
+        for g in range(len(accounts)):
+            group = [key for key in keys[g * size : (g + 1) * size] if key is not None]
+            if len(set(group)) < len(group):
+                return
+        self._warn_once(
+            "continuous",
+            f"lora_rl_plugins: every group of this batch gave each rollout its own reward, and "
+            f"{len(self.seen_levels)} distinct rewards have been seen: the reward looks continuous. With no "
+            f"declared levels every distinct float is a level, so bandwidth/bits_step counts K·log2 K = "
+            f"{size * math.log2(size):.1f} bits for a group of K={size} whatever the rewards, and the bound grows with "
+            "every new value. Set reward_levels and reward_range (e.g. reward_levels=8, reward_range=(0, 1)) to "
+            "count the reward at a resolution you choose.",
+            ContinuousRewardWarning,
+        )
 
     @property
     def reward_levels(self) -> int | None:
@@ -359,7 +465,8 @@ class BandwidthPlugin:
 
     @property
     def rank_sufficient(self) -> int | None:
-        """Smallest uniform rank whose capacity holds ``projected_bits``; None without LoRA."""
+        """Smallest adapter rank r whose capacity holds ``projected_bits`` (matrices keep their rank ratio r_m/r,
+        as PEFT's own rank patterns scale with r); None without LoRA."""
         if self.adapter is None or not self.adapter.is_lora:
             return None
         return smallest_rank(self.projected_bits, self.adapter.params_per_rank, self.config.bits_per_param)
@@ -367,7 +474,7 @@ class BandwidthPlugin:
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod
     def _empty_pending() -> dict[str, float]:
-        return {"bits": 0.0, "bound": 0.0, "rollouts": 0.0, "groups": 0.0, "zero_groups": 0.0}
+        return {"bits": 0.0, "bound": 0.0, "rollouts": 0.0, "groups": 0.0, "zero_groups": 0.0, "uniform_prior": 0.0}
 
     def _add(self, account: GroupAccount) -> None:
         pending = self._pending
@@ -375,7 +482,8 @@ class BandwidthPlugin:
         pending["bound"] += account.bound
         pending["rollouts"] += account.scored
         pending["groups"] += 1
-        pending["zero_groups"] += account.constant
+        pending["zero_groups"] += account.zero_info
+        pending["uniform_prior"] += account.uniform_prior or 0.0
         self.missing_total += account.missing
         self.small_groups_total += account.rule == "too_small"
         if account.rule == "too_small":

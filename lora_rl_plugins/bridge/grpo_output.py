@@ -20,6 +20,14 @@ A GRPO module returns a dict from ``training_step`` (``G`` prompts, ``K`` genera
 
 Values may be tensors (any device) or nested lists. ``parse_grpo_output`` returns a
 ``GRPOReport``; every violation is a ``GRPOOutputError`` whose message shows the expected shape.
+
+How the module turns rewards into advantages decides which groups carry information. A module may
+declare it with attributes named as in TRL's ``GRPOConfig`` (``advantage_options`` reads them; each
+one left out means TRL's default)::
+
+    scale_rewards = "group"                          # "group", "batch", "none" (or True/False)
+    multi_objective_aggregation = "sum_then_normalize"   # or "normalize_then_sum"
+    advantage_epsilon = 1e-4                         # ε in (r − mean) / (std + ε)
 """
 
 from __future__ import annotations
@@ -29,7 +37,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CONTRACT", "GRPOOutputError", "GRPOReport", "parse_grpo_output"]
+__all__ = [
+    "ADVANTAGE_ATTRIBUTES",
+    "CONTRACT",
+    "GRPOOutputError",
+    "GRPOReport",
+    "advantage_options",
+    "parse_grpo_output",
+]
+
+#: Attributes a GRPO module may declare to say how it computes advantages (defaults: TRL's).
+ADVANTAGE_ATTRIBUTES = ("scale_rewards", "multi_objective_aggregation", "advantage_epsilon")
 
 CONTRACT = (
     'training_step must return {"loss": ..., "rewards": [groups, generations]} (plus optional "prompt_ids", '
@@ -179,3 +197,9 @@ def parse_grpo_output(outputs: Any) -> GRPOReport:
         prompts=[p for p in outputs["prompts"] for _ in range(generations)] if "prompts" in outputs else None,
         generation_seconds=float(outputs["generation_seconds"]) if "generation_seconds" in outputs else None,
     )
+
+
+def advantage_options(module: Any) -> dict[str, Any]:
+    """The advantage settings a GRPO module declares (``ADVANTAGE_ATTRIBUTES`` it has and sets), as
+    ``RunStarted.options`` entries; the bandwidth plugin validates them (a ValueError names a bad one)."""
+    return {name: getattr(module, name) for name in ADVANTAGE_ATTRIBUTES if getattr(module, name, None) is not None}

@@ -40,11 +40,22 @@ class HostConfig:
         doc='names of plugins not to load (e.g. `["kl_monitor"]`; also `LORA_RL_PLUGINS_BLOCK=a,b`)',
     )
     load_entry_points: bool = option(True, doc="load third-party plugins from the entry-point group `lora_rl_plugins`")
+    console_detail: bool = option(
+        False,
+        doc="also send detail metrics (per-module norms, plugin timings) to the trainer's console and loggers; "
+        "they are always in the run log `lora_rl_metrics.jsonl` and the report",
+    )
+    run_log: bool = option(
+        True, doc="write the run log `lora_rl_metrics.jsonl` into the run's output directory (main process only)"
+    )
 
     def __post_init__(self) -> None:
         self.plugins, self.block = tuple(self.plugins), tuple(self.block)
         if isinstance(self.load_entry_points, str) or not isinstance(self.load_entry_points, bool):
             raise TypeError(f"load_entry_points must be True or False, got {self.load_entry_points!r}")
+        for name in ("console_detail", "run_log"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 #: (group name, config class) in documentation order.

@@ -15,11 +15,17 @@ from ..plugin.host import PluginHost
 __all__ = ["policy_sample", "rollouts_scored", "start_run"]
 
 
-def start_run(host: PluginHost, run: RunStarted, model: Any, tokenizer: Any = None) -> AdapterSummary:
-    """``on_run_start`` then ``on_adapter_ready`` (the hook order every integration follows)."""
+def start_run(
+    host: PluginHost, run: RunStarted, model: Any, engine_model: Any = None, *, tokenizer: Any = None
+) -> AdapterSummary:
+    """``on_run_start`` then ``on_adapter_ready`` (the hook order every integration follows).
+
+    ``engine_model`` is the distributed engine's wrapper around ``model`` where there is one
+    (FSDP1 keeps the true parameter shapes there); ``tokenizer`` is the trainer's tokenizer where
+    it has one (the learning plugin's probes need it)."""
     host.on_run_start(run)
-    adapter = summarize_adapter(model)
-    host.on_adapter_ready(AdapterReady(adapter, model, tokenizer))
+    adapter = summarize_adapter(model, engine_model=engine_model)
+    host.on_adapter_ready(AdapterReady(adapter, model, tokenizer=tokenizer, engine_model=engine_model))
     return adapter
 
 
@@ -45,6 +51,9 @@ def rollouts_scored(
     ``rewards_gathered=True`` says the trainer already gathered the rewards (TRL does).
     Every process must call this with the same set of arguments present. ``prompts`` (one per
     rollout) also give the prompt keys (``prompt_key``) where ``prompt_keys`` are not given.
+    ``generation_seconds`` (this process's wall seconds generating its share) becomes the largest
+    over the processes (they generate in parallel: the batch's wall time), so the event, and every
+    plugin state built from it, is the same on every process.
     """
 
     def gather(values: Sequence[Any] | None) -> list[Any] | None:
@@ -61,7 +70,7 @@ def rollouts_scored(
         token_rewards=gather(token_rewards),
         prompt_keys=gather(prompt_keys if prompt_keys is not None or prompts is None else map(prompt_key, prompts)),
         prompts=gather(prompts),
-        generation_seconds=generation_seconds,
+        generation_seconds=None if generation_seconds is None else collective.max([float(generation_seconds)])[0],
     )
 
 
@@ -75,6 +84,7 @@ def policy_sample(
     completion_mask: Any,
     temperature: float,
     collective: Collective,
+    engine_model: Any = None,
 ) -> PolicySample:
     """A ``PolicySample`` from prompt [B, P] and completion [B, C] tensors (ids and masks)."""
     import torch
@@ -87,4 +97,5 @@ def policy_sample(
         completion_mask=completion_mask,
         temperature=float(temperature),
         collective=collective,
+        engine_model=engine_model,
     )

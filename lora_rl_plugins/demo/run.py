@@ -1,23 +1,32 @@
 """``lora-rl demo``: GRPO + LoRA through TRL on the codebook task, with the callback on.
 
-Trains the tiny local model (no download) for a few hundred steps on 2 CPU cores and prints what
-the run learned: reward curve, bits per step and in total (estimate and bound), adapter capacity
-and the smallest rank that would have held the bits.
+Trains the tiny local model (no download) for a few hundred steps on 2 CPU cores, or another
+``DemoSetup`` (``demo/smollm2.py``: SmolLM2-135M-Instruct on addition), and prints what the run
+learned: reward curve, the signal per step and in total (estimate and bound), the bits absorbed on
+the probe set where the task has reference answers, adapter capacity and the smallest rank that
+would have held the signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..plugin.metrics import format_percent
 from ..report.textplot import sparkline
-from .model import build_tiny_model, build_tokenizer
-from .task import CodebookTask
+from .setup import DemoSetup, tiny_setup
 
-__all__ = ["DemoResult", "format_summary", "run_demo"]
+__all__ = ["DEMO_KL_BUDGET", "DemoResult", "format_summary", "run_demo"]
+
+#: The demo's KL budget (nats/token): a policy this far from its base no longer answers like it.
+DEMO_KL_BUDGET = 1.0
 
 
 @dataclass
@@ -32,22 +41,38 @@ class DemoResult:
     """(step, learning/absorbed_bits) at each probe measurement."""
     final: dict[str, float] = field(default_factory=dict)
     rank: int = 8
-    bits_to_learn: float = 0.0
+    bits_to_learn: float | None = 0.0
     seconds: float = 0.0
     output_dir: str = ""
+    task: str = "the codebook task"
+    kl_budget: float | None = None
+    budget_crossed: tuple[int, float] | None = None
+    """(step, measured KL) of the first measurement over ``kl_budget``, or None."""
+    clipped_ratio: float | None = None
+    """TRL's ``completions/clipped_ratio`` at the last step: 1.0 means no completion ended with <eos>."""
 
 
 def run_demo(
     *,
-    steps: int = 300,
-    rank: int = 8,
-    learning_rate: float = 2e-3,
+    steps: int | None = None,
+    rank: int | None = None,
+    learning_rate: float | None = None,
     seed: int = 0,
     output_dir: str | None = None,
     progress: bool = True,
+    kl_budget: float | None = DEMO_KL_BUDGET,
     callback_options: dict[str, Any] | None = None,
+    setup: DemoSetup | None = None,
 ) -> DemoResult:
-    """Train the tiny model with GRPO + LoRA and the ``LoraRLCallback``; return what it logged."""
+    """Train with GRPO + LoRA and the ``LoraRLCallback``; return what it logged.
+
+    ``setup`` is the model, tokenizer and task (default: ``tiny_setup(seed)``, the tiny model on the
+    codebook task); ``steps``, ``rank`` and ``learning_rate`` default to the setup's (300, 8, 2e-3 for
+    the tiny model).
+
+    ``kl_budget`` (nats/token, None for none) is the KL monitor's budget: the default demo drifts past
+    it (the KL-free policy stops emitting <eos>), and the monitor's ``KLBudgetWarning`` says so.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
@@ -55,16 +80,15 @@ def run_demo(
     from lora_rl_plugins.integrations.trl import LoraRLCallback
 
     started = time.perf_counter()
-    tokenizer = build_tokenizer()
-    model = build_tiny_model(seed=seed)
-    task = CodebookTask(seed=seed)
-    task.warm_up(model, tokenizer, seed=seed)
-    args = GRPOConfig(
+    setup = setup or tiny_setup(seed)
+    model, tokenizer, task = setup.model, setup.tokenizer, setup.task
+    steps, rank = steps or setup.default_steps, rank or setup.default_rank
+    settings = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="lora-rl-demo-"),
         per_device_train_batch_size=32,
         num_generations=8,
         max_completion_length=2,
-        learning_rate=learning_rate,
+        learning_rate=2e-3,  # the tiny model's settings; setup.grpo overrides them
         lr_scheduler_type="linear",
         max_steps=steps,
         logging_steps=1,
@@ -74,6 +98,10 @@ def run_demo(
         seed=seed,
         disable_tqdm=True,  # the demo draws its own one-line bar below
     )
+    settings.update(setup.grpo)
+    if learning_rate is not None:
+        settings["learning_rate"] = learning_rate
+    args = GRPOConfig(**settings)
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,
@@ -82,12 +110,9 @@ def run_demo(
         train_dataset=task.dataset(steps * args.generation_batch_size // args.num_generations, seed=seed),
         peft_config=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    options = {
-        "answer_extractor": task.answer,
-        "answer_space_size": task.digits,
-        "reference_answer": task.reference_answers,  # probes: every codebook digit (learning/absorbed_bits)
-        **(callback_options or {}),
-    }
+    options = {**setup.callback_options, **(callback_options or {})}
+    if kl_budget is not None:
+        options.setdefault("kl_budget", kl_budget)
     callback = LoraRLCallback(trainer, **options)
     trainer.add_callback(callback)
     from transformers.trainer_callback import PrinterCallback
@@ -95,10 +120,23 @@ def run_demo(
     trainer.remove_callback(PrinterCallback)  # one log dict per step would bury the summary
     if progress:
         trainer.add_callback(_ProgressBar(callback))
-    trainer.train()
+    with _library_warnings_on_their_own_line():
+        trainer.train()
     trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
-    result = DemoResult(rank=rank, bits_to_learn=task.bits_to_learn, output_dir=args.output_dir)
+    result = DemoResult(
+        rank=rank,
+        bits_to_learn=task.bits_to_learn,
+        output_dir=args.output_dir,
+        task=setup.description,
+        kl_budget=options.get("kl_budget"),
+    )
     for entry in trainer.state.log_history:
+        if "completions/clipped_ratio" in entry:
+            result.clipped_ratio = float(entry["completions/clipped_ratio"])
+        kl = entry.get("kl_monitor/kl_mean")
+        over = kl is not None and result.kl_budget is not None and kl > result.kl_budget
+        if over and result.budget_crossed is None:
+            result.budget_crossed = (int(entry.get("kl_monitor/measured_step", entry["step"])), float(kl))
         if "reward" in entry and "bandwidth/bits_step" in entry:
             result.steps.append(int(entry["step"]))
             result.reward.append(float(entry["reward"]))
@@ -111,6 +149,27 @@ def run_demo(
             result.absorbed.append((int(entry["step"]), float(entry["learning/absorbed_bits"])))
     result.seconds = time.perf_counter() - started
     return result
+
+
+@contextlib.contextmanager
+def _library_warnings_on_their_own_line() -> Iterator[None]:
+    """Print this library's warnings (the KL budget's included) as one clear line above the progress bar;
+    every other warning is shown as Python would show it."""
+    original = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None):
+        if category.__module__.startswith("lora_rl_plugins"):
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"\n  {category.__name__}: {message}\n", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 class _ProgressBar:
@@ -157,7 +216,7 @@ def format_summary(result: DemoResult) -> str:
     final = result.final
     lines = [
         "",
-        f"lora-rl demo: GRPO + LoRA r={result.rank} on the codebook task, {len(result.steps)} steps "
+        f"lora-rl demo: GRPO + LoRA r={result.rank} on {result.task}, {len(result.steps)} steps "
         f"in {result.seconds:.0f} s",
         "",
         f"  reward          {_trend(result.reward, '.2f')}   {sparkline(result.reward, low=0.0, high=1.0)}",
@@ -173,14 +232,16 @@ def format_summary(result: DemoResult) -> str:
     ]
     if "learning/absorbed_bits" in final:
         curve = [bits for _, bits in result.absorbed]
+        uniform = f" ({result.bits_to_learn:.1f} bits if it were uniform)" if result.bits_to_learn is not None else ""
         lines += [
-            f"    absorbed      {final['learning/absorbed_bits']:.1f}   (exact) Σ log2 π(code|d) − log2 π_base(code|d) "
-            f"over the 10 digits   {sparkline(curve, low=0.0, high=final['learning/answer_bits'])}",
-            f"    to learn      {final['learning/answer_bits']:.1f}   (exact) Σ −log2 π_base(code|d): the codebook "
-            f"under the base model ({result.bits_to_learn:.1f} bits if it were uniform)",
+            f"    absorbed      {final['learning/absorbed_bits']:.1f}   (exact) Σ log2 π(answer|probe) − "
+            f"log2 π_base(answer|probe) over the probe set   "
+            f"{sparkline(curve, low=0.0, high=final['learning/answer_bits'])}",
+            f"    to learn      {final['learning/answer_bits']:.1f}   (exact) Σ −log2 π_base(answer|probe): the "
+            f"answers under the base model{uniform}",
         ]
-    else:
-        lines.append(f"    to learn      {result.bits_to_learn:.1f}   what the codebook holds (uniform digits)")
+    elif result.bits_to_learn is not None:
+        lines.append(f"    to learn      {result.bits_to_learn:.1f}   what the task holds (uniform answers)")
     if "learning/prompts_seen" in final:
         lines.append(
             f"  prompts         {final.get('learning/solved_frac', 0):.0%} solved, "
@@ -191,7 +252,7 @@ def format_summary(result: DemoResult) -> str:
     if "bandwidth/capacity_bits" in final:
         lines += [
             f"  adapter         {final['bandwidth/capacity_bits']:,.0f} bits of capacity at r={result.rank} "
-            f"(32 bits/parameter); the signal fills {final['bandwidth/capacity_used']:.3%} of it",
+            f"(32 bits/parameter); the signal fills {format_percent(final['bandwidth/capacity_used'])} of it",
             f"  rank advice     r={int(final['bandwidth/rank_sufficient'])} would hold the "
             f"{final['bandwidth/projected_bits']:,.0f} bits of signal with a margin of "
             f"{_margin(final, result.rank):,.0f}x (capacity at that rank / signal); the signal is an upper "
@@ -202,5 +263,28 @@ def format_summary(result: DemoResult) -> str:
             f"  policy drift    KL(policy || base) {final['kl_monitor/kl_mean']:.2f} nats/token at step "
             f"{int(final['kl_monitor/measured_step'])} (exact, measured every 10 batches; no KL penalty was used)"
         )
+    lines += _budget_lines(result)
     lines += ["", f"  the run's logs are in {result.output_dir}: `lora-rl report {result.output_dir}` draws them"]
     return "\n".join(lines)
+
+
+def _budget_lines(result: DemoResult) -> list[str]:
+    """The guard rail's verdict: the KL budget held, or crossed at which step and what to do."""
+    if result.kl_budget is None:
+        return []
+    if result.budget_crossed is None:
+        return [f"  KL budget       {result.kl_budget:g} nats/token: held"]
+    step, kl = result.budget_crossed
+    clipped = (
+        f"; completions/clipped_ratio {result.clipped_ratio:.2f}: the policy stopped emitting <eos>"
+        if result.clipped_ratio is not None and result.clipped_ratio > 0.5
+        else ""
+    )
+    return [
+        f"  KL budget       CROSSED at step {step}: KL {kl:.2f} > budget {result.kl_budget:g} nats/token "
+        f"(the KLBudgetWarning above: the guard rail){clipped}",
+        "                  to hold the policy near its base: on_budget='penalize' (a KL penalty from then on) or "
+        "'stop',",
+        "                  a lower learning rate, or a reward for ending the answer; `lora-rl demo --kl-budget 0` "
+        "turns the budget off",
+    ]

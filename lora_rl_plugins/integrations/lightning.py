@@ -19,8 +19,15 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from lora_rl_plugins.bridge.grpo_output import CONTRACT, GRPOOutputError, GRPOReport, parse_grpo_output
+from lora_rl_plugins.bridge.grpo_output import (
+    CONTRACT,
+    GRPOOutputError,
+    GRPOReport,
+    advantage_options,
+    parse_grpo_output,
+)
 from lora_rl_plugins.bridge.options import PluginOptions
+from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
 from lora_rl_plugins.learning.ledger import prompt_key
 from lora_rl_plugins.plugin.collective import TensorCollective
@@ -28,8 +35,12 @@ from lora_rl_plugins.plugin.events import RunStarted, StepEnded
 
 __all__ = ["CONTRACT", "GRPOOutputError", "LoraRLCallback", "lightning_collective"]
 
-#: Progress-bar name -> metric shown there.
-PROGRESS_BAR = {"bits": "bandwidth/bits_total", "cap_used": "bandwidth/capacity_used", "kl": "kl_monitor/kl_mean"}
+#: Progress-bar name -> (metric shown there, factor): the units of the summary line (capacity used in %).
+PROGRESS_BAR = {
+    "bits": ("bandwidth/bits_total", 1.0),
+    "cap_used_%": ("bandwidth/capacity_used", 100.0),
+    "kl": ("kl_monitor/kl_mean", 1.0),
+}
 
 
 def lightning_collective(trainer: Any) -> TensorCollective:
@@ -60,6 +71,7 @@ class LoraRLCallback(Callback):
         self.host = self.options.build_host()
         self._steps_done = 0
         self._total_steps: int | None = None
+        self._run_log: RunLogWriter | None = None
 
     @classmethod
     def of(cls, trainer: Any) -> LoraRLCallback | None:
@@ -105,9 +117,19 @@ class LoraRLCallback(Callback):
             framework="lightning",
             total_steps=self._total_steps,
             world_size=trainer.world_size,
-            options={"beta": self.kl_beta(0.0)},
+            options={"beta": self.kl_beta(0.0), **advantage_options(pl_module)},
         )
-        start_run(self.host, run, self._policy(pl_module), getattr(pl_module, "tokenizer", None))
+        start_run(self.host, run, self._policy(pl_module), tokenizer=getattr(pl_module, "tokenizer", None))
+        if self.options.host.run_log and trainer.is_global_zero:
+            self._run_log = RunLogWriter(self.log_dir(trainer), self.host.describe_metrics(), source="lightning")
+            self._run_log.open(resume_step=trainer.global_step)
+
+    @staticmethod
+    def log_dir(trainer: Any) -> str:
+        """Where the run log goes: the first logger's ``log_dir``, else the trainer's ``default_root_dir``."""
+        logger = trainer.logger
+        directory = getattr(logger, "log_dir", None) if logger is not None else None
+        return str(directory or trainer.default_root_dir)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         report = parse_grpo_output(outputs)
@@ -133,6 +155,8 @@ class LoraRLCallback(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.host.on_run_end()
+        if self._run_log is not None:
+            self._run_log.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {"plugins": self.host.get_state()}
@@ -169,8 +193,16 @@ class LoraRLCallback(Callback):
             trainer.should_stop = True
         self.host.requests.take_kl_beta()  # the module reads the active penalty through kl_beta()
         metrics = self.host.collect_metrics()
-        if metrics:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True, batch_size=1)
+        if self._run_log is not None:  # ours, and what the module logged (reward, loss, ...)
+            logged = {k: v for k, v in trainer.callback_metrics.items() if k not in PROGRESS_BAR}  # not our bar's
+            self._run_log.write(trainer.global_step, {**logged, **metrics})
+        console = metrics
+        if not self.options.host.console_detail:  # per-module norms, timings: the run log only
+            console, _ = split_detail(metrics, self.host.describe_metrics())
+        if console:
+            pl_module.log_dict(console, on_step=True, on_epoch=False, rank_zero_only=True, batch_size=1)
             # the live view: headline numbers in Lightning's progress bar (not sent to loggers twice)
-            headline = {short: metrics[name] for short, name in PROGRESS_BAR.items() if name in metrics}
+            headline = {
+                short: console[name] * factor for short, (name, factor) in PROGRESS_BAR.items() if name in console
+            }
             pl_module.log_dict(headline, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)

@@ -7,7 +7,8 @@
 Like TRL's own ``LogCompletionsCallback(trainer)``, the callback takes the trainer because
 transformers callbacks never receive it. It sees each generation batch's rewards exactly once by
 wrapping the trainer's ``_calculate_rewards`` (which returns every process's rewards, gathered,
-in global order: TRL 1.16), and hands its metrics to TRL's own metric store, so they are averaged
+in global order: TRL 1.6 to 1.x, checked when the callback is built, see
+``lora_rl_plugins.bridge.trl_contract``), and hands its metrics to TRL's own metric store, so they are averaged
 like TRL's ``reward`` and reach ``trainer.state.log_history`` and every ``report_to`` backend.
 Its state is saved in checkpoints through transformers' ``ExportableState`` (see
 ``LoraRLCheckpointState``) and restored on resume. No math lives here: events are built by
@@ -17,20 +18,28 @@ Its state is saved in checkpoints through transformers' ``ExportableState`` (see
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
+from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
+from lora_rl_plugins.bridge.trl_contract import check_informative_sampling, check_trl_grpo_trainer
 from lora_rl_plugins.kl.kl_free import check_kl_free
 from lora_rl_plugins.learning.ledger import prompt_key
+from lora_rl_plugins.learning.sampling import InformativeRepeatSampler
 from lora_rl_plugins.plugin.collective import TensorCollective
 from lora_rl_plugins.plugin.events import RunStarted, StepEnded
 
 __all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective"]
+
+#: The keys of transformers' end-of-training summary log: run totals, not step metrics.
+TRAINING_SUMMARY_KEYS = frozenset(
+    {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
+)
 
 
 def accelerate_collective(accelerator: Any) -> TensorCollective:
@@ -70,6 +79,8 @@ class LoraRLCallback(TrainerCallback):
 
     Raises:
         TypeError: ``trainer`` is not a ``GRPOTrainer``, or an option is unknown.
+        UnsupportedTRLError: the installed TRL is outside ``SUPPORTED_TRL`` (">=1.6,<2") or its
+            ``GRPOTrainer`` lacks an internal the callback relies on (the message lists them).
         ValueError: an option's value is invalid (the message names it).
         KLFreeError: ``kl_free=True`` with settings that contradict it.
     """
@@ -80,6 +91,9 @@ class LoraRLCallback(TrainerCallback):
                 f"LoraRLCallback needs a trl.GRPOTrainer, got {type(trainer).__name__}. "
                 "Create the trainer first, then: trainer.add_callback(LoraRLCallback(trainer))."
             )
+        import trl
+
+        check_trl_grpo_trainer(trainer, trl.__version__)
         self.trainer = trainer
         self.live_view = live_view
         self.options = PluginOptions(**options)
@@ -94,6 +108,8 @@ class LoraRLCallback(TrainerCallback):
             )
         self.host = self.options.build_host()
         self._metric_infos = self.host.describe_metrics()
+        self._run_log: RunLogWriter | None = None
+        self._detail: dict[str, float] = {}  # detail metrics since the last log: for the run log only
         self.checkpoint_state = LoraRLCheckpointState()
         self.checkpoint_state.owner = self
         trainer.add_callback(self.checkpoint_state)
@@ -122,11 +138,26 @@ class LoraRLCallback(TrainerCallback):
                 "steps_per_generation": args.steps_per_generation,
                 "num_iterations": trainer.num_iterations,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "scale_rewards": getattr(trainer, "scale_rewards", None),
+                "multi_objective_aggregation": getattr(trainer, "multi_objective_aggregation", None),
+                "top_k": args.top_k,
+                "top_p": args.top_p,
+                "min_p": args.min_p,
+                "repetition_penalty": args.repetition_penalty,
+                "generation_kwargs": args.generation_kwargs,
+                "bf16": args.bf16,
+                "fp16": args.fp16,
             },
         )
         self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
         self._collective = accelerate_collective(trainer.accelerator)
-        start_run(self.host, run, model, getattr(trainer, "processing_class", None))
+        # The engine's wrapper (DDP, FSDP1 root, DeepSpeed engine), for sharded parameters: see lora.sharding.
+        self._engine_model = getattr(trainer, "model_wrapped", None)
+        start_run(self.host, run, model, self._engine_model, tokenizer=getattr(trainer, "processing_class", None))
+        self._metric_infos = self.host.describe_metrics()
+        if self.options.host.run_log and state.is_world_process_zero:
+            self._run_log = RunLogWriter(args.output_dir, self._metric_infos, source="trl")
+            self._run_log.open(resume_step=state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.host.on_step_end(StepEnded(state.global_step, state.max_steps or None))
@@ -138,7 +169,13 @@ class LoraRLCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any
     ) -> None:
         """The live view: the plugins' one-line summary at the logging interval, in the progress bar
-        (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log."""
+        (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log; and
+        the run log (``lora_rl_metrics.jsonl``): the trainer's logs and the detail metrics."""
+        if self._run_log is not None and logs:
+            # TRL folds the metrics of an unlogged last window into its end-of-training summary: keep those
+            values = {name: value for name, value in logs.items() if name not in TRAINING_SUMMARY_KEYS}
+            self._run_log.write(state.global_step, {**values, **self._detail})
+            self._detail = {}
         if not self.live_view or not state.is_local_process_zero or "train_runtime" in (logs or {}):
             return
         summary = self.host.summary_line()
@@ -147,7 +184,7 @@ class LoraRLCallback(TrainerCallback):
         callbacks = self.trainer.callback_handler.callbacks
         bar = next((cb.training_bar for cb in callbacks if isinstance(cb, ProgressCallback) and cb.training_bar), None)
         if bar is not None:
-            bar.set_postfix_str(summary, refresh=False)
+            bar.set_postfix_str(summary)  # refreshed now: the bar shows the values the log line shows
         elif any(isinstance(cb, PrinterCallback) for cb in callbacks):
             print(f"lora-rl step {state.global_step}: {summary}")
 
@@ -157,6 +194,8 @@ class LoraRLCallback(TrainerCallback):
         self.host.on_run_end()
         # the final plugin state (the per-prompt ledger) reaches trainer_state.json even without checkpoints
         state.stateful_callbacks[type(self.checkpoint_state).__name__] = self.checkpoint_state.state()
+        if self._run_log is not None:
+            self._run_log.close()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _wrap_reward_calculation(self, trainer: Any) -> None:
@@ -199,6 +238,7 @@ class LoraRLCallback(TrainerCallback):
             completion_mask=output["completion_mask"],
             temperature=trainer.temperature,
             collective=self._collective,
+            engine_model=self._engine_model,
         )
         self.host.on_policy_sampled(sample)
 
@@ -223,6 +263,7 @@ class LoraRLCallback(TrainerCallback):
         """Draw each generation batch's prompts through the learning plugin (informative sampling):
         TRL's ``RepeatSampler`` layout (each prompt ``num_generations`` times, each chunk repeated for
         ``steps_per_generation`` × ``num_iterations``), prompts chosen by the core."""
+        check_informative_sampling(trainer)
         learning = self.host.plugin("learning")
         original = trainer._get_train_sampler
 
@@ -230,12 +271,15 @@ class LoraRLCallback(TrainerCallback):
             base = original(dataset)
             data = trainer.train_dataset if dataset is None else dataset
             learning.make_selector(lambda index: prompt_key(data[index]["prompt"]), len(data), trainer.args.seed)
-            return _InformativeRepeatSampler(base, learning)
+            return InformativeRepeatSampler(base, learning)
 
         trainer._get_train_sampler = get_train_sampler
 
     def _publish(self, metrics: Mapping[str, float]) -> None:
         """Put metrics into TRL's metric store: per-step ones are averaged over the logging window."""
+        if not self.options.host.console_detail:  # per-module norms, timings: the run log only
+            metrics, detail = split_detail(metrics, self._metric_infos)
+            self._detail.update(detail)
         store = self.trainer._metrics["train"]
         for name, value in metrics.items():
             info = self._metric_infos.get(name)
@@ -259,26 +303,6 @@ class LoraRLCallback(TrainerCallback):
         plugin_state = (saved or {}).get("attributes", {}).get("plugin_state")
         if plugin_state:
             self.host.set_state(plugin_state)
-
-
-class _InformativeRepeatSampler:
-    """TRL's ``RepeatSampler`` with each chunk of prompts drawn by the learning plugin (same length)."""
-
-    def __init__(self, base: Any, learning: Any) -> None:
-        self.base, self.learning = base, learning
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __iter__(self) -> Iterator[int]:
-        base = self.base
-        self.learning.new_epoch()
-        for _ in range(base.num_samples // base.batch_size):
-            chunk = self.learning.draw(base.batch_size, shuffle=base.shuffle)
-            for _ in range(base.repeat_count):
-                for index in chunk:
-                    for _ in range(base.mini_repeat_count):
-                        yield index
 
 
 LoraRLCallback.__doc__ = (

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["UpdateNorms", "hoeffding_certificate", "single_layer_kl_bound", "update_norms"]
+__all__ = ["UpdateNorms", "expert_update_norms", "hoeffding_certificate", "single_layer_kl_bound", "update_norms"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,27 @@ def update_norms(lora_b: Any, lora_a: Any, scaling: float) -> UpdateNorms:
     spectral_sq = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
     frobenius_sq = max(float(torch.trace(product)), 0.0)
     return UpdateNorms(abs(scaling) * spectral_sq**0.5, abs(scaling) * frobenius_sq**0.5, int(a.shape[0]))
+
+
+def expert_update_norms(lora_b: Any, lora_a: Any, scaling: float, experts: int) -> list[UpdateNorms]:
+    """γ‖B_e A_e‖₂ and γ‖B_e A_e‖_F of every expert e of a fused-expert LoRA (PEFT ``ParamWrapper``), batched.
+
+    ``lora_a`` [r·E, d_in] and ``lora_b`` [d_out, r·E] are the stacked factors; expert e uses A rows
+    e·r..(e+1)·r−1 and B columns e, e+E, ... (PEFT's ``get_delta_weight``: A.reshape(E, r, in),
+    B.reshape(out, r, E)); r x r products per expert, float64.
+    """
+    import torch
+
+    a = lora_a.detach().to(torch.float64).reshape(experts, -1, lora_a.shape[-1])  # (E, r, in)
+    b = lora_b.detach().to(torch.float64).reshape(lora_b.shape[0], -1, experts).permute(2, 0, 1).contiguous()
+    product = (b.transpose(-1, -2) @ b) @ (a @ a.transpose(-1, -2))  # (E, r, r)
+    spectral_sq = torch.linalg.eigvals(product).real.clamp_min(0.0).amax(dim=-1)
+    frobenius_sq = torch.diagonal(product, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0)
+    rank = int(a.shape[1])
+    return [
+        UpdateNorms(abs(scaling) * float(s) ** 0.5, abs(scaling) * float(f) ** 0.5, rank)
+        for s, f in zip(spectral_sq.tolist(), frobenius_sq.tolist(), strict=True)
+    ]
 
 
 def single_layer_kl_bound(update_spectral: float, feature_norm: float, temperature: float = 1.0) -> float:

@@ -14,14 +14,30 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ..lora.adapters import lora_layers
+from ..lora.sharding import gathered_lora_layers, is_sharded
 from ..plugin.config import option
-from ..plugin.events import AdapterReady, AdapterSummary, PolicySample, SetKLPenalty, StepEnded, StopTraining
+from ..plugin.events import (
+    AdapterReady,
+    AdapterSummary,
+    PolicySample,
+    RunStarted,
+    SetKLPenalty,
+    StepEnded,
+    StopTraining,
+)
 from ..plugin.hookspecs import hookimpl
 from ..plugin.log import logger
 from ..plugin.metrics import MetricInfo
 from .reference import ReferencePolicy
 
-__all__ = ["KL_METRICS", "KLBudgetWarning", "KLMonitorConfig", "KLMonitorPlugin"]
+__all__ = [
+    "KL_METRICS",
+    "KLBudgetWarning",
+    "KLComparabilityWarning",
+    "KLMonitorConfig",
+    "KLMonitorPlugin",
+    "comparability_notes",
+]
 
 #: Generation batches between measurements by default: keeps the monitor's cost under 5 % of a
 #: GRPO step (measured in benchmarks/kl_free.py; see the README).
@@ -41,8 +57,79 @@ class KLBudgetWarning(UserWarning):
     """The measured KL exceeded ``kl_budget``."""
 
 
-def _m(name: str, kind: str, unit: str, definition: str) -> MetricInfo:
-    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition)  # type: ignore[arg-type]
+class KLComparabilityWarning(UserWarning):
+    """A trainer setting makes the exact KL and the trainer's k3 ``kl`` measure different things."""
+
+
+def _set(value: Any, off: Any) -> bool:
+    return value is not None and value != off
+
+
+def comparability_notes(options: Mapping[str, Any], dropout: Sequence[str] = ()) -> list[str]:
+    """Why ``kl_monitor/kl_mean`` and the trainer's k3 ``kl`` differ beyond sampling noise under these settings.
+
+    The monitor measures the full-vocabulary KL of the temperature-scaled distributions, in eval mode
+    (no dropout), from the model's logits without autocast, in float64 after them (docs/theory.md §3).
+
+    Args:
+        options: ``RunStarted.options`` as the integration passes them (absent keys: not known, no note):
+            ``top_k`` (0/None = off), ``top_p`` (1.0 = off), ``min_p`` (None/0 = off), ``repetition_penalty``
+            (1.0 = off), ``generation_kwargs`` (may override those), ``beta`` (> 0: the trainer logs k3),
+            ``bf16``/``fp16`` (autocast of the trainer's log-prob forwards).
+        dropout: names of dropout modules with p > 0 that are active in the trainer's train-mode forward.
+
+    Returns:
+        One sentence per setting that makes the two differ; empty when none does.
+    """
+    notes: list[str] = []
+    sampling = dict(options)
+    sampling.update({k: v for k, v in (options.get("generation_kwargs") or {}).items() if k in _SAMPLING_OFF})
+    truncated = [
+        f"{name}={sampling[name]!r}"
+        for name, off in _SAMPLING_OFF.items()
+        if name in sampling and _set(sampling[name], off)
+    ]
+    if truncated:
+        notes.append(
+            f"sampling with {', '.join(truncated)} draws the completions from a truncated or penalised distribution, "
+            "while kl_monitor/kl_mean is the exact KL of the full temperature-scaled distributions: the k3 estimate "
+            "on those tokens (the trainer's `kl`, kl_monitor/k3_mean) then estimates a different quantity and may "
+            "differ from kl_mean by more than kl_monitor/k3_stderr"
+        )
+    if options.get("beta", 0) and options.get("beta", 0) > 0:
+        if dropout:
+            shown = ", ".join(list(dropout)[:3]) + (", ..." if len(dropout) > 3 else "")
+            notes.append(
+                f"dropout is active in the trainer's train-mode forward ({len(dropout)} modules with p > 0: {shown}), "
+                "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
+                "lora_dropout=0 to compare)"
+            )
+        precision = [name for name in ("bf16", "fp16") if options.get(name)]
+        if precision:
+            notes.append(
+                f"the trainer computes its log-probabilities under {precision[0]} autocast; the monitor uses the "
+                "model's own dtype and float64 after the logits (set bf16=False/fp16=False to compare)"
+            )
+    return notes
+
+
+#: Sampling settings and the value that turns each off.
+_SAMPLING_OFF: dict[str, Any] = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def _active_dropout(model: Any) -> list[str]:
+    """Names of dropout modules with p > 0 (active whenever the model is in train mode)."""
+    import torch
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0
+    ]
+
+
+def _m(name: str, kind: str, unit: str, definition: str, *, detail: bool = False) -> MetricInfo:
+    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition, detail=detail)  # type: ignore[arg-type]
 
 
 KL_METRICS: tuple[MetricInfo, ...] = (
@@ -50,8 +137,9 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "kl_mean",
         "exact",
         "nats/token",
-        "full-vocabulary KL(π_θ‖π_ref) at each measured completion token, "
-        "averaged over tokens (at the sampling temperature)",
+        "full-vocabulary KL(π_θ‖π_ref) at each measured completion token, from the model's own logits at the "
+        "sampling temperature (full distributions, no top_k/top_p; eval mode; float64 after the logits), averaged "
+        "over tokens",
     ),
     _m(
         "kl_seq_mean",
@@ -78,12 +166,21 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "bound",
         "bound",
         "nats/token",
-        "single-layer bound (γ‖BA‖₂)²H²/(4T²) for an adapted output layer, H the "
-        "largest feature norm measured; bounds every token's KL when the output layer is the only adapted module",
+        "single-layer bound (γ‖BA‖₂)²H²/(4T²) on every token's KL, H the largest feature norm measured; reported "
+        "only when the output layer is the only adapted module and its output (soft-capped or not) is the model's "
+        "logits",
     ),
     _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
-    _m("update_spectral_max", "exact", "norm", "largest γ‖BA‖₂ over the adapted modules"),
-    _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted modules"),
+    _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
+    _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted matrices (each expert its own)"),
+    _m(
+        "norms/<module>/<norm>",
+        "exact",
+        "norm",
+        "each adapted module's γ‖BA‖₂ (<norm> = spectral) and γ‖BA‖_F (frobenius), each expert its own "
+        "(<module>[e]), when kl_module_norms allows",
+        detail=True,
+    ),
     _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
     _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
 )
@@ -158,6 +255,7 @@ class KLMonitorPlugin:
         self.active = True
         self.adapter: AdapterSummary | None = None
         self.reference: ReferencePolicy | None = None
+        self.engine_model: Any = None
         # run state (get_state)
         self.batches_seen = 0
         self.values: dict[str, float] = {}
@@ -166,10 +264,20 @@ class KLMonitorPlugin:
         self.over_budget = False
         self.budget_actions = 0
         self._pending_action: StopTraining | SetKLPenalty | None = None
+        self.run_options: dict[str, Any] = {}
+        self.logits_source: Any = None
+        self.only_output_layer = False
 
     # -- hooks ------------------------------------------------------------------------------
     @hookimpl
+    def on_run_start(self, run: RunStarted) -> None:
+        self.run_options = dict(run.options)
+
+    @hookimpl
     def on_adapter_ready(self, adapter: AdapterReady) -> None:
+        from .measure import LogitsSource
+
+        self.logits_source = LogitsSource()  # checked against the model's own logits at the first measurement
         self.adapter = adapter.adapter
         if not adapter.adapter.is_lora:
             if self.required:
@@ -183,6 +291,13 @@ class KLMonitorPlugin:
             )
             return
         mode = self.config.kl_reference
+        self.engine_model = adapter.engine_model
+        if mode == "initial_adapter" and is_sharded(adapter.model, adapter.engine_model):
+            raise ValueError(
+                "kl_reference='initial_adapter' swaps a saved copy of the adapter's weights in and out, which this "
+                "library does not do for parameters sharded by FSDP or DeepSpeed ZeRO-3; use kl_reference='base', "
+                "or load the starting adapter as TRL's frozen 'ref' adapter (kl_reference='auto')."
+            )
         peft_config = getattr(adapter.model, "peft_config", {}) or {}
         if mode == "initial_adapter":
             self.reference = ReferencePolicy("snapshot")
@@ -191,6 +306,14 @@ class KLMonitorPlugin:
             self.reference = ReferencePolicy("adapter", "ref")  # TRL's frozen copy of a pre-trained adapter
         else:
             self.reference = ReferencePolicy("disable")
+        notes = comparability_notes(self.run_options, _active_dropout(adapter.model) if adapter.model else ())
+        if notes:
+            warnings.warn(
+                "lora_rl_plugins: the exact KL (kl_monitor/kl_mean) and the trainer's k3 `kl` measure different "
+                "things in this run: " + "; ".join(notes) + ".",
+                KLComparabilityWarning,
+                stacklevel=2,
+            )
 
     @hookimpl
     def on_policy_sampled(self, sample: PolicySample) -> None:
@@ -260,16 +383,17 @@ class KLMonitorPlugin:
         from .measure import KLSums, measure_kl
 
         limit = self.config.kl_max_sequences
-        local = KLSums()
-        if sample.input_ids.shape[0] > 0:
-            local = measure_kl(
-                sample.model,
-                sample.input_ids[:limit],
-                sample.attention_mask[:limit],
-                sample.completion_mask[:limit],
-                reference=self.reference,
-                temperature=sample.temperature,
-            )
+        # Every process measures, even with no sequences: under FSDP/ZeRO-3 the forward passes are collective.
+        local: KLSums = measure_kl(
+            sample.model,
+            sample.input_ids[:limit],
+            sample.attention_mask[:limit],
+            sample.completion_mask[:limit],
+            reference=self.reference,
+            temperature=sample.temperature,
+            logits_source=self.logits_source,
+            engine_model=sample.engine_model,
+        )
         total = local.reduce(sample.collective)
         if total.tokens == 0:
             return
@@ -283,27 +407,44 @@ class KLMonitorPlugin:
             "certificate": total.certificate / total.tokens,
             "measured_step": float(sample.step),
         }
-        values.update(self._update_bounds(sample.model, total.feature_norm_max, sample.temperature))
+        values.update(
+            self._update_bounds(sample.model, total.feature_norm_max, sample.temperature, sample.engine_model)
+        )
         self.values = values
         self._check_budget(values["kl_mean"], sample.step)
 
-    def _update_bounds(self, model: Any, feature_norm: float, temperature: float) -> dict[str, float]:
-        from .bounds import single_layer_kl_bound, update_norms
+    def _update_bounds(
+        self, model: Any, feature_norm: float, temperature: float, engine_model: Any = None
+    ) -> dict[str, float]:
+        from .bounds import expert_update_norms, single_layer_kl_bound, update_norms
 
         name = self.adapter.adapter_name if self.adapter else None
         norms: dict[str, dict[str, float]] = {}
         output_spectral = None
+        inner = False
         spectral_max, frobenius_sq = 0.0, 0.0
-        for layer in lora_layers(model, name):
-            result = update_norms(layer.weight_b, layer.weight_a, layer.scaling)
-            norms[layer.name] = {"spectral": result.spectral, "frobenius": result.frobenius}
-            spectral_max = max(spectral_max, result.spectral)
-            frobenius_sq += result.frobenius**2
-            if layer.name.split(".")[-1] in OUTPUT_LAYER_NAMES:
-                output_spectral = result.spectral
+        full = gathered_lora_layers(model, engine_model, name)  # collective under FSDP/ZeRO-3, else None
+        for view in full if full is not None else lora_layers(model, name, per_expert=False):
+            if view.kind == "experts":  # fused experts: each expert's own update, batched
+                per = expert_update_norms(view.weight_b, view.weight_a, view.scaling, view.experts)
+                results = [(f"{view.name}[{e}]", result) for e, result in enumerate(per)]
+            else:
+                results = [(view.name, update_norms(view.weight_b, view.weight_a, view.scaling))]
+            for module, result in results:
+                norms[module] = {"spectral": result.spectral, "frobenius": result.frobenius}
+                spectral_max = max(spectral_max, result.spectral)
+                frobenius_sq += result.frobenius**2
+                if module.split(".")[-1] in OUTPUT_LAYER_NAMES:
+                    output_spectral = result.spectral
+                else:
+                    inner = True
         self.module_norms = norms
         values = {"update_spectral_max": spectral_max, "update_frobenius": frobenius_sq**0.5}
-        if output_spectral is not None:
+        # docs/theory.md §3: a bound only when the output layer is the only adapted module and the logits are
+        # (a 1-Lipschitz elementwise function of) W·h, as proved against the model's own logits
+        source = self.logits_source
+        self.only_output_layer = output_spectral is not None and not inner
+        if self.only_output_layer and source is not None and source.bound_applies:
             values["bound"] = single_layer_kl_bound(output_spectral, feature_norm, temperature)
         return values
 

@@ -39,20 +39,27 @@ def _preview(prompt: Any) -> str:
     return text[:PREVIEW_CHARS]
 
 
-def classify_group(rewards: Iterable[float], top: float, bottom: float) -> str:
+def classify_group(rewards: Iterable[float], top: float, bottom: float, zero_info: bool | None = None) -> str:
     """One visit's outcome from a group's combined rewards (NaN = unscored, ignored).
 
-    "informative": at least two scored rewards differ (GRPO's advantages are not all 0);
-    "solved": all equal to ``top``; "unsolved": all equal to ``bottom``; "constant": all equal at
-    another value; "unscored": fewer than 2 scored rollouts (no signal, counted as constant).
+    "informative": the group moves the policy. With ``zero_info`` given (the bandwidth plugin's
+    definition, docs/theory.md §1: are the advantages the trainer computes for the group all zero?
+    ``bandwidth.advantages.Advantages.zero_groups``) that decides it; without it, at least two scored
+    rewards differ (TRL's default advantages). A group that is not informative is "solved" (all
+    equal to ``top``), "unsolved" (all equal to ``bottom``), "constant" (another value, or unequal
+    rewards whose advantages are all zero) or "unscored" (fewer than 2 scored rollouts: no signal).
     When top == bottom (one reward value seen so far) a constant group counts as solved if its
     reward is > 0, else unsolved.
     """
     scored = [r for r in rewards if not math.isnan(r)]
+    if zero_info is False:
+        return "informative"
     if len(scored) < 2:
         return "unscored"
-    if max(scored) != min(scored):
+    if zero_info is None and max(scored) != min(scored):
         return "informative"
+    if max(scored) != min(scored):
+        return "constant"
     value = scored[0]
     if top == bottom:
         return "solved" if value > 0 else "unsolved"
@@ -73,7 +80,7 @@ class LedgerEntry:
     signal_bits: float = 0.0
     """Σ over visits of the group's signal estimate (bits; docs/theory.md §1)."""
     zero_streak: int = 0
-    """Consecutive latest visits that delivered no signal (all rewards equal)."""
+    """Consecutive latest visits that delivered no signal (the trainer's advantages all zero)."""
     last: str = ""
     """The latest visit's outcome (``classify_group``)."""
     last_step: int = 0

@@ -14,8 +14,10 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..bandwidth.advantages import AdvantageSettings, advantage_pattern, grpo_advantages
 from ..bandwidth.information import group_empirical_bits
 from ..bandwidth.rewards import combine_rewards, split_groups
+from ..kl.measure import LogitsSource
 from ..kl.reference import ReferencePolicy
 from ..lora.adapters import summarize_adapter
 from ..plugin.config import option
@@ -59,12 +61,18 @@ LEARNING_METRICS: tuple[MetricInfo, ...] = (
     _m("prompts_seen", "exact", "prompts", "distinct prompts in the per-prompt ledger"),
     _m("solved_frac", "exact", "fraction", "prompts seen whose latest group was all at the top reward"),
     _m("unsolved_frac", "exact", "fraction", "prompts seen whose latest group was all at the bottom reward"),
-    _m("informative_frac", "exact", "fraction", "prompts seen whose latest group had unequal rewards (a signal)"),
+    _m(
+        "informative_frac",
+        "exact",
+        "fraction",
+        "prompts seen whose latest group had advantages not all zero (a signal; the trainer's advantages, as for "
+        "bandwidth/zero_info_frac)",
+    ),
     _m(
         "signal_window_frac",
         "exact",
         "fraction",
-        "groups with unequal rewards / groups, over the last `signal_window` steps",
+        "groups whose advantages were not all zero / groups, over the last `signal_window` steps",
     ),
     _m(
         "rollouts_skipped",
@@ -77,7 +85,8 @@ LEARNING_METRICS: tuple[MetricInfo, ...] = (
         "generation_seconds_saved",
         "estimate",
         "seconds",
-        "rollouts_skipped × measured generation seconds per rollout (this process)",
+        "rollouts_skipped × measured generation wall seconds per rollout (the slowest process's generation time "
+        "of a batch / the batch's rollouts)",
     ),
 )
 
@@ -152,7 +161,10 @@ class LearningPlugin:
         self.config = config or LearningConfig()
         self.ledger = PromptLedger(self.config.ledger_max_prompts)
         self.model: Any = None
+        self.engine_model: Any = None
         self.tokenizer: Any = None
+        self.logits_source = LogitsSource()
+        self.advantage_settings = AdvantageSettings()
         self.reference: ReferencePolicy | None = None
         self.temperature = 1.0
         self.group_size = 0
@@ -178,12 +190,14 @@ class LearningPlugin:
     @hookimpl
     def on_run_start(self, run: RunStarted) -> None:
         self.temperature = float(run.options.get("temperature", 1.0) or 1.0)
+        self.advantage_settings = AdvantageSettings.from_options(run.options)
         self.group_size = run.group_size or 0
         self.total_steps = run.total_steps
 
     @hookimpl
     def on_adapter_ready(self, adapter: AdapterReady) -> None:
-        self.model, self.tokenizer = adapter.model, adapter.tokenizer
+        self.model, self.tokenizer, self.engine_model = adapter.model, adapter.tokenizer, adapter.engine_model
+        self.logits_source = LogitsSource()  # checked against this model's own logits at its first probe
         if self.config.reference_answer is None:
             return
         reason = None
@@ -206,18 +220,23 @@ class LearningPlugin:
             self.top, self.bottom = max(self.top, *scored), min(self.bottom, *scored)
         top = self.config.solved_reward if self.config.solved_reward is not None else self.top
         groups = split_groups(combined, batch.group_size)
+        # informative = the trainer's advantages are not all zero: the bandwidth plugin's zero_info, same settings
+        advantages = grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, self.advantage_settings)
+        zero_groups = advantages.zero_groups()
         keys = batch.prompt_keys
         if keys is not None and len(keys) != len(combined):
             raise ValueError(f"{len(keys)} prompt keys for {len(combined)} rollouts: give exactly one per rollout")
         prompts = batch.prompts if batch.prompts is not None and len(batch.prompts) == len(combined) else None
         for g, rewards in enumerate(groups):
-            outcome = classify_group(rewards, top, self.bottom)
+            outcome = classify_group(rewards, top, self.bottom, zero_info=zero_groups[g])
             self._pending[0] += outcome == "informative"
             self._pending[1] += 1
             if keys is None:
                 continue
             values = [r for r in rewards if not math.isnan(r)]
-            bits = group_empirical_bits(values) if len(values) >= 2 else 0.0
+            scored = [a for a, r in zip(advantages.group(g), rewards, strict=True) if not math.isnan(r)]
+            # the bandwidth estimate before its cap: n·H(pattern of the trainer's advantages), 0 when all are zero
+            bits = 0.0 if zero_groups[g] else group_empirical_bits(advantage_pattern(scored, advantages.tolerance))
             mean = sum(values) / len(values) if values else float("nan")
             first = g * batch.group_size
             evicted = self.ledger.visit(
@@ -296,7 +315,7 @@ class LearningPlugin:
             "warned": sorted(self.warned),
             "cursor": {**self.cursor, "draws": list(self.cursor["draws"])},
             "skipped_prompts": self.skipped_prompts,
-            "seconds_per_rollout": self.seconds_per_rollout,
+            # not seconds_per_rollout: a wall-time measurement, re-measured at every batch, no resume could repeat it
             "ledger": self.ledger.get_state(),
         }
 
@@ -316,7 +335,6 @@ class LearningPlugin:
         }
         self._resumed = True
         self.skipped_prompts = int(state["skipped_prompts"])
-        self.seconds_per_rollout = float(state["seconds_per_rollout"])
         self.ledger.set_state(state["ledger"])
         self._pending = [0, 0]
 
@@ -380,7 +398,14 @@ class LearningPlugin:
         assert self.probes is not None
         prompts, answers = self.probes
         result = measure_probes(
-            self.model, self.tokenizer, prompts, answers, reference=self.reference, temperature=self.temperature
+            self.model,
+            self.tokenizer,
+            prompts,
+            answers,
+            reference=self.reference,
+            temperature=self.temperature,
+            logits_source=self.logits_source,
+            engine_model=self.engine_model,
         )
         self.values.update(absorbed_bits=result.absorbed_bits, answer_bits=result.answer_bits, probe_step=float(step))
 
@@ -421,7 +446,7 @@ class LearningPlugin:
         )
         message = (
             f"lora_rl_plugins: the reward signal ran out at step {step}: only {fraction:.1%} of groups over the last "
-            f"{config.signal_window} steps had unequal rewards (signal_threshold={config.signal_threshold:g}); "
+            f"{config.signal_window} steps had advantages not all zero (signal_threshold={config.signal_threshold:g}); "
             f"{detail}. "
             "Mostly solved: the data is too easy (harder prompts or stop); mostly unsolved: too hard (easier prompts, "
             "more generations, a warm-up)"

@@ -87,11 +87,16 @@ def measure_probes(
     reference: ReferencePolicy | None = None,
     temperature: float = 1.0,
     batch_size: int = 64,
+    logits_source: Any = None,
+    engine_model: Any = None,
 ) -> ProbeResult:
     """log2 π_θ(answer | prompt) and log2 π_ref(answer | prompt) for every probe (teacher-forced).
 
-    Uses ``lora_rl_plugins.kl.measure.token_log_probs`` (the KL monitor's body, chunked head and
-    reference). Raises what ``probe_batch`` and ``token_log_probs`` raise.
+    Uses ``lora_rl_plugins.kl.measure.token_log_probs``: the KL monitor's logits (``logits_source``, a
+    ``kl.measure.LogitsSource`` checked against the model's own forward on first use; None checks on
+    every call), float64 after the logits, and its reference. ``engine_model``: the engine's wrapper
+    under FSDP/ZeRO-3 (then a collective call: every process measures the same probe set). Returns
+    bits (log2). Raises what ``probe_batch`` and ``token_log_probs`` raise.
     """
     from ..kl.measure import token_log_probs
 
@@ -103,7 +108,14 @@ def measure_probes(
             tokenizer, prompts[start : start + batch_size], answers[start : start + batch_size]
         )
         logp, ref_logp = token_log_probs(
-            model, ids.to(device), mask.to(device), answer_mask.to(device), reference=reference, temperature=temperature
+            model,
+            ids.to(device),
+            mask.to(device),
+            answer_mask.to(device),
+            reference=reference,
+            temperature=temperature,
+            logits_source=logits_source,
+            engine_model=engine_model,
         )
         policy += [float(v) / math.log(2) for v in logp.cpu()]
         ref += [float(v) / math.log(2) for v in ref_logp.cpu()]

@@ -1,23 +1,24 @@
 """Informative prompt sampling: skip prompts that deliver no signal *before* generating them
 (docs/theory.md §8).
 
-A prompt whose last ``skip_after`` visits all delivered no signal (every reward of each group equal)
-is skipped and replaced by the next prompt of the stream, except with probability ``revisit`` (so a
-prompt that became informative again is found). Decisions depend only on the ledger (identical on
-every process), the prompt's key and a hash of (seed, epoch, draw position): every process draws
-the same prompts. Batches stay full: the stream wraps around to a fresh permutation when needed.
+A prompt whose last ``skip_after`` visits all delivered no signal (the trainer's advantages of each
+group all zero: equal rewards under the default settings) is skipped and replaced by the next prompt
+of the stream, except with probability ``revisit`` (so a prompt that became informative again is
+found). Decisions depend only on the ledger (identical on every process), the prompt's key and a hash
+of (seed, epoch, draw position): every process draws the same prompts. Batches stay full: the stream
+wraps around to a fresh permutation when needed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from .ledger import PromptLedger
 
-__all__ = ["InformativeSelector"]
+__all__ = ["InformativeRepeatSampler", "InformativeSelector"]
 
 
 class InformativeSelector:
@@ -122,3 +123,42 @@ class InformativeSelector:
             chosen.append(index)
         self.skipped += max(0, skipped_early - taken_back)
         return chosen
+
+
+class InformativeRepeatSampler:
+    """TRL's ``RepeatSampler`` layout with each chunk of prompts drawn by the learning plugin.
+
+    ``base`` is the trainer's own sampler (``GRPOTrainer._get_train_sampler()``: a ``RepeatSampler``);
+    its layout is kept: ``num_samples // batch_size`` chunks of ``batch_size`` prompts, each chunk
+    repeated ``repeat_count`` times (``steps_per_generation`` × ``num_iterations``) and each prompt
+    ``mini_repeat_count`` times (``num_generations``) in a row; only which prompts fill a chunk changes
+    (``learning.draw``). Same length as ``base``.
+
+    Raises:
+        TypeError: ``base`` lacks a ``RepeatSampler`` attribute (the message names it: a TRL whose
+            sampler changed; turn ``informative_sampling`` off).
+    """
+
+    LAYOUT = ("num_samples", "batch_size", "repeat_count", "mini_repeat_count", "shuffle")
+
+    def __init__(self, base: Any, learning: Any) -> None:
+        missing = [name for name in self.LAYOUT if not hasattr(base, name)]
+        if missing:
+            raise TypeError(
+                f"informative sampling follows TRL's RepeatSampler layout, but the trainer's sampler "
+                f"{type(base).__name__} has no {', '.join(missing)}: turn informative_sampling off for this TRL"
+            )
+        self.base, self.learning = base, learning
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.base
+        self.learning.new_epoch()
+        for _ in range(base.num_samples // base.batch_size):
+            chunk = self.learning.draw(base.batch_size, shuffle=base.shuffle)
+            for _ in range(base.repeat_count):
+                for index in chunk:
+                    for _ in range(base.mini_repeat_count):
+                        yield index

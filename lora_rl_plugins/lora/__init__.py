@@ -1,2 +1,3 @@
-"""The adapter: PEFT introspection (``adapters``), the shapes a config would adapt (``shapes``) and
-adapter capacity in bits (``capacity``)."""
+"""The adapter: PEFT introspection (``adapters``), the shapes a config would adapt (``shapes``),
+adapter capacity in bits (``capacity``) and LoRA parameters under FSDP / DeepSpeed ZeRO-3 (``sharding``:
+true sizes, full matrices gathered LoRA-only)."""

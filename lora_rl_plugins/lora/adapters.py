@@ -1,20 +1,36 @@
 """What LoRA adapter a model carries: its adapted matrices, ranks and scalings, read from PEFT's layers.
 
 Reads a PEFT model by its public layer attributes (``LoraLayer.r``, ``lora_A``, ``lora_B``,
-``lora_embedding_A``/``_B``, ``scaling``) without importing PEFT, so the core stays framework-free.
-``lora_layers`` is the one walk over a model's LoRA layers; the adapter summary and the KL
-monitor's update norms both use it.
+``lora_embedding_A``/``_B``, ``scaling``; for ``lora.ParamWrapper``, PEFT's wrapper of a
+``target_parameters`` entry, also ``parameter_name``, ``num_experts``, ``in_features``,
+``out_features``) without importing PEFT, so the core stays framework-free. ``lora_layers`` is
+the one walk over a model's LoRA layers; the adapter summary and the KL monitor's update norms
+both use it.
+
+Fused experts (docs/theory.md §2): PEFT 0.21's ``ParamWrapper`` on a 3-D expert parameter
+[E, ·, ·] gives every expert e its own rank-r pair, stacked as A [r·E, d_in] and B [d_out, r·E];
+expert e uses the rows ``A[e*r:(e+1)*r]`` and the columns ``B[:, e::E]``, and
+ΔW_e = scaling · B_e A_e (``peft/tuners/lora/layer.py`` ``ParamWrapper.get_delta_weight``,
+which reshapes A to (E, r, in) and B to (out, r, E)).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..plugin.events import AdaptedMatrix, AdapterSummary
 
-__all__ = ["LoraLayerView", "NotALoraModelError", "active_adapter", "lora_layers", "summarize_adapter"]
+__all__ = [
+    "LoraLayerView",
+    "NotALoraModelError",
+    "active_adapter",
+    "adapter_base_rank",
+    "lora_layers",
+    "summarize_adapter",
+]
 
 
 class NotALoraModelError(TypeError):
@@ -23,18 +39,25 @@ class NotALoraModelError(TypeError):
 
 @dataclass(frozen=True)
 class LoraLayerView:
-    """One LoRA layer's matrices for one adapter: ``weight_b`` [d_out, r] and ``weight_a`` [r, d_in]
-    (as stored: possibly sharded or flattened by a distributed engine), the scaling γ and the rank."""
+    """One adapted matrix for one adapter: ``weight_b`` [d_out, r] and ``weight_a`` [r, d_in]
+    (as stored: possibly sharded or flattened by a distributed engine), the scaling γ and the
+    matrix's own effective rank r. For one expert of a fused-expert wrapper the two are views of
+    that expert's rows of A and columns of B."""
 
     name: str
-    """Module name without PEFT's ``base_model.model.`` prefix."""
+    """Module name without PEFT's ``base_model.model.`` prefix and its ``.base_layer`` nesting; a
+    ``target_parameters`` wrapper adds ``.{parameter}`` and, per expert, ``[e]``."""
     module: Any
     weight_a: Any
     weight_b: Any
     scaling: float
     rank: int
     kind: str
-    """"linear" or "embedding"."""
+    """"linear", "embedding", "parameter" (a 2-D ``target_parameters`` weight) or "expert"."""
+    expert: int | None = None
+    """The expert index e for kind "expert"."""
+    experts: int = 1
+    """E, the experts of the wrapper this view belongs to (1 otherwise)."""
 
 
 def active_adapter(model: Any) -> str:
@@ -47,8 +70,36 @@ def active_adapter(model: Any) -> str:
     return "default"
 
 
-def lora_layers(model: Any, adapter_name: str | None = None) -> Iterator[LoraLayerView]:
-    """Every LoRA layer of ``model`` that carries ``adapter_name`` (default: the active adapter)."""
+def adapter_base_rank(model: Any, adapter_name: str | None = None) -> int | None:
+    """The adapter's configured rank ``r`` (``peft_config[adapter].r``), None where the model has no PEFT config.
+
+    Matrices may train at other ranks (``rank_pattern``, PEFT's doubled fused ``gate_up_proj``).
+    """
+    name = adapter_name or active_adapter(model)
+    configs = getattr(model, "peft_config", None)
+    config = configs.get(name) if isinstance(configs, dict) else None
+    rank = getattr(config, "r", None)
+    return int(rank) if isinstance(rank, int) and not isinstance(rank, bool) and rank > 0 else None
+
+
+def _clean_name(module_name: str) -> str:
+    """The module name without FSDP1's wrapper parts, PEFT's prefix and nested ``base_layer`` parts."""
+    name = module_name.replace("_fsdp_wrapped_module.", "").removeprefix("base_model.model.")
+    return re.sub(r"(\.base_layer)+(?=\.|$)", "", name)
+
+
+def _is_param_wrapper(layer: Any) -> bool:
+    return hasattr(layer, "parameter_name") and hasattr(layer, "num_experts")
+
+
+def lora_layers(model: Any, adapter_name: str | None = None, *, per_expert: bool = True) -> Iterator[LoraLayerView]:
+    """Every adapted matrix of ``model`` that carries ``adapter_name`` (default: the active adapter).
+
+    A fused-expert ``target_parameters`` wrapper (E > 1) yields one view per expert (kind
+    "expert", A rows ``e*r:(e+1)*r``, B columns ``e::E``), or with ``per_expert=False`` one view
+    of the stacked A [r·E, d_in] and B [d_out, r·E] (kind "experts"; its product B·A is *not*
+    an update of any matrix).
+    """
     name = adapter_name or active_adapter(model)
     named_modules = getattr(model, "named_modules", None)
     if named_modules is None:
@@ -57,6 +108,7 @@ def lora_layers(model: Any, adapter_name: str | None = None) -> Iterator[LoraLay
         ranks = getattr(layer, "r", None)
         if not isinstance(ranks, dict) or not hasattr(layer, "lora_A") or name not in ranks:
             continue
+        rank, short = int(ranks[name]), _clean_name(module_name)
         if name in layer.lora_A:
             weight_a, weight_b, kind = layer.lora_A[name].weight, layer.lora_B[name].weight, "linear"
         elif name in getattr(layer, "lora_embedding_A", {}):
@@ -64,20 +116,52 @@ def lora_layers(model: Any, adapter_name: str | None = None) -> Iterator[LoraLay
             weight_a, weight_b, kind = layer.lora_embedding_A[name], layer.lora_embedding_B[name], "embedding"
         else:
             continue
-        short = module_name.removeprefix("base_model.model.")
-        yield LoraLayerView(short, layer, weight_a, weight_b, float(layer.scaling[name]), int(ranks[name]), kind)
+        scaling = float(layer.scaling[name])
+        if _is_param_wrapper(layer):
+            short = f"{short}.{layer.parameter_name}"
+            experts = int(layer.num_experts)
+            if experts == 1:
+                yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, "parameter")
+            elif not per_expert:
+                yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, "experts", None, experts)
+            else:
+                for e in range(experts):
+                    a_e = weight_a[e * rank : (e + 1) * rank]
+                    b_e = weight_b[:, e::experts]
+                    yield LoraLayerView(f"{short}[{e}]", layer, a_e, b_e, scaling, rank, "expert", e, experts)
+            continue
+        yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, kind)
 
 
-def summarize_adapter(model: Any, adapter_name: str | None = None) -> AdapterSummary:
+def summarize_adapter(model: Any, adapter_name: str | None = None, engine_model: Any = None) -> AdapterSummary:
     """Summarise the LoRA adapter ``adapter_name`` (default: the active one) of ``model``.
 
     Works on a PEFT ``PeftModel`` and on a transformers model with LoRA layers injected. A model
-    without LoRA layers gives a summary with ``is_lora == False``. Shapes come from A (r · d_in
-    numbers) and B (d_out · r numbers), also for conv and embedding variants.
+    without LoRA layers gives a summary with ``is_lora == False``. Every matrix carries its own
+    effective rank (``rank_pattern``, PEFT's doubled fused ``gate_up_proj``) and scaling
+    (``alpha_pattern``); a fused-expert wrapper is one ``AdaptedMatrix`` with ``experts = E`` and
+    the per-expert (d_in, d_out). Shapes come from A (r · d_in numbers) and B (d_out · r numbers),
+    also for conv and embedding variants. ``trainable_params`` equals the numel of the adapter's
+    LoRA factors (PEFT's own count without ``modules_to_save``/trainable tokens).
+    Under an engine that shards parameters (FSDP, ZeRO-3) the shapes come from its metadata
+    (``lora.sharding.lora_numels``; pass the engine's wrapper as ``engine_model`` for FSDP1), never
+    from the local shard.
     """
+    from .sharding import is_sharded, lora_numels
+
     name = adapter_name or active_adapter(model)
+    base = adapter_base_rank(model, name)
+    numels = lora_numels(model, engine_model, name) if is_sharded(model, engine_model) else {}
     matrices = []
-    for layer in lora_layers(model, name):
-        d_in, d_out = int(layer.weight_a.numel()) // layer.rank, int(layer.weight_b.numel()) // layer.rank
-        matrices.append(AdaptedMatrix(layer.name, d_in, d_out, layer.rank, layer.scaling, layer.kind))
+    for layer in lora_layers(model, name, per_expert=False):
+        if layer.kind in ("experts", "parameter"):
+            d_in, d_out = int(layer.module.in_features), int(layer.module.out_features)
+            kind = "experts" if layer.kind == "experts" else "linear"
+        else:
+            n_a, n_b = numels.get(layer.name) or (int(layer.weight_a.numel()), int(layer.weight_b.numel()))
+            d_in, d_out = n_a // layer.rank, n_b // layer.rank
+            kind = layer.kind
+        matrices.append(
+            AdaptedMatrix(layer.name, d_in, d_out, layer.rank, layer.scaling, kind, layer.experts, base_rank=base)
+        )
     return AdapterSummary(tuple(matrices), name)

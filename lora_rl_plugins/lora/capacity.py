@@ -2,7 +2,9 @@
 
 The seed rule (Li, "Information Bandwidth in RL", §4.4; docs/theory.md §2): a rank-r adapter on
 one d x d layer has 2rd parameters, 64·r·d bits at FP32; choose the smallest r with 64·r·d >= bits.
-General form (docs/theory.md §2): params(r) = r · Σ_m (d_in,m + d_out,m) over the adapted matrices m,
+General form (docs/theory.md §2): params(r) = r · Σ_m E_m·(d_in,m + d_out,m)·r_m/r over the adapted
+matrices m (E_m experts, r_m the matrix's effective rank at adapter rank r: 2r for PEFT's fused
+``gate_up_proj``) plus the parameters of matrices whose rank ``rank_pattern`` fixes;
 capacity(r) = bits_per_param · params(r). bits_per_param = 32 is the seed rule's storage view;
 ~2 is the knowledge-capacity view (Allen-Zhu & Li, arXiv 2404.05405).
 """
@@ -44,15 +46,27 @@ def adapter_capacity_bits(trainable_params: int, bits_per_param: float = DEFAULT
     return bits_per_param * trainable_params
 
 
-def smallest_rank(bits: float, per_rank_params: int, bits_per_param: float = DEFAULT_BITS_PER_PARAM) -> int:
-    """Smallest r >= 1 with bits_per_param · r · per_rank_params >= bits."""
-    if per_rank_params <= 0:
+def smallest_rank(
+    bits: float,
+    per_rank_params: float,
+    bits_per_param: float = DEFAULT_BITS_PER_PARAM,
+    fixed_params: int = 0,
+) -> int:
+    """Smallest r >= 1 with bits_per_param · (r · per_rank_params + fixed_params) >= bits.
+
+    ``per_rank_params``: parameters per unit of the adapter's rank (``AdapterSummary.params_per_rank``);
+    ``fixed_params``: parameters that do not grow with r (matrices at an absolute ``rank_pattern`` rank).
+
+    Raises:
+        ValueError: ``per_rank_params`` or ``bits_per_param`` is not positive, or ``bits`` is negative or NaN.
+    """
+    if not per_rank_params > 0:
         raise ValueError(f"per_rank_params must be positive, got {per_rank_params!r}")
     if bits_per_param <= 0:
         raise ValueError(f"bits_per_param must be positive, got {bits_per_param!r}")
     if bits < 0 or math.isnan(bits):
         raise ValueError(f"bits must be a non-negative number, got {bits!r}")
-    return max(1, math.ceil(bits / (bits_per_param * per_rank_params)))
+    return max(1, math.ceil((bits / bits_per_param - fixed_params) / per_rank_params))
 
 
 def seed_rule_rank(bits: float, hidden_size: int) -> int:

@@ -3,10 +3,13 @@
 Rules (docs/theory.md §2):
 
 * seed rule ([Li] §4.4): the smallest r with 64·r·d >= bits for one d x d matrix;
-* adapter rule: the smallest r with bits_per_param · r · Σ_m (d_in,m + d_out,m) >= bits over the
-  matrices ``target_modules`` selects (``lora_rl_plugins.model_shapes``);
-* with vLLM serving, r must also fit under a legal ``max_lora_rank``; the result reports the
-  smallest legal one >= r.
+* adapter rule: the smallest r with bits_per_param · params(r) >= bits over the matrices
+  ``target_modules`` selects, as PEFT builds them (``lora_rl_plugins.lora.shapes``):
+  params(r) = r · Σ_m E_m·(d_in,m + d_out,m)·r_m(1) + fixed, with E_m experts per matrix, r_m(1)
+  the matrix's rank at r = 1 (2 for the fused ``gate_up_proj`` PEFT 0.21 doubles) and ``fixed`` the
+  parameters of matrices an absolute ``rank_pattern`` entry pins;
+* with vLLM serving, the largest effective rank max_m r_m(r) must fit under a legal
+  ``max_lora_rank``; the result reports the smallest legal one >= it.
 
 The bits come from a ``RunPlan``: episodes (dataset size × generations × epochs, or steps ×
 rollouts per step) × bits per episode (log2 of the reward levels, or a measured rate) × a safety
@@ -16,12 +19,12 @@ margin.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..bandwidth.information import rollout_bound
 from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, params_per_rank, smallest_rank
-from ..plugin.events import AdaptedMatrix
+from ..plugin.events import AdaptedMatrix, AdapterSummary
 from ..serving.vllm import LEGAL_MAX_LORA_RANKS, smallest_legal_max_lora_rank
 
 __all__ = ["RankChoice", "RunPlan", "select_rank"]
@@ -101,33 +104,63 @@ class RankChoice:
     """The chosen rank, its capacity, and everything that went into it."""
 
     rank: int
+    """The adapter's r (``LoraConfig.r``); matrices with a rank multiplier train at more."""
     capacity_bits: float
-    params_per_rank: int
+    params_per_rank: int | float
+    """Parameters per unit of r: Σ_m E_m·(d_in,m + d_out,m)·r_m/r over the matrices whose rank moves with r."""
     bits: float
     rule: str
     """"seed" (64·r·d, one d x d matrix) or "adapter" (the real adapted matrices)."""
     bits_per_param: float
     max_lora_rank: int | None = None
-    """Smallest legal vLLM max_lora_rank >= rank, when serving with vLLM."""
+    """Smallest legal vLLM max_lora_rank >= the largest effective rank at ``rank``, when serving with vLLM."""
     inputs: dict[str, Any] = field(default_factory=dict)
     matrices: tuple[AdaptedMatrix, ...] = ()
+    fixed_params: int = 0
+    """Parameters of matrices whose rank an absolute ``rank_pattern`` entry fixes (do not grow with r)."""
+
+    def params_at(self, rank: int) -> int | float:
+        """Trainable LoRA parameters at adapter rank ``rank``: rank · params_per_rank + fixed_params."""
+        return rank * self.params_per_rank + self.fixed_params
+
+    @property
+    def full_rank(self) -> int | None:
+        """The rank at which every adapted matrix is full rank (max over matrices of min(d_in, d_out))."""
+        return self.inputs.get("full_rank")
+
+    @property
+    def times_bits(self) -> float | None:
+        """The margin the chosen rank leaves: capacity / the bits to hold (None when no bits are planned)."""
+        return self.capacity_bits / self.bits if self.bits > 0 else None
 
     def capacity_at(self, rank: int) -> float:
-        """Capacity in bits at ``rank`` over the same matrices (bits_per_param · rank · params_per_rank)."""
-        return adapter_capacity_bits(rank * self.params_per_rank, self.bits_per_param)
+        """Capacity in bits at ``rank`` over the same matrices (bits_per_param · params_at(rank))."""
+        return adapter_capacity_bits(self.params_at(rank), self.bits_per_param)  # type: ignore[arg-type]
+
+    def max_effective_rank(self, rank: int | None = None) -> int:
+        """The largest per-matrix (per-expert) rank at adapter rank ``rank`` (default: the chosen one)."""
+        rank = self.rank if rank is None else rank
+        if not self.matrices:
+            return rank
+        return max(m.rank_at(rank) for m in self.matrices)
 
     def table(self, ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> list[dict[str, Any]]:
-        """Rows of rank, parameters, capacity and whether it holds the bits (the chosen rank included)."""
+        """Rows of rank, parameters, capacity, whether it holds the bits and how many times (``times_bits``:
+        capacity / bits, None when no bits are planned), the chosen rank included; ranks above
+        ``full_rank`` are left out."""
         rows = []
-        for rank in sorted({*ranks, self.rank}):
+        full_rank = self.full_rank
+        for rank in sorted({*(r for r in ranks if full_rank is None or r <= full_rank), self.rank}):
             rows.append(
                 {
                     "rank": rank,
-                    "params": rank * self.params_per_rank,
+                    "params": self.params_at(rank),
                     "capacity_bits": self.capacity_at(rank),
                     "holds_bits": self.capacity_at(rank) >= self.bits,
+                    "times_bits": self.capacity_at(rank) / self.bits if self.bits > 0 else None,
                     "chosen": rank == self.rank,
-                    "vllm_max_lora_rank": smallest_legal_max_lora_rank(rank),
+                    "max_effective_rank": self.max_effective_rank(rank),
+                    "vllm_max_lora_rank": smallest_legal_max_lora_rank(self.max_effective_rank(rank)),
                 }
             )
         return rows
@@ -136,7 +169,10 @@ class RankChoice:
         """A JSON-ready dict of the choice, with the matrix count and the rank table."""
         data = asdict(self)
         data["matrices"] = len(self.matrices)
+        data["max_effective_rank"] = self.max_effective_rank()
         data["table"] = self.table()
+        data["full_rank"] = self.full_rank
+        data["times_bits"] = self.times_bits
         return data
 
 
@@ -157,10 +193,16 @@ def select_rank(
 
     Give the bits (``bits=``, or a ``plan=``), and the shape: ``hidden_size`` (seed rule, one
     d x d matrix, 32 bits/param unless told otherwise) or ``model``/``model_config`` with
-    ``target_modules`` (adapter rule). With ``vllm=True`` the rank must fit under a legal
-    ``max_lora_rank`` (and under ``max_lora_rank`` when given, else ``ValueError``). A rank above
-    the adapted matrices' full rank (max over matrices of min(d_in, d_out)) is a ``ValueError``:
-    beyond it more rank adds parameters but no expressiveness.
+    ``target_modules`` (adapter rule; every matrix at the rank PEFT gives it, experts counted one by
+    one, see ``adapted_matrices``). The returned rank is the adapter's r (``LoraConfig.r``). With
+    ``vllm=True`` the largest effective rank at that r (2r where PEFT doubles the fused
+    ``gate_up_proj``) must fit under a legal ``max_lora_rank`` (and under ``max_lora_rank`` when given).
+
+    Raises:
+        ValueError: both or neither of bits/plan, both shapes, negative bits; a rank above the
+            adapted matrices' full rank (every matrix m already at min(d_in, d_out) per expert: more
+            rank adds parameters but no expressiveness); with vLLM, an effective rank above 512 or
+            above ``max_lora_rank``.
     """
     if (bits is None) == (plan is None):
         raise ValueError("give exactly one of bits= or plan=")
@@ -172,6 +214,7 @@ def select_rank(
         inputs["plan"] = asdict(plan)
         inputs["plan_explained"] = plan.explain()
     matrices: tuple[AdaptedMatrix, ...] = ()
+    fixed = 0
     if hidden_size is not None:
         if model is not None or model_config is not None:
             raise ValueError("give hidden_size= (seed rule) or model=/model_config= (adapter rule), not both")
@@ -183,39 +226,54 @@ def select_rank(
         matrices = adapted_matrices(
             model=model, model_config=model_config, target_modules=target_modules, **lora_options
         )
-        per_rank, rule = sum(m.params_per_rank for m in matrices), "adapter"
+        summary = AdapterSummary(matrices)
+        per_rank, fixed, rule = summary.params_per_rank, summary.fixed_params, "adapter"
         inputs["target_modules"] = target_modules if isinstance(target_modules, str) else list(target_modules)
-    rank = smallest_rank(needed, per_rank, bits_per_param)
-    full_rank = hidden_size if hidden_size is not None else max(m.full_rank for m in matrices)
-    if rank > full_rank:
+        if not per_rank > 0:
+            raise ValueError(
+                "every adapted matrix has a rank fixed by rank_pattern, so no choice of r changes the capacity; "
+                "drop the absolute rank_pattern entries or choose the ranks by hand"
+            )
+    rank = smallest_rank(needed, per_rank, bits_per_param, fixed)
+    if hidden_size is not None:
+        beyond, limit = rank > hidden_size, hidden_size
+    else:
+        moving = [m for m in matrices if not m.fixed_rank]
+        beyond = all(m.rank_at(rank) > m.full_rank for m in moving)
+        limit = max(math.floor(m.full_rank / m.rank_ratio) for m in moving)
+    inputs["full_rank"] = limit
+    if beyond:
         raise ValueError(
-            f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above {full_rank}, the rank at which "
+            f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above {limit}, the rank at which "
             "every adapted matrix is already full rank: no LoRA adapter of these modules holds that much. "
             "Adapt more modules (target_modules), plan fewer bits (episodes, margin), or fine-tune fully"
         )
-    serving_rank = None
-    if vllm or max_lora_rank is not None:
-        serving_rank = smallest_legal_max_lora_rank(rank)
-        inputs["max_lora_rank"] = max_lora_rank
-        if serving_rank is None:
-            raise ValueError(
-                f"rank {rank} is above vLLM's largest max_lora_rank {LEGAL_MAX_LORA_RANKS[-1]}: the plan needs "
-                "more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge the adapter"
-            )
-        if max_lora_rank is not None and rank > max_lora_rank:
-            raise ValueError(
-                f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above max_lora_rank={max_lora_rank}; "
-                f"serve with max_lora_rank={serving_rank}, or adapt more modules (target_modules) so that a lower "
-                "rank holds it"
-            )
-    return RankChoice(
+    choice = RankChoice(
         rank=rank,
-        capacity_bits=adapter_capacity_bits(rank * per_rank, bits_per_param),
+        capacity_bits=adapter_capacity_bits(rank * per_rank + fixed, bits_per_param),  # type: ignore[arg-type]
         params_per_rank=per_rank,
         bits=needed,
         rule=rule,
         bits_per_param=bits_per_param,
-        max_lora_rank=serving_rank,
         inputs=inputs,
         matrices=matrices,
+        fixed_params=fixed,
     )
+    if vllm or max_lora_rank is not None:
+        effective = choice.max_effective_rank()
+        serving_rank = smallest_legal_max_lora_rank(effective)
+        inputs["max_lora_rank"] = max_lora_rank
+        where = f"r={rank}" if effective == rank else f"r={rank} (its largest per-matrix rank is {effective})"
+        if serving_rank is None:
+            raise ValueError(
+                f"the adapter at {where} is above vLLM's largest max_lora_rank {LEGAL_MAX_LORA_RANKS[-1]}: the plan "
+                "needs more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge it"
+            )
+        if max_lora_rank is not None and effective > max_lora_rank:
+            raise ValueError(
+                f"the smallest rank that holds {needed:,.0f} bits is {where}, above max_lora_rank={max_lora_rank}; "
+                f"serve with max_lora_rank={serving_rank}, or adapt more modules (target_modules) so that a lower "
+                "rank holds it"
+            )
+        choice = replace(choice, max_lora_rank=serving_rank)
+    return choice

@@ -8,8 +8,10 @@ PEFT model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from .collective import Collective, SingleProcess
@@ -28,12 +30,22 @@ __all__ = [
 ]
 
 
+def _exact(value: Fraction) -> int | float:
+    """An exact rational as an int where it is one, else the nearest float."""
+    return int(value) if value.denominator == 1 else float(value)
+
+
 @dataclass(frozen=True)
 class AdaptedMatrix:
     """One adapted weight W [d_out, d_in] trained as W + scaling · B A, B [d_out, r], A [r, d_in].
 
-    For a stacked expert weight (PEFT ``target_parameters`` on a 3-D parameter) ``experts`` is the
-    number of experts E: each expert e has its own B_e, A_e and the matrix stands for E matrices.
+    For a stacked expert weight (PEFT ``target_parameters`` on a 3-D parameter [E, ·, ·]) ``experts``
+    is the number of experts E and (d_in, d_out) are one expert's: each expert e has its own
+    B_e [d_out, r], A_e [r, d_in] and the entry stands for E matrices.
+
+    ``rank`` is the matrix's own effective rank (per expert), which differs from the adapter's
+    configured rank ``base_rank`` where ``rank_pattern`` sets it, e.g. PEFT 0.21's conversion for
+    transformers v5 gives a fused ``gate_up_proj`` 2r (docs/theory.md §2).
     """
 
     name: str
@@ -44,6 +56,11 @@ class AdaptedMatrix:
     kind: str = "linear"
     """"linear", "embedding" or "experts"."""
     experts: int = 1
+    base_rank: int | None = None
+    """The adapter's configured rank r this matrix's rank derives from (None: ``rank`` itself)."""
+    fixed_rank: bool = False
+    """The rank is an absolute ``rank_pattern`` value that stays put when r changes (known only where
+    the library built the adapter itself at two ranks, as ``select_rank`` does)."""
 
     @property
     def params(self) -> int:
@@ -51,13 +68,27 @@ class AdaptedMatrix:
         return self.experts * self.rank * (self.d_in + self.d_out)
 
     @property
-    def params_per_rank(self) -> int:
-        """experts · (d_in + d_out): parameters one more unit of rank adds to this matrix."""
-        return self.experts * (self.d_in + self.d_out)
+    def rank_ratio(self) -> Fraction:
+        """rank / base_rank: how many units of effective rank one unit of the adapter's r gives (0 if fixed)."""
+        if self.fixed_rank:
+            return Fraction(0)
+        return Fraction(self.rank, self.base_rank or self.rank)
+
+    @property
+    def params_per_rank(self) -> int | float:
+        """experts · (d_in + d_out) · rank / base_rank: parameters one more unit of the adapter's r adds here
+        (0 for a fixed rank). Equal to experts · (d_in + d_out) when the matrix trains at the adapter's r."""
+        return _exact(self.experts * (self.d_in + self.d_out) * self.rank_ratio)
+
+    def rank_at(self, base_rank: int) -> int:
+        """The matrix's effective rank when the adapter's r is ``base_rank`` (rounded up)."""
+        if self.fixed_rank:
+            return self.rank
+        return math.ceil(self.rank_ratio * base_rank)
 
     @property
     def full_rank(self) -> int:
-        """min(d_in, d_out): beyond this rank more rank adds parameters but no expressiveness."""
+        """min(d_in, d_out) (per expert): beyond this rank more rank adds parameters but no expressiveness."""
         return min(self.d_in, self.d_out)
 
 
@@ -75,13 +106,34 @@ class AdapterSummary:
 
     @property
     def trainable_params(self) -> int:
-        """Σ_m experts_m · r_m · (d_in,m + d_out,m): the adapter's parameters (exact)."""
+        """Σ_m experts_m · r_m · (d_in,m + d_out,m): the adapter's LoRA parameters (exact)."""
         return sum(m.params for m in self.matrices)
 
     @property
-    def params_per_rank(self) -> int:
-        """Σ_m experts_m · (d_in,m + d_out,m): parameters added per unit of rank when every rank moves together."""
-        return sum(m.params_per_rank for m in self.matrices)
+    def params_per_rank(self) -> int | float:
+        """Σ_m experts_m · (d_in,m + d_out,m) · r_m / r over the matrices whose rank moves with the adapter's r
+        (r_m the matrix's effective rank, r the configured rank): trainable parameters per unit of r.
+
+        Exact: ``r · params_per_rank + fixed_params == trainable_params``; ``params_at(r')`` extrapolates to
+        another r' with every matrix keeping its ratio r_m / r (exact for PEFT's own patterns, which scale
+        with r; absolute ``rank_pattern`` entries are exact only where marked ``fixed_rank``).
+        """
+        return _exact(sum((Fraction(m.params_per_rank) for m in self.matrices), Fraction(0)))
+
+    @property
+    def fixed_params(self) -> int:
+        """Parameters of the matrices whose rank does not move with r (``fixed_rank``)."""
+        return sum(m.params for m in self.matrices if m.fixed_rank)
+
+    def params_at(self, base_rank: int) -> int | float:
+        """Trainable parameters when the adapter's r is ``base_rank``: r · params_per_rank + fixed_params."""
+        return _exact(base_rank * Fraction(self.params_per_rank) + self.fixed_params)
+
+    @property
+    def base_rank(self) -> int:
+        """The adapter's configured rank r (the largest matrix rank where it is unknown)."""
+        known = [m.base_rank for m in self.matrices if m.base_rank]
+        return known[0] if known else self.max_rank
 
     @property
     def max_rank(self) -> int:
@@ -115,6 +167,9 @@ class AdapterReady:
     """The trained model (a PEFT model where LoRA is used); plugins must not keep gradients alive."""
     tokenizer: Any = None
     """The tokenizer (TRL's ``processing_class``) where the integration has one; probes need it."""
+    engine_model: Any = None
+    """The distributed engine's wrapper around ``model`` (TRL: ``trainer.model_wrapped``: the FSDP1 root,
+    the DeepSpeed engine), where there is one: FSDP1 keeps the true parameter shapes there."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +198,8 @@ class RolloutsScored:
     prompts: Sequence[Any] | None = None
     """The prompt of each rollout (text or chat messages), for reports."""
     generation_seconds: float | None = None
-    """Wall seconds this process spent generating the batch, where the integration measured it."""
+    """Wall seconds spent generating the batch, where the integration measured it: the slowest
+    process's (``bridge.translate.rollouts_scored`` takes the maximum), the same on every process."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +219,8 @@ class PolicySample:
     completion_mask: Any
     temperature: float = 1.0
     collective: Collective = field(default_factory=SingleProcess)
+    engine_model: Any = None
+    """The distributed engine's wrapper around ``model`` (see ``AdapterReady.engine_model``)."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,15 @@ from .hookspecs import MERGED_HOOKS, PROJECT_NAME
 from .log import logger
 from .metrics import MetricInfo
 
+#: The host's own metric: each plugin's wall time per optimizer step (a detail: run log and report).
+TIMING_METRIC = MetricInfo(
+    "plugins/<name>/ms_per_step",
+    "exact",
+    "ms/step",
+    "wall time spent in that plugin's hooks per optimizer step",
+    detail=True,
+)
+
 __all__ = [
     "BLOCK_ENV_VAR",
     "ENTRY_POINT_GROUP",
@@ -386,8 +395,9 @@ class PluginHost:
         return merged
 
     def describe_metrics(self) -> dict[str, MetricInfo]:
-        """name -> ``MetricInfo`` for every metric the plugins describe."""
-        return {info.name: info for infos in reversed(self.pm.hook.describe_metrics()) for info in infos}
+        """name -> ``MetricInfo`` for every metric the plugins describe, and the host's timing metric."""
+        described = {info.name: info for infos in reversed(self.pm.hook.describe_metrics()) for info in infos}
+        return {**described, TIMING_METRIC.name: TIMING_METRIC}
 
     def summary_line(self) -> str:
         """The plugins' summary lines, in registration order (built-ins first), joined by " | "."""

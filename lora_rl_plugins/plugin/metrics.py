@@ -5,7 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MetricInfo", "MetricKind", "MetricReduce"]
+__all__ = ["MetricInfo", "MetricKind", "MetricReduce", "format_percent"]
+
+
+def format_percent(fraction: float, digits: int = 2) -> str:
+    """``fraction`` as a percentage with ``digits`` significant digits: 1.8e-6 -> "0.00018%", 0.5 -> "50%".
+
+    Values of 10 % and more are rounded to whole percents; 0 is "0%".
+    """
+    percent = 100.0 * fraction
+    if percent == 0:
+        return "0%"
+    if abs(percent) >= 10:
+        return f"{percent:,.0f}%"
+    text = f"{percent:.{digits}g}"
+    if "e" in text:  # below 1e-4 %: write it out in full
+        exponent = -int(text.split("e")[1])
+        text = f"{percent:.{exponent + digits - 1}f}"
+    return text + "%"
+
 
 MetricKind = Literal["exact", "bound", "estimate", "setting"]
 #: How a logger should combine values between two logs: "mean" for per-step values (as TRL
@@ -15,10 +33,17 @@ MetricReduce = Literal["mean", "last"]
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """One metric: its full name, its kind, its unit, a one-line definition and how it aggregates."""
+    """One metric: its full name, its kind, its unit, a one-line definition and how it aggregates.
+
+    ``name`` may be a pattern whose ``<placeholder>`` segments stand for one path segment each
+    (``kl_monitor/norms/<module>/<norm>``: ``<module>`` may itself contain dots, never ``/``).
+    ``detail`` metrics (per-module values, timings) go to the run log and the report, not to the
+    trainer's console and loggers, unless the user asks for them (``console_detail=True``).
+    """
 
     name: str
     kind: MetricKind
     unit: str
     definition: str
     reduce: MetricReduce = "last"
+    detail: bool = False

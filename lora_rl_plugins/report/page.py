@@ -7,23 +7,11 @@ import html
 import io
 from pathlib import Path
 
-from .figures import build_figures, capacity_ranks
+from ..plugin.metrics import format_percent
+from .figures import build_figures, capacity_ranks, describe_figures
 from .runlog import RunLog, load_run
 
 __all__ = ["learning_section", "rank_advice", "write_report"]
-
-CAPTIONS = {
-    "bits": "Cumulative signal (estimate; a rate summed over steps, not task information) and its upper bound "
-    "against the adapter's capacity at this "
-    "run's rank and neighbouring ranks (uniform rank). Log scale.",
-    "per_step": "Signal per optimizer step (bits), and the fraction of groups whose rewards were all equal: GRPO's "
-    "advantage is zero there, so they teach nothing.",
-    "reward": "Mean reward per step, as the trainer logged it.",
-    "ledger": "The per-prompt ledger: of the prompts seen so far, the fraction whose latest group was solved, "
-    "informative (unequal rewards: GRPO learns from it) or unsolved. Solved and unsolved prompts teach nothing.",
-    "kl": "Measured KL between the policy and its reference (nats per token), the Hoeffding certificate and, for an "
-    "adapted output layer, the rank-dependent bound; the budget when one is set.",
-}
 
 
 def rank_advice(run: RunLog) -> list[str]:
@@ -31,7 +19,7 @@ def rank_advice(run: RunLog) -> list[str]:
     bits, capacity = run.last("bandwidth/bits_total"), run.last("bandwidth/capacity_bits")
     if bits is None:
         return ["No bandwidth metrics were logged."]
-    bound, steps = run.last("bandwidth/bound_total") or 0.0, max(run.steps("bandwidth/bits_total"))
+    bound, steps = run.last("bandwidth/bound_total") or 0.0, run.last_step
     lines = [
         f"The reward stream carried an estimated {bits:,.0f} bits of signal (upper bound {bound:,.0f}) "
         f"over {steps} steps: a rate summed over steps (a lesson repeated is counted again), not task information."
@@ -41,7 +29,9 @@ def rank_advice(run: RunLog) -> list[str]:
     rank = int(run.last("bandwidth/adapter_rank") or 0)
     projected = run.last("bandwidth/projected_bits") or bits
     sufficient = int(run.last("bandwidth/rank_sufficient") or 1)
-    lines.append(f"At rank {rank} the adapter holds {capacity:,.0f} bits; the run used {bits / capacity:.3%} of it.")
+    lines.append(
+        f"At rank {rank} the adapter holds {capacity:,.0f} bits; the run used {format_percent(bits / capacity)} of it."
+    )
     lines.append(
         f"Projected over the planned steps: {projected:,.0f} bits. The smallest rank whose capacity holds "
         f"that is r = {sufficient} (capacity {capacity * sufficient / max(rank, 1):,.0f} bits)."
@@ -67,7 +57,8 @@ def rank_advice(run: RunLog) -> list[str]:
 
 def learning_section(run: RunLog) -> str:
     """HTML: the chain (signal ≥ absorbed ≤ what there was to learn) and the prompts that taught nothing, from
-    the ledger saved in the run's ``trainer_state.json`` (TRL); empty when the run logged neither."""
+    the ledger saved in the run's ``trainer_state.json`` (TRL: the file read, or the newest beside the run
+    log); empty when the run logged neither."""
     import json
 
     parts = []
@@ -79,8 +70,8 @@ def learning_section(run: RunLog) -> str:
             f"{absorbed:,.1f} bits (exact, on the probe set) ≤ {answer:,.1f} bits to learn on the probes.</p>"
         )
     silent: list[tuple[str, int]] = []
-    if run.source.name == "trainer_state.json":
-        saved = json.loads(run.source.read_text()).get("stateful_callbacks", {}).get("LoraRLCheckpointState")
+    if (state := _trainer_state(run)) is not None:
+        saved = json.loads(state.read_text()).get("stateful_callbacks", {}).get("LoraRLCheckpointState")
         saved = saved[-1] if isinstance(saved, list) else saved
         learning = ((saved or {}).get("attributes", {}).get("plugin_state") or {}).get("learning") or {}
         entries = learning.get("ledger", {}).get("entries", [])
@@ -97,10 +88,21 @@ def learning_section(run: RunLog) -> str:
             f"<tr><td><code>{html.escape(text)}</code></td><td>{visits}</td></tr>" for text, visits in silent[:20]
         )
         parts.append(
-            f"<p>{len(silent)} prompts taught nothing (every visit's rewards were equal); the most visited:</p>"
+            f"<p>{len(silent)} prompts taught nothing (every visit's group had all-zero advantages: equal rewards "
+            "under the default settings); the most visited:</p>"
             f"<table><tr><th>prompt</th><th>visits</th></tr>{rows}</table>"
         )
     return ("<h2>What the run learned</h2>" + "".join(parts)) if parts else ""
+
+
+def _trainer_state(run: RunLog) -> Path | None:
+    """The TRL ``trainer_state.json`` that holds the run's plugin state: the file the metrics came from, else
+    the newest one in the run log's directory or its checkpoints."""
+    if run.source.name == "trainer_state.json":
+        return run.source
+    directory = run.source if run.source.is_dir() else run.source.parent
+    states = list(directory.glob("trainer_state.json")) + list(directory.glob("checkpoint-*/trainer_state.json"))
+    return max(states, key=lambda p: p.stat().st_mtime_ns) if states else None
 
 
 def _png(figure) -> bytes:
@@ -130,8 +132,8 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;color:#222;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em} .meta{color:#666;font-size:.9em}
 .advice{background:#f3f7ff;border-left:4px solid #3b6fd8;padding:.6em 1em;margin:1em 0}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em} figure{margin:0}
-figure img{width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
+.grid{display:grid;grid-template-columns:1fr;gap:1.5em} figure{margin:0}
+figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
 table{border-collapse:collapse;font-size:.8em;width:100%} td,th{border-bottom:1px solid #eee;padding:3px 6px;
 text-align:left;vertical-align:top} .exact{color:#1a7f37} .bound{color:#b35900} .estimate{color:#3b6fd8}
 .setting{color:#666}
@@ -146,6 +148,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     import matplotlib.pyplot as plt
 
     blocks = []
+    captions = describe_figures(run)
     for name, figure in build_figures(run).items():
         data = _png(figure)
         plt.close(figure)
@@ -153,15 +156,16 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         encoded = base64.b64encode(data).decode()
         blocks.append(
             f"<figure id='{name}'><img alt='{name}' src='data:image/png;base64,{encoded}'>"
-            f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
+            f"<figcaption>{html.escape(captions[name])}</figcaption></figure>"
         )
     advice = "".join(f"<p>{html.escape(line)}</p>" for line in rank_advice(run))
+    last_step = run.last_step
     ranks = ", ".join(f"r={r}: {c:,.0f} bits" for r, c in capacity_ranks(run).items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lora-rl report</title><style>{STYLE}</style></head>
 <body>
 <h1>lora-rl report</h1>
-<p class="meta">{html.escape(run.kind)} log: {html.escape(run.source.name)}</p>
+<p class="meta">read from {html.escape(str(run.source))} ({html.escape(run.kind)}); last step {last_step}</p>
 <div class="advice"><strong>Rank advice.</strong>{advice}<p class="meta">{html.escape(ranks)}</p></div>
 <div class="grid">
 {chr(10).join(blocks)}

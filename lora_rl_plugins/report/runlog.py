@@ -1,5 +1,7 @@
-"""Read a run's logged metrics from what the frameworks wrote: TRL ``trainer_state.json``,
-Lightning ``metrics.csv``, or TensorBoard event files."""
+"""Read a run's logged metrics: first the run log every integration writes
+(``lora_rl_metrics.jsonl``, ``lora_rl_plugins.bridge.runlog``: no checkpoint needed, complete while
+the run is going), else what the frameworks wrote: TRL ``trainer_state.json``, Lightning
+``metrics.csv``, or TensorBoard event files."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..bridge.runlog import RUN_LOG_NAME
 
 __all__ = ["RunLog", "load_run"]
 
@@ -18,7 +22,7 @@ class RunLog:
 
     source: Path
     kind: str
-    """"trl", "lightning-csv" or "tensorboard"."""
+    """"run log", "trl", "lightning-csv" or "tensorboard"."""
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def add(self, name: str, step: int, value: float) -> None:
@@ -39,6 +43,19 @@ class RunLog:
         """The latest value of series ``name``, or None."""
         points = self.series.get(name)
         return points[-1][1] if points else None
+
+    @property
+    def last_step(self) -> int:
+        """The run's last logged step, over every series (0 when nothing was logged)."""
+        return max((s for points in self.series.values() for s, _ in points), default=0)
+
+    def through_end(self, name: str) -> tuple[list[int], list[float]]:
+        """Series ``name`` carried to ``last_step``: the run log writes a running total only when it
+        changes, so an unchanged total holds its last value to the end."""
+        steps, values = self.steps(name), self.values(name)
+        if steps and steps[-1] < self.last_step:
+            steps, values = [*steps, self.last_step], [*values, values[-1]]
+        return steps, values
 
     def finish(self) -> RunLog:
         """Keep one value per step (the last written) and sort each series by step."""
@@ -62,6 +79,18 @@ def _trl(path: Path) -> RunLog:
         for name, value in entry.items():
             if isinstance(value, (int, float)) and name not in ("step", "epoch"):
                 run.add(name, step, value)
+    return run.finish()
+
+
+def _jsonl(path: Path) -> RunLog:
+    run = RunLog(path, "run log")
+    with path.open() as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+                run.add(record["name"], int(record["step"]), record["value"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line being written by a run still in progress
     return run.finish()
 
 
@@ -96,10 +125,20 @@ def _tensorboard(directory: Path) -> RunLog:
 
 
 def load_run(run_dir: str | Path) -> RunLog:
-    """The newest log under ``run_dir``: TRL state (final or latest checkpoint), Lightning CSV, TensorBoard."""
+    """The run's metrics: the newest run log ``lora_rl_metrics.jsonl`` under ``run_dir``, else the newest
+    framework log (TRL state, final or latest checkpoint; Lightning CSV; TensorBoard).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` does not exist or holds no lora-rl-plugins metrics.
+    """
     root = Path(run_dir)
     if not root.exists():
         raise FileNotFoundError(f"no run at {root}")
+    logs = [root] if root.name == RUN_LOG_NAME else list(root.rglob(RUN_LOG_NAME))
+    if newest_log := _newest(logs, key=lambda p: p.stat().st_mtime_ns):
+        run = _jsonl(newest_log)
+        if any(name.startswith("bandwidth/") for name in run.series):
+            return run
     candidates: list[RunLog] = []
     states = [root] if root.name == "trainer_state.json" else list(root.rglob("trainer_state.json"))
     if states:  # the one with the longest history is the most recent
@@ -116,7 +155,8 @@ def load_run(run_dir: str | Path) -> RunLog:
     candidates = [c for c in candidates if any(name.startswith("bandwidth/") for name in c.series)]
     if not candidates:
         raise FileNotFoundError(
-            f"no lora-rl-plugins metrics under {root}: looked for TRL trainer_state.json, Lightning metrics.csv "
-            "and TensorBoard event files with bandwidth/* metrics"
+            f"no lora-rl-plugins metrics under {root}: looked for the run log {RUN_LOG_NAME}, TRL "
+            "trainer_state.json, Lightning metrics.csv and TensorBoard event files with bandwidth/* metrics. "
+            "Point it at the run's output_dir (TRL) or log directory (Lightning)"
         )
     return max(candidates, key=lambda r: max((s for pts in r.series.values() for s, _ in pts), default=0))

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..lora.shapes import peft_weight_shapes
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, RunStarted
 from ..plugin.hookspecs import hookimpl
@@ -29,6 +30,7 @@ class VLLMServing:
     max_loras: int = 1
     max_cpu_loras: int | None = None
     lora_dtype: Any = "auto"
+    enable_mixed_moe_lora_format: bool = False
 
     @classmethod
     def coerce(cls, value: VLLMServing | Mapping[str, Any] | None) -> VLLMServing | None:
@@ -39,11 +41,12 @@ class VLLMServing:
         """
         if value is None or isinstance(value, VLLMServing):
             return value
-        unknown = set(value) - {"max_lora_rank", "max_loras", "max_cpu_loras", "lora_dtype"}
+        known = {"max_lora_rank", "max_loras", "max_cpu_loras", "lora_dtype", "enable_mixed_moe_lora_format"}
+        unknown = set(value) - known
         if unknown:
             raise TypeError(
-                f"unknown vLLM serving settings {sorted(unknown)}; known: max_lora_rank, "
-                f"max_loras, max_cpu_loras, lora_dtype ({', '.join(LORA_DTYPES)})"
+                f"unknown vLLM serving settings {sorted(unknown)}; known: max_lora_rank, max_loras, max_cpu_loras, "
+                f"lora_dtype ({', '.join(LORA_DTYPES)}), enable_mixed_moe_lora_format"
             )
         return cls(**value)
 
@@ -87,12 +90,24 @@ class VLLMServingCheck:
         if not isinstance(peft_config, Mapping) or adapter.adapter.adapter_name not in peft_config:
             return
         serving = self.serving
+        name = adapter.adapter.adapter_name
+        model_config = getattr(adapter.model, "config", None)
+        weights = None
+        try:  # the tensors save_pretrained would write: checked as vLLM checks a saved adapter's keys
+            weights = peft_weight_shapes(adapter.model, name)
+        except Exception as error:
+            logger.warning(
+                "lora_rl_plugins: the adapter's weight names could not be read (%s); checking its config", error
+            )
         problems = validate_vllm_lora(
-            peft_config[adapter.adapter.adapter_name],
+            peft_config[name],
             max_lora_rank=serving.max_lora_rank,
             max_loras=serving.max_loras,
             max_cpu_loras=serving.max_cpu_loras,
             lora_dtype=serving.lora_dtype,
+            model_config=model_config if weights is not None else None,
+            weights=weights,
+            enable_mixed_moe_lora_format=serving.enable_mixed_moe_lora_format,
         )
         if problems:
             raise VLLMLoRAError(

@@ -98,6 +98,7 @@ def main(out_dir: str) -> None:
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
+    trainer.accelerator.end_training()  # destroys the process group: no abort from live gloo threads at exit
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""The run log every integration writes: ``lora_rl_metrics.jsonl`` in the run's output directory.
+
+One JSON object per metric and log, one per line, appended and flushed at each log on the main
+process::
+
+    {"step": 12, "name": "bandwidth/bits_total", "value": 41.5, "kind": "estimate", "unit": "bits",
+     "source": "lora_rl_plugins"}
+
+``kind`` and ``unit`` come from the metric's ``MetricInfo``; metrics the trainer itself logged
+(``reward``, ``loss``, ...) carry ``"source": "trl"`` (or ``"lightning"``) and ``kind``/``unit``
+null. A metric whose ``MetricInfo.reduce`` is "last" (a running total, a setting, the latest KL
+measurement, a module's norm) is written when its value changes, so the file grows with what
+happens, not with the number of logs; per-step metrics and the trainer's are written at every log.
+It needs no checkpoint and is complete while the run is still going, so ``lora-rl report``
+reads it first. A resumed run first drops the lines after the restored step, then appends: no
+step appears twice. Detail metrics (``MetricInfo.detail``: per-module norms, plugin timings) are
+split off here so the integrations keep them out of the trainer's console unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..plugin.metrics import MetricInfo
+
+__all__ = ["RUN_LOG_NAME", "RunLogWriter", "match_metric", "split_detail"]
+
+RUN_LOG_NAME = "lora_rl_metrics.jsonl"
+SOURCE = "lora_rl_plugins"
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    parts = re.split(r"<[^<>/]+>", name)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts) + r"\Z")
+
+
+def match_metric(name: str, infos: Mapping[str, MetricInfo]) -> MetricInfo | None:
+    """The ``MetricInfo`` describing ``name``: an exact entry, or a pattern (``kl_monitor/norms/<module>/<norm>``).
+
+    Args:
+        name: a metric's full name.
+        infos: name (or pattern) -> ``MetricInfo``, as ``PluginHost.describe_metrics()`` returns.
+
+    Returns:
+        The description, or None for a metric nobody described.
+    """
+    info = infos.get(name)
+    if info is not None:
+        return info
+    for pattern, candidate in infos.items():
+        if "<" in pattern and _pattern(pattern).match(name):
+            return candidate
+    return None
+
+
+def split_detail(
+    metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(console metrics, detail metrics): a metric is a detail when its ``MetricInfo.detail`` is set."""
+    console: dict[str, float] = {}
+    detail: dict[str, float] = {}
+    for name, value in metrics.items():
+        info = match_metric(name, infos)
+        (detail if info is not None and info.detail else console)[name] = value
+    return console, detail
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a crash
+
+
+class RunLogWriter:
+    """Appends a run's metrics to ``DIRECTORY/lora_rl_metrics.jsonl`` (main process only).
+
+    Args:
+        directory: the run's output directory (TRL ``args.output_dir``; Lightning's log directory).
+        infos: name (or pattern) -> ``MetricInfo`` for kind and unit.
+        source: what wrote metrics nobody described (``"trl"``, ``"lightning"``).
+
+    Raises:
+        OSError: the directory cannot be created or written.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], infos: Mapping[str, MetricInfo], *, source: str) -> None:
+        self.path = Path(directory) / RUN_LOG_NAME
+        self.infos = dict(infos)
+        self.source = source
+        self._handle: TextIO | None = None
+        self._last_step: int | None = None
+        self._written: dict[str, float | None] = {}  # last value written per running/latest-value metric
+
+    def open(self, resume_step: int = 0) -> None:
+        """Start writing: keep the lines up to ``resume_step`` (0 for a fresh run), drop the rest, append after."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            kept = []
+            with self.path.open() as handle:
+                for line in handle:
+                    step = _step_of(line)
+                    if step is not None and 0 < step <= resume_step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+            temporary = self.path.with_suffix(".jsonl.tmp")
+            temporary.write_text("".join(kept))
+            temporary.replace(self.path)
+        self._handle = self.path.open("a")
+        self._last_step = resume_step
+        self._written = {}
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Append every number (or scalar tensor) in ``metrics`` at ``step`` and flush; non-numbers are
+        skipped, NaN/inf written as null."""
+        if self._handle is None:
+            if self._last_step is None:
+                self.open()
+            else:  # closed after a run: append
+                self._handle = self.path.open("a")
+        lines = []
+        for name, value in metrics.items():
+            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # a scalar tensor a trainer logged
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or name in ("step",):
+                continue
+            info = match_metric(name, self.infos)
+            number = float(value) if math.isfinite(value) else None
+            if info is not None and info.reduce == "last":  # a total, a setting, the latest KL measurement:
+                if self._written.get(name, ()) == number:  # written again only when it changes
+                    continue
+                self._written[name] = number
+            record = {
+                "step": int(step),
+                "name": name,
+                "value": number,
+                "kind": info.kind if info else None,
+                "unit": info.unit if info else None,
+                "source": SOURCE if info else self.source,
+            }
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        if lines:
+            self._handle.write("".join(lines))  # type: ignore[union-attr]
+            self._handle.flush()  # type: ignore[union-attr]
+        self._last_step = int(step)
+
+    def close(self) -> None:
+        """Flush and close the file (writing again reopens it, appending)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -1,0 +1,129 @@
+"""What the TRL integration relies on inside ``trl.GRPOTrainer``, checked when the callback is built.
+
+The callback wraps two private methods and reads trainer attributes and output keys that TRL does
+not promise to keep. Tested at both ends of ``SUPPORTED_TRL`` (CI runs the TRL integration tests
+against TRL 1.6.0 and the newest 1.x); TRL 1.6.0-1.16 compute rewards and advantages with the same
+code (the advantage block is byte-identical), so the numbers mean the same thing across the range.
+Framework-free: it inspects the trainer object it is given.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+__all__ = [
+    "SUPPORTED_TRL",
+    "UnsupportedTRLError",
+    "check_informative_sampling",
+    "check_trl_grpo_trainer",
+    "trl_contract_problems",
+]
+
+#: The TRL releases the integration supports, as a pip specifier (lowest and highest are tested in CI).
+SUPPORTED_TRL = ">=1.6,<2"
+_LOWEST, _BELOW = (1, 6), (2, 0)
+
+#: Methods the callback wraps, with the leading parameters it calls them with.
+WRAPPED_METHODS = {
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_generate_and_score_completions": ("inputs",),
+}
+#: Trainer attributes the callback reads.
+ATTRIBUTES = (
+    "accelerator",
+    "num_generations",
+    "reward_func_names",
+    "reward_weights",
+    "temperature",
+    "beta",
+    "num_iterations",
+    "_metrics",
+)
+#: The method informative sampling wraps (called with an optional dataset, returns TRL's RepeatSampler).
+SAMPLER_METHOD = "_get_train_sampler"
+#: Keys the callback reads from ``_generate_and_score_completions``' output.
+OUTPUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+
+
+class UnsupportedTRLError(RuntimeError):
+    """The installed TRL is outside ``SUPPORTED_TRL`` or lacks an internal the callback relies on."""
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    match = re.match(r"^\s*v?(\d+)\.(\d+)", str(version))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def trl_contract_problems(trainer: Any, trl_version: str) -> list[str]:
+    """Every reason the callback cannot trust ``trainer`` (a ``GRPOTrainer`` of TRL ``trl_version``); [] if none.
+
+    Checks the version against ``SUPPORTED_TRL``, the wrapped methods and their parameters, the
+    attributes read, and (where the method's source is available) that the output keys read appear
+    in ``_generate_and_score_completions``.
+    """
+    problems = []
+    release = _release(trl_version)
+    if release is None or not _LOWEST <= release < _BELOW:
+        problems.append(f"TRL {trl_version} is outside the supported range trl{SUPPORTED_TRL}")
+    for name, expected in WRAPPED_METHODS.items():
+        method = getattr(trainer, name, None)
+        if not callable(method):
+            problems.append(f"GRPOTrainer.{name} is missing")
+            continue
+        try:
+            parameters = tuple(inspect.signature(method).parameters)
+        except (TypeError, ValueError):
+            continue  # no signature to read (a C function or a wrapper): nothing more to check
+        if parameters[: len(expected)] != expected:
+            problems.append(f"GRPOTrainer.{name} takes {parameters}, expected {expected}")
+    for name in ATTRIBUTES:
+        if not hasattr(trainer, name):
+            problems.append(f"GRPOTrainer has no attribute {name!r}")
+    metrics = getattr(trainer, "_metrics", None)
+    if metrics is not None and not (hasattr(metrics, "get") and metrics.get("train") is not None):
+        problems.append("GRPOTrainer._metrics has no 'train' store")
+    try:
+        source = inspect.getsource(type(trainer)._generate_and_score_completions)
+    except (AttributeError, OSError, TypeError):
+        source = None
+    if source is not None:
+        missing = [key for key in OUTPUT_KEYS if f'"{key}"' not in source and f"'{key}'" not in source]
+        if missing:
+            problems.append(f"GRPOTrainer._generate_and_score_completions does not produce {missing}")
+    return problems
+
+
+def check_trl_grpo_trainer(trainer: Any, trl_version: str) -> None:
+    """Refuse a TRL whose ``GRPOTrainer`` the callback cannot rely on.
+
+    Raises:
+        UnsupportedTRLError: the version is outside ``SUPPORTED_TRL`` or an internal is missing or
+            changed; the message lists every problem and names the supported range.
+    """
+    problems = trl_contract_problems(trainer, trl_version)
+    if problems:
+        raise UnsupportedTRLError(
+            "LoraRLCallback supports trl"
+            + SUPPORTED_TRL
+            + "; with TRL "
+            + str(trl_version)
+            + ": "
+            + "; ".join(problems)
+            + f". Install a supported TRL: pip install 'trl{SUPPORTED_TRL}'."
+        )
+
+
+def check_informative_sampling(trainer: Any) -> None:
+    """Refuse informative sampling where the trainer has no ``_get_train_sampler`` to wrap.
+
+    Raises:
+        UnsupportedTRLError: ``GRPOTrainer._get_train_sampler`` is missing (the message says to turn
+            ``informative_sampling`` off).
+    """
+    if not callable(getattr(trainer, SAMPLER_METHOD, None)):
+        raise UnsupportedTRLError(
+            f"informative_sampling=True wraps GRPOTrainer.{SAMPLER_METHOD}, which this TRL does not have: turn "
+            "informative_sampling off, or install a supported TRL: pip install 'trl" + SUPPORTED_TRL + "'."
+        )
