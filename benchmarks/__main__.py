@@ -1,4 +1,4 @@
-"""Every benchmark, one command: ``python -m benchmarks`` (about 25 minutes on 2 CPU cores); results
+"""Every benchmark, one command: ``python -m benchmarks`` (about 40 minutes on 2 CPU cores); results
 in benchmarks/results/, collected in benchmarks/results/summary.md. ``--summary-only`` rebuilds the
 summary from the results already there."""
 
@@ -8,7 +8,7 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("throughput", "kl_memory", "overhead", "kl_free")
+BENCHMARKS = ("throughput", "kl_memory", "overhead", "kl_free", "informative_sampling")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -46,25 +47,41 @@ def per_token_logps(
 
 class PromptStream:
     """Batches of prompts in a fixed order that remember their position, so a run resumed from a
-    checkpoint continues with the next batch (Lightning saves and restores ``state_dict()``)."""
+    checkpoint continues with the next batch (Lightning saves and restores ``state_dict()``).
 
-    def __init__(self, prompts: list[str], batch_size: int) -> None:
-        self.prompts, self.batch_size, self.position = prompts, batch_size, 0
+    With ``sampler`` (``LoraRLCallback.informative_sampler(prompts)``) each batch's prompts are drawn
+    by the learning plugin instead: prompts that taught nothing lately are skipped before generation.
+    """
+
+    def __init__(self, prompts: list[str], batch_size: int, sampler: Callable[[int], list[int]] | None = None) -> None:
+        self.prompts, self.batch_size, self.position, self.sampler = prompts, batch_size, 0, sampler
+        self.refilled = 0
 
     def __iter__(self) -> Any:
         while self.position + self.batch_size <= len(self.prompts):
             start = self.position
             self.position += self.batch_size
-            yield self.prompts[start : start + self.batch_size]
+            if self.sampler is not None:
+                yield [self.prompts[i] for i in self.sampler(self.batch_size)]
+            else:
+                yield self.prompts[start : start + self.batch_size]
+
+    def draw(self, count: int) -> list[str]:
+        """``count`` further prompts (the after-generation filter's refill), cycling through the list from its
+        end (the stream's own batches are unchanged)."""
+        drawn = [self.prompts[-1 - (self.refilled + i) % len(self.prompts)] for i in range(count)]
+        self.refilled += count
+        return drawn
 
     def __len__(self) -> int:
         return len(self.prompts) // self.batch_size
 
     def state_dict(self) -> dict[str, int]:
-        return {"position": self.position}
+        return {"position": self.position, "refilled": self.refilled}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.position = state["position"]
+        self.refilled = state.get("refilled", 0)
 
 
 class GRPOModule(L.LightningModule):
@@ -78,6 +95,10 @@ class GRPOModule(L.LightningModule):
         beta: KL coefficient toward the reference (0 = KL-free; the callback may turn a penalty on).
         sampling_seed: sampling at step t uses seed sampling_seed + t, so a resumed run samples
             exactly what an uninterrupted one would have.
+        refill: the after-generation filter (the peers' dynamic sampling, for comparison): groups whose
+            rewards are all equal are dropped after generation and replaced by groups of ``refill(n)``
+            new prompts, up to ``max_refills`` extra generations per step. ``rollouts_generated``
+            counts every rollout generated.
     """
 
     # How training_step turns rewards into advantages, for the callback (names as in TRL's GRPOConfig):
@@ -99,12 +120,17 @@ class GRPOModule(L.LightningModule):
         beta: float = 0.0,
         clip_epsilon: float = 0.2,
         sampling_seed: int = 0,
+        refill: Callable[[int], list[str]] | None = None,
+        max_refills: int = 4,
     ) -> None:
         super().__init__()
         self.model, self.tokenizer, self.reward_fn = model, tokenizer, reward_fn
         self.generations, self.max_new_tokens, self.temperature = generations, max_new_tokens, temperature
         self.learning_rate, self.beta, self.clip_epsilon = learning_rate, beta, clip_epsilon
         self.sampling_seed = sampling_seed
+        self.refill, self.max_refills = refill, max_refills
+        self.rollouts_generated = 0
+        self.generation_seconds = 0.0
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
 
     def configure_optimizers(self) -> Any:
@@ -114,15 +140,16 @@ class GRPOModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @torch.no_grad()
-    def sample(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def sample(self, prompts: list[str], attempt: int = 0) -> dict[str, torch.Tensor]:
         """K completions per prompt, prompt-major: rollouts [g*K, (g+1)*K) belong to prompt g."""
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         prompt_ids = encoded["input_ids"].repeat_interleave(self.generations, dim=0)
         prompt_mask = encoded["attention_mask"].repeat_interleave(self.generations, dim=0)
         was_training = self.model.training
         self.model.eval()
+        started = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # step-keyed sampling, global RNG untouched
-            torch.manual_seed(self.sampling_seed + self.global_step)
+            torch.manual_seed(self.sampling_seed + self.global_step + 1_000_003 * attempt)
             output = self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
@@ -133,6 +160,8 @@ class GRPOModule(L.LightningModule):
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         self.model.train(was_training)
+        self.generation_seconds += time.perf_counter() - started
+        self.rollouts_generated += prompt_ids.size(0)
         completion_ids = output[:, prompt_ids.size(1) :]
         if completion_ids.size(1) < self.max_new_tokens:  # every sequence ended early: pad to a fixed width
             pad = torch.full(
@@ -150,15 +179,57 @@ class GRPOModule(L.LightningModule):
             "completion_mask": mask,
         }
 
-    def training_step(self, batch: list[str], batch_idx: int) -> dict[str, Any]:
-        prompts = list(batch)
-        rollout = self.sample(prompts)
+    def score(self, prompts: list[str], attempt: int = 0) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor]:
+        """Sample K completions per prompt and score them: (rollout tensors, completion texts, rewards [G, K])."""
+        rollout = self.sample(prompts, attempt)
         texts = self.tokenizer.batch_decode(
             rollout["completion_ids"] * rollout["completion_mask"], skip_special_tokens=True
         )
         repeated = [p for p in prompts for _ in range(self.generations)]
         rewards = torch.tensor(self.reward_fn(repeated, texts), dtype=torch.float32, device=self.device)
-        rewards = rewards.view(len(prompts), self.generations)
+        return rollout, texts, rewards.view(len(prompts), self.generations)
+
+    def filtered(self, prompts: list[str]) -> tuple[list[str], dict[str, torch.Tensor], list[str], torch.Tensor]:
+        """The after-generation filter: keep groups with unequal rewards, refill the rest with new prompts."""
+        rollout, texts, rewards = self.score(prompts)
+        kept: list[tuple[str, dict[str, torch.Tensor], list[str], torch.Tensor]] = []
+        dropped: list[tuple[str, dict[str, torch.Tensor], list[str], torch.Tensor]] = []
+        for attempt in range(self.max_refills + 1):
+            k = self.generations
+            for g, prompt in enumerate(prompts):
+                group = ({key: v[g * k : (g + 1) * k] for key, v in rollout.items()}, texts[g * k : (g + 1) * k])
+                entry = (prompt, group[0], group[1], rewards[g])
+                (kept if rewards[g].max() > rewards[g].min() else dropped).append(entry)
+            missing = self._batch - len(kept)
+            if missing <= 0 or attempt == self.max_refills:
+                break
+            prompts = self.refill(missing)  # type: ignore[misc]
+            rollout, texts, rewards = self.score(prompts, attempt + 1)
+        chosen = (kept + dropped)[: self._batch]  # a batch stays full: zero-signal groups only if refills ran out
+        width = max(e[1]["completion_ids"].size(1) for e in chosen)
+        prompt_width = max(e[1]["prompt_ids"].size(1) for e in chosen)
+
+        def pad(t: torch.Tensor, size: int, value: int, left: bool) -> torch.Tensor:
+            fill = torch.full((t.size(0), size - t.size(1)), value, dtype=t.dtype, device=t.device)
+            return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+        pad_id = self.tokenizer.pad_token_id
+        merged = {
+            "prompt_ids": torch.cat([pad(e[1]["prompt_ids"], prompt_width, pad_id, True) for e in chosen]),
+            "prompt_mask": torch.cat([pad(e[1]["prompt_mask"], prompt_width, 0, True) for e in chosen]),
+            "completion_ids": torch.cat([pad(e[1]["completion_ids"], width, pad_id, False) for e in chosen]),
+            "completion_mask": torch.cat([pad(e[1]["completion_mask"], width, 0, False) for e in chosen]),
+        }
+        return [e[0] for e in chosen], merged, [t for e in chosen for t in e[2]], torch.stack([e[3] for e in chosen])
+
+    def training_step(self, batch: list[str], batch_idx: int) -> dict[str, Any]:
+        prompts = list(batch)
+        self._batch = len(prompts)
+        self.generation_seconds = 0.0
+        if self.refill is not None:
+            prompts, rollout, texts, rewards = self.filtered(prompts)
+        else:
+            rollout, texts, rewards = self.score(prompts)
         # group-normalised advantages: (r - mean of the prompt's group) / (std of the group + eps)
         advantages = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
         advantages = advantages.reshape(-1, 1)
@@ -183,25 +254,65 @@ class GRPOModule(L.LightningModule):
         loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1)
         self.log("reward", rewards.mean(), prog_bar=True, batch_size=len(prompts))
         self.log("kl_beta", float(beta), batch_size=len(prompts))
-        return {"loss": loss, "rewards": rewards, "completions": texts, "temperature": self.temperature, **rollout}
+        self.log("rollouts_generated", float(self.rollouts_generated), batch_size=len(prompts))
+        return {
+            "loss": loss,
+            "rewards": rewards,
+            "completions": texts,
+            "temperature": self.temperature,
+            "prompts": prompts,
+            "generation_seconds": self.generation_seconds,
+            **rollout,
+        }
 
 
-def build(steps: int, kl_free: bool, beta: float, seed: int = 0) -> tuple[GRPOModule, PromptStream, LoraRLCallback]:
-    """The tiny local model (warmed up on the task's format), a LoRA adapter, prompts and the callback."""
+def build(
+    steps: int,
+    kl_free: bool,
+    beta: float,
+    seed: int = 0,
+    *,
+    sampling: str = "plain",
+    task: Any = None,
+    **options: Any,
+) -> tuple[GRPOModule, PromptStream, LoraRLCallback]:
+    """The tiny local model (warmed up on the task's format), a LoRA adapter, prompts and the callback.
+
+    ``sampling``: "plain", "informative" (skip prompts that taught nothing, before generation) or "filter"
+    (generate, drop zero-signal groups, refill). ``task``: an object with ``prompts(count, seed)``,
+    ``reward`` and ``reference_answers`` (default: the codebook task). ``options``: more callback options.
+    """
     from peft import LoraConfig, get_peft_model
 
     from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer
     from lora_rl_plugins.demo.task import CodebookTask
 
     L.seed_everything(seed, verbose=False)
-    tokenizer, task = build_tokenizer(), CodebookTask(seed=seed)
+    if sampling not in ("plain", "informative", "filter"):
+        raise ValueError(f"sampling must be 'plain', 'informative' or 'filter', got {sampling!r}")
+    tokenizer, codebook = build_tokenizer(), CodebookTask(seed=seed)
+    task = task or codebook
     base = build_tiny_model(seed=seed)
-    task.warm_up(base, tokenizer, seed=seed)
+    codebook.warm_up(base, tokenizer, seed=seed)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    module = GRPOModule(model, tokenizer, task.reward, beta=0.0 if kl_free else beta, sampling_seed=seed)
-    prompts = PromptStream(task.prompts(steps * 4, seed=seed), batch_size=4)
+    if task is codebook:
+        options = {"answer_extractor": task.answer, "answer_space_size": task.digits, **options}
     callback = LoraRLCallback(
-        answer_extractor=task.answer, answer_space_size=task.digits, kl_free=kl_free, load_entry_points=False
+        kl_free=kl_free,
+        load_entry_points=False,
+        informative_sampling=options.pop("informative_sampling", sampling == "informative"),
+        reference_answer=task.reference_answers,
+        **options,
+    )
+    texts = task.prompts(steps * 4, seed=seed)
+    prompts = PromptStream(texts, batch_size=4, sampler=callback.informative_sampler(texts, seed))
+    module = GRPOModule(
+        model,
+        tokenizer,
+        task.reward,
+        beta=0.0 if kl_free else beta,
+        sampling_seed=seed,
+        refill=prompts.draw if sampling == "filter" else None,
     )
     return module, prompts, callback
 
@@ -212,8 +323,14 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     parser.add_argument("--kl-free", action="store_true", help="no KL term; the callback's monitor is the guard rail")
     parser.add_argument("--beta", type=float, default=0.0)
     parser.add_argument("--logdir", default="lightning_logs")
+    parser.add_argument(
+        "--sampling",
+        default="plain",
+        choices=["plain", "informative", "filter"],
+        help="informative: skip prompts that taught nothing before generating; filter: generate, drop, refill",
+    )
     args = parser.parse_args(argv)
-    module, prompts, callback = build(args.steps, args.kl_free, args.beta)
+    module, prompts, callback = build(args.steps, args.kl_free, args.beta, sampling=args.sampling)
     trainer = L.Trainer(
         max_steps=args.steps,
         max_epochs=1,  # the prompt stream holds exactly max_steps batches: one epoch ("Epoch 0/0" in the bar)

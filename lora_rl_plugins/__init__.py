@@ -8,6 +8,7 @@ The rooms of the package:
 * ``kl``: the exact KL to the reference, its bounds, KL-free checks, and the monitor plugin;
 * ``serving``: vLLM's and Unsloth's LoRA rules, and the serving check plugin;
 * ``planning``: choosing a rank before training;
+* ``learning``: information absorbed on a probe set, the per-prompt ledger, informative sampling;
 * ``bridge``: what the integrations share (options, built-in set, translation into events);
 * ``integrations``: ``lora_rl_plugins.integrations.trl``, ``.lightning``, ``.unsloth``;
 * ``report``, ``demo``, ``cli``: the faces.
@@ -23,6 +24,7 @@ from .bandwidth.rewards import RewardValueError, RolloutShapeError
 from .bridge.builtin import make_plugin_manager
 from .bridge.options import PluginOptions
 from .kl.monitor import KLMonitorConfig, KLMonitorPlugin
+from .learning.plugin import LearningConfig, LearningPlugin, SignalExhaustedWarning
 from .lora.adapters import NotALoraModelError, summarize_adapter
 from .planning.rank import RankChoice, RunPlan, select_rank
 from .plugin.events import (
@@ -58,6 +60,8 @@ __all__ = [
     "BandwidthPlugin",
     "KLMonitorConfig",
     "KLMonitorPlugin",
+    "LearningConfig",
+    "LearningPlugin",
     "MetricInfo",
     "NotALoraModelError",
     "PluginHost",
@@ -71,6 +75,7 @@ __all__ = [
     "RunPlan",
     "RunStarted",
     "SetKLPenalty",
+    "SignalExhaustedWarning",
     "StepEnded",
     "StopTraining",
     "VLLMLoRAError",

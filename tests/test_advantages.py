@@ -282,9 +282,11 @@ def test_zero_information_groups_are_where_trls_advantages_are_zero(tmp_path, na
     pytest.importorskip("trl")
     trainer, seen, logged, k = run_case(tmp_path, name)
     assert len(seen) == 2 and len(logged) == 2
+    window = []
     for record, logged_frac in zip(seen, logged, strict=True):
         trl = record["trl_advantages"]
         trl_zero = [max(abs(a) for a in trl[g : g + k]) <= TRL_NOISE for g in range(0, len(trl), k)]
+        window.append((trl_zero.count(False), len(trl_zero)))
         ours = [account.zero_info for account in record["accounts"]]
         assert ours == trl_zero, (name, trl)
         assert logged_frac == pytest.approx(sum(trl_zero) / len(trl_zero))
@@ -297,6 +299,11 @@ def test_zero_information_groups_are_where_trls_advantages_are_zero(tmp_path, na
         assert reproduced.advantages == pytest.approx(trl, abs=TRL_NOISE)
         if name != "float32_ties":
             assert reproduced.frac_reward_zero_std == pytest.approx(record["trl_frac_zero_std"])
+    # the learning room's "informative" (ledger, signal exhaustion) is the same test against TRL's advantages
+    from lora_rl_plugins.integrations.trl import LoraRLCallback
+
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, LoraRLCallback))
+    assert callback.host.plugin("learning").window == window
     # each case holds the situation it stands for (its witness)
     groups = [
         (account, [row for row in r["batch"].rewards[g * k : (g + 1) * k]], r["trl_advantages"][g * k : (g + 1) * k])

@@ -25,6 +25,7 @@ FLOORS = {
     "kl": 2,
     "serving": 2,
     "planning": 3,
+    "learning": 3,
     "bridge": 4,
     "integrations": 5,
     "report": 5,

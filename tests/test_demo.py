@@ -14,5 +14,5 @@ def test_demo_command_prints_the_summary(capsys, tmp_path) -> None:
 
     assert main(["demo", "--steps", "3", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for line in ("reward", "bits per step", "bits delivered", "adapter", "rank advice"):
+    for line in ("reward", "signal per step", "signal", "absorbed", "to learn", "prompts", "adapter", "rank advice"):
         assert line in out

@@ -75,6 +75,18 @@ def test_trl_two_processes(tmp_path) -> None:
     # every process ends with the same plugin state
     assert ranks[0]["state"]["bandwidth"] == ranks[1]["state"]["bandwidth"]
     assert ranks[0]["state"]["kl_monitor"] == ranks[1]["state"]["kl_monitor"]
+    # the per-prompt ledger and the informative sampler's draws are the same on every process
+    learning = [r["state"]["learning"] for r in ranks]
+    assert learning[0] == learning[1]
+    saved = [
+        [e["learning/generation_seconds_saved"] for e in r["log_history"] if "learning/rollouts_skipped" in e]
+        for r in ranks
+    ]
+    assert saved[0] == saved[1] and saved[0][-1] > 0  # the slowest process's generation time, on both
+    assert learning[0]["skipped_prompts"] > 0
+    assert sum(e["visits"] for _, e in learning[0]["ledger"]["entries"]) == 4 * 3  # 3 groups of 8 per step
+    for i in range(4):  # the group split across the processes has one prompt: both drew the same prompts
+        assert len({*ranks[0]["calls"][i]["prompts"][8:], *ranks[1]["calls"][i]["prompts"][:4]}) == 1
     # groups of 8 over 2 x 12 rollouts: the middle group is split across the processes
     steps = [[(r["calls"][i]["rewards"], r["calls"][i]["completions"]) for r in ranks] for i in range(4)]
     expected = replay(steps, group_size=8)

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from lora_rl_plugins.demo.model import build_tiny_model  # noqa: E402
 from lora_rl_plugins.kl.bounds import single_layer_kl_bound, update_norms  # noqa: E402
-from lora_rl_plugins.kl.measure import LogitsSource, measure_kl  # noqa: E402
+from lora_rl_plugins.kl.measure import LogitsSource, measure_kl, token_log_probs  # noqa: E402
 from lora_rl_plugins.kl.monitor import KLMonitorConfig, KLMonitorPlugin  # noqa: E402
 from lora_rl_plugins.lora.adapters import lora_layers, summarize_adapter  # noqa: E402
 from lora_rl_plugins.plugin.events import AdapterReady, PolicySample, RunStarted  # noqa: E402
@@ -136,6 +136,35 @@ def test_kl_equals_the_models_own_logits(family, chunk) -> None:
     assert sums.sequence_kl / sums.sequences == pytest.approx(expected["seq"], rel=rel)
     assert sums.certificate >= sums.kl
     assert model.training  # restored
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("chunk", [1, 2**23])
+def test_token_log_probs_equal_the_models_own_logits(family, chunk) -> None:
+    """The learning room's log-probabilities ride the same checked logits source: head and forward paths."""
+    model = family_model(family)
+    ids, attention, mask = batch()
+    source = LogitsSource()
+    policy, reference = token_log_probs(
+        model, ids, attention, mask, temperature=0.7, max_chunk_elements=chunk, logits_source=source
+    )
+    assert (source.mode, source.softcap) == FAMILIES[family][3:]
+    assert policy.dtype == reference.dtype == torch.float64 and policy.shape == (ids.shape[0],)
+    c = mask.shape[1]
+    with torch.no_grad():
+        model.eval()
+        expected = []
+        for disabled in (False, True):
+            with model.disable_adapter() if disabled else torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=attention).logits
+            logp = torch.log_softmax(logits[:, -c - 1 : -1].double() / 0.7, dim=-1)
+            expected.append((logp.gather(-1, ids[:, -c:].unsqueeze(-1)).squeeze(-1) * mask).sum(-1))
+        model.train()
+    assert policy.tolist() == pytest.approx(expected[0].tolist(), rel=1e-5)
+    assert reference.tolist() == pytest.approx(expected[1].tolist(), rel=1e-5)
+    assert model.training  # restored
+    empty_policy, empty_reference = token_log_probs(model, ids[:0], attention[:0], mask[:0], logits_source=source)
+    assert empty_policy.shape == empty_reference.shape == (0,)  # a process with no probes still joins
 
 
 @pytest.mark.parametrize("family", ["cohere", "granite", "falcon_h1"])

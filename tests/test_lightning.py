@@ -199,6 +199,47 @@ def test_example_runs_and_reward_rises(tmp_path, capsys) -> None:
     assert "reward" in capsys.readouterr().out
 
 
+def test_informative_sampling_ledger_survives_resume(tmp_path) -> None:
+    def run(extra_callbacks=(), ckpt_path=None):
+        module, prompts, callback = lightning_grpo.build(
+            steps=8, kl_free=True, beta=0.0, sampling="informative", skip_after=1, revisit=0.0, skip_unsolved=True
+        )
+        trainer = L.Trainer(
+            max_steps=8,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[callback, *extra_callbacks],
+            enable_checkpointing=bool(extra_callbacks),
+        )
+        trainer.fit(module, prompts, ckpt_path=ckpt_path)
+        return callback
+
+    straight = run()
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1)
+    run([checkpoint, Interrupt(4)])
+    resumed = run(ckpt_path=str(tmp_path / "epoch=0-step=4.ckpt"))
+    left, right = (c.host.plugin("learning") for c in (straight, resumed))
+    assert right.ledger.get_state() == left.ledger.get_state()
+    assert right.skipped_prompts == left.skipped_prompts > 0
+    assert left.seconds_per_rollout > 0  # the module reports its generation time
+    assert sum(e.visits for e in left.ledger.entries.values()) == 8 * 4
+    assert left.values["absorbed_bits"] <= left.values["answer_bits"]
+
+
+def test_after_generation_filter_refills_zero_signal_groups(tmp_path) -> None:
+    module, prompts, callback = lightning_grpo.build(steps=6, kl_free=True, beta=0.0, sampling="filter")
+    trainer = trainer_for(callback, 6, tmp_path)
+    trainer.fit(module, prompts)
+    assert module.rollouts_generated > 6 * 4 * module.generations  # refills generated more
+    ledger = callback.host.plugin("learning").ledger
+    assert sum(e.visits for e in ledger.entries.values()) == 6 * 4  # batches stay full: 4 groups a step
+    rows = read_metrics(trainer)
+    assert column(rows, "rollouts_generated")[-1] == module.rollouts_generated
+
+
 def test_module_declares_its_advantage_settings_and_zero_information_follows_them(tmp_path) -> None:
     module, prompts, _ = lightning_grpo.build(steps=3, kl_free=True, beta=0.0)
     module.__class__ = Recording

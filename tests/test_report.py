@@ -50,11 +50,11 @@ def test_figures_carry_the_right_series(trl_run) -> None:
     run = load_run(trl_run)
     assert run.kind == "run log"  # lora_rl_metrics.jsonl, read before trainer_state.json
     figures = build_figures(run)
-    assert set(figures) == {"bits", "per_step", "reward", "kl"}
+    assert set(figures) == {"bits", "per_step", "reward", "kl", "ledger"}
     bits = lines_of(figures["bits"])
-    assert list(bits["bits delivered (estimate)"].get_ydata()) == run.through_end("bandwidth/bits_total")[1]
-    assert list(bits["upper bound on bits delivered"].get_ydata()) == run.through_end("bandwidth/bound_total")[1]
-    assert bits["bits delivered (estimate)"].get_xdata()[-1] == run.last_step == 12
+    assert list(bits["signal, summed over steps (estimate)"].get_ydata()) == run.through_end("bandwidth/bits_total")[1]
+    assert list(bits["upper bound on the signal"].get_ydata()) == run.through_end("bandwidth/bound_total")[1]
+    assert bits["signal, summed over steps (estimate)"].get_xdata()[-1] == run.last_step == 12
     rank = int(run.last("bandwidth/adapter_rank"))
     assert rank == 4
     capacity = run.last("bandwidth/capacity_bits")
@@ -111,8 +111,11 @@ def test_report_is_written_and_deterministic(trl_run, tmp_path) -> None:
     for name in ("bits", "per_step", "reward", "kl"):
         assert (tmp_path / "a" / f"{name}.png").read_bytes() == (tmp_path / "b" / f"{name}.png").read_bytes()
     page = first.read_text()
-    assert page.count("data:image/png;base64,") == 4  # self-contained
+    assert page.count("data:image/png;base64,") == 5  # self-contained
     assert "Rank advice" in page and "bandwidth/bits_total" in page and "estimate" in page
+    assert "learning/informative_frac" in page
+    ledger = build_figures(load_run(trl_run))["ledger"]
+    assert len(ledger.axes[0].collections) == 3  # solved, informative, unsolved, stacked
 
 
 def test_report_reads_checkpoints_of_a_running_run(tmp_path) -> None:
@@ -224,4 +227,4 @@ def test_live_view_in_the_progress_bar_and_the_printed_log(tmp_path, capsys) -> 
     printed.add_callback(LoraRLCallback(printed, load_entry_points=False))
     printed.train()
     out = capsys.readouterr().out
-    assert out.count("lora-rl step") == 1 and "lora-rl step 3: bits" in out  # at the logging interval only
+    assert out.count("lora-rl step") == 1 and "lora-rl step 3: signal" in out  # at the logging interval only

@@ -147,9 +147,10 @@ def run(tmp_path_factory):
 def test_the_summary_names_the_model_and_shows_completions(run) -> None:
     _, _, _, task, summary = run
     assert "SmolLM2-135M-Instruct, single-digit addition, 3 steps" in summary
-    for line in ("reward", "bits per step", "bits delivered", "adapter", "rank advice", "policy drift"):
+    for line in ("reward", "signal per step", "signal", "adapter", "rank advice", "policy drift"):
         assert line in summary
-    assert "task entropy" not in summary  # no single number of bits for this task
+    assert "    to learn" not in summary  # no single number of bits, and no reference answers, for this task
+    assert "    absorbed" not in summary
     assert "batch   1:" in task.format_samples() and "batch   3:" in task.format_samples()
 
 

@@ -39,7 +39,7 @@ CAPACITY_THRESHOLDS = (0.5, 1.0)
 
 
 class CapacityWarning(UserWarning):
-    """The run's information estimate approaches or exceeds the adapter's capacity."""
+    """The run's signal estimate approaches or exceeds the adapter's capacity."""
 
 
 class RewardLevelsWarning(UserWarning):
@@ -65,9 +65,10 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "bits_step",
         "estimate",
         "bits",
-        "Σ over this step's groups with non-zero advantages of min(n·H(pattern of the trainer's advantages), group "
-        "bound); with a continuous reward and no declared levels every rollout is its own class, so each group "
-        "scores K·log2 K whatever the rewards (ContinuousRewardWarning)",
+        "signal rate: Σ over this step's groups with non-zero advantages of min(n·H(pattern of the trainer's "
+        "advantages), group bound), what the rewards could distinguish this step; not information the policy "
+        "absorbed (that is learning/absorbed_bits); with a continuous reward and no declared levels every rollout "
+        "is its own class, so each group scores K·log2 K whatever the rewards (ContinuousRewardWarning)",
         "mean",
     ),
     _m(
@@ -77,7 +78,13 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "Σ over this step's groups of the group bound: D·log2 L, or log2(M+1) for binary rewards with answers",
         "mean",
     ),
-    _m("bits_total", "estimate", "bits", "bits_step summed over the run"),
+    _m(
+        "bits_total",
+        "estimate",
+        "bits",
+        "signal summed over the run: a lesson repeated at every step is counted at every step, so it can exceed "
+        "what there was to learn; not task information",
+    ),
     _m(
         "bound_total",
         "bound",
@@ -297,7 +304,7 @@ class BandwidthPlugin:
     def summary_line(self) -> str | None:
         if not self.steps:
             return None
-        line = f"bits {self.bits_total:,.0f} (bound {self.bound_total:,.0f})"
+        line = f"signal {self.bits_total:,.0f} bits (bound {self.bound_total:,.0f})"
         if "continuous" in self.warned:
             line += " [continuous reward, no levels declared: K·log2 K per group]"
         capacity = self.capacity_bits
@@ -545,7 +552,7 @@ class BandwidthPlugin:
                 rank = self.adapter.max_rank if self.adapter else "?"
                 self._warn_once(
                     key,
-                    f"lora_rl_plugins: the run has delivered an estimated {self.bits_total:,.0f} bits, "
+                    f"lora_rl_plugins: the run has delivered an estimated {self.bits_total:,.0f} bits of signal, "
                     f"{used:.0%} of the adapter's capacity ({capacity:,.0f} bits at "
                     f"{self.config.bits_per_param:g} bits/parameter, rank {rank}). "
                     f"Projected over the run: {self.projected_bits:,.0f} bits; the smallest rank that holds them "

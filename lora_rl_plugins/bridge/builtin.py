@@ -8,18 +8,20 @@ import pluggy
 
 from ..bandwidth.plugin import BandwidthConfig, BandwidthPlugin
 from ..kl.monitor import KLMonitorConfig, KLMonitorPlugin
+from ..learning.plugin import LearningConfig, LearningPlugin
 from ..plugin.host import build_plugin_manager
 from ..serving.plugin import ServingConfig, VLLMServingCheck
 
 __all__ = ["BUILTIN_NAMES", "default_builtins", "make_plugin_manager"]
 
-BUILTIN_NAMES = ("bandwidth", "kl_monitor", "vllm_serving")
+BUILTIN_NAMES = ("bandwidth", "kl_monitor", "vllm_serving", "learning")
 
 
 def default_builtins(
     bandwidth: BandwidthConfig | None = None,
     kl_monitor: KLMonitorConfig | None = None,
     serving: ServingConfig | None = None,
+    learning: LearningConfig | None = None,
     *,
     kl_required: bool = False,
 ) -> dict[str, object]:
@@ -32,6 +34,7 @@ def default_builtins(
         "bandwidth": BandwidthPlugin(bandwidth),
         "kl_monitor": KLMonitorPlugin(kl_monitor, required=kl_required),
         "vllm_serving": VLLMServingCheck((serving or ServingConfig()).vllm_serving),
+        "learning": LearningPlugin(learning),
     }
 
 

@@ -14,6 +14,8 @@ A GRPO module returns a dict from ``training_step`` (``G`` prompts, ``K`` genera
         "completions": [N texts], "answers": [N answers],
         "token_rewards": [N, C] per-token rewards (with completion_mask),
         "temperature": sampling temperature (default 1.0),
+        "prompts": [G prompts] (text or chat messages; the per-prompt ledger keys them),
+        "generation_seconds": wall seconds spent generating this batch (for learning/generation_seconds_saved),
     }
 
 Values may be tensors (any device) or nested lists. ``parse_grpo_output`` returns a
@@ -50,7 +52,8 @@ ADVANTAGE_ATTRIBUTES = ("scale_rewards", "multi_objective_aggregation", "advanta
 CONTRACT = (
     'training_step must return {"loss": ..., "rewards": [groups, generations]} (plus optional "prompt_ids", '
     '"prompt_mask", "completion_ids", "completion_mask" of shape [groups*generations, length], "completions", '
-    '"answers", "reward_components", "reward_weights", "token_rewards", "temperature"); see '
+    '"answers", "reward_components", "reward_weights", "token_rewards", "temperature", "prompts" [groups], '
+    '"generation_seconds"); see '
     "lora_rl_plugins.bridge.grpo_output"
 )
 
@@ -77,6 +80,9 @@ class GRPOReport:
     token_rewards: list[list[float]] | None
     temperature: float
     sequences: tuple[Any, Any, Any, Any] | None
+    prompts: list[Any] | None = None
+    """One prompt per rollout (each group's prompt repeated K times), when the module returned them."""
+    generation_seconds: float | None = None
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -175,6 +181,8 @@ def parse_grpo_output(outputs: Any) -> GRPOReport:
     for key in ("completions", "answers"):
         if key in outputs and len(outputs[key]) != rollouts:
             raise GRPOOutputError(f"'{key}' has {len(outputs[key])} entries for {rollouts} rollouts. {CONTRACT}")
+    if "prompts" in outputs and len(outputs["prompts"]) != groups:
+        raise GRPOOutputError(f"'prompts' has {len(outputs['prompts'])} entries for {groups} groups. {CONTRACT}")
     return GRPOReport(
         rewards=rewards,
         reward_names=names,
@@ -186,6 +194,8 @@ def parse_grpo_output(outputs: Any) -> GRPOReport:
         token_rewards=_token_rewards(outputs, rollouts) if "token_rewards" in outputs else None,
         temperature=float(outputs.get("temperature", 1.0)),
         sequences=_sequences(outputs),
+        prompts=[p for p in outputs["prompts"] for _ in range(generations)] if "prompts" in outputs else None,
+        generation_seconds=float(outputs["generation_seconds"]) if "generation_seconds" in outputs else None,
     )
 
 

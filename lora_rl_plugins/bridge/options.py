@@ -18,6 +18,7 @@ from typing import Any
 
 from ..bandwidth.plugin import BandwidthConfig
 from ..kl.monitor import KLMonitorConfig
+from ..learning.plugin import LearningConfig
 from ..plugin.config import OptionDoc, option, option_docs
 from ..plugin.host import PluginHost
 from ..serving.plugin import ServingConfig
@@ -62,6 +63,7 @@ OPTION_GROUPS: tuple[tuple[str, type], ...] = (
     ("bandwidth", BandwidthConfig),
     ("kl_monitor", KLMonitorConfig),
     ("serving", ServingConfig),
+    ("learning", LearningConfig),
     ("host", HostConfig),
 )
 
@@ -105,6 +107,7 @@ class PluginOptions:
         self.bandwidth = BandwidthConfig(**by_group["bandwidth"])
         self.kl_monitor = KLMonitorConfig(**by_group["kl_monitor"])
         self.serving = ServingConfig(**by_group["serving"])
+        self.learning = LearningConfig(**by_group["learning"])
         self.host = HostConfig(**by_group["host"])
 
     @property
@@ -120,7 +123,9 @@ class PluginOptions:
 
     def build_host(self) -> PluginHost:
         """A plugin host with the configured built-ins, ``plugins`` and entry-point plugins."""
-        builtins = default_builtins(self.bandwidth, self.kl_monitor, self.serving, kl_required=self.kl_requested)
+        builtins = default_builtins(
+            self.bandwidth, self.kl_monitor, self.serving, self.learning, kl_required=self.kl_requested
+        )
         pm = make_plugin_manager(
             builtins, extra=self.host.plugins, block=self.host.block, load_entry_points=self.host.load_entry_points
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from ..learning.ledger import prompt_key
 from ..lora.adapters import summarize_adapter
 from ..plugin.collective import Collective
 from ..plugin.events import AdapterReady, AdapterSummary, PolicySample, RolloutsScored, RunStarted
@@ -14,14 +15,17 @@ from ..plugin.host import PluginHost
 __all__ = ["policy_sample", "rollouts_scored", "start_run"]
 
 
-def start_run(host: PluginHost, run: RunStarted, model: Any, engine_model: Any = None) -> AdapterSummary:
+def start_run(
+    host: PluginHost, run: RunStarted, model: Any, engine_model: Any = None, *, tokenizer: Any = None
+) -> AdapterSummary:
     """``on_run_start`` then ``on_adapter_ready`` (the hook order every integration follows).
 
     ``engine_model`` is the distributed engine's wrapper around ``model`` where there is one
-    (FSDP1 keeps the true parameter shapes there)."""
+    (FSDP1 keeps the true parameter shapes there); ``tokenizer`` is the trainer's tokenizer where
+    it has one (the learning plugin's probes need it)."""
     host.on_run_start(run)
     adapter = summarize_adapter(model, engine_model=engine_model)
-    host.on_adapter_ready(AdapterReady(adapter, model, engine_model))
+    host.on_adapter_ready(AdapterReady(adapter, model, tokenizer=tokenizer, engine_model=engine_model))
     return adapter
 
 
@@ -37,12 +41,19 @@ def rollouts_scored(
     answers: Sequence[Hashable] | None = None,
     token_rewards: Sequence[Sequence[float]] | None = None,
     rewards_gathered: bool = False,
+    prompts: Sequence[Any] | None = None,
+    prompt_keys: Sequence[Hashable] | None = None,
+    generation_seconds: float | None = None,
 ) -> RolloutsScored:
     """A ``RolloutsScored`` with every process's rollouts in process order.
 
     Each per-rollout list given for this process only is gathered through ``collective``;
     ``rewards_gathered=True`` says the trainer already gathered the rewards (TRL does).
-    Every process must call this with the same set of arguments present.
+    Every process must call this with the same set of arguments present. ``prompts`` (one per
+    rollout) also give the prompt keys (``prompt_key``) where ``prompt_keys`` are not given.
+    ``generation_seconds`` (this process's wall seconds generating its share) becomes the largest
+    over the processes (they generate in parallel: the batch's wall time), so the event, and every
+    plugin state built from it, is the same on every process.
     """
 
     def gather(values: Sequence[Any] | None) -> list[Any] | None:
@@ -57,6 +68,9 @@ def rollouts_scored(
         completions=gather(completions),
         answers=gather(answers),
         token_rewards=gather(token_rewards),
+        prompt_keys=gather(prompt_keys if prompt_keys is not None or prompts is None else map(prompt_key, prompts)),
+        prompts=gather(prompts),
+        generation_seconds=None if generation_seconds is None else collective.max([float(generation_seconds)])[0],
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "SUPPORTED_TRL",
     "UnsupportedTRLError",
+    "check_informative_sampling",
     "check_trl_grpo_trainer",
     "trl_contract_problems",
 ]
@@ -40,6 +41,8 @@ ATTRIBUTES = (
     "num_iterations",
     "_metrics",
 )
+#: The method informative sampling wraps (called with an optional dataset, returns TRL's RepeatSampler).
+SAMPLER_METHOD = "_get_train_sampler"
 #: Keys the callback reads from ``_generate_and_score_completions``' output.
 OUTPUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
 
@@ -109,4 +112,18 @@ def check_trl_grpo_trainer(trainer: Any, trl_version: str) -> None:
             + ": "
             + "; ".join(problems)
             + f". Install a supported TRL: pip install 'trl{SUPPORTED_TRL}'."
+        )
+
+
+def check_informative_sampling(trainer: Any) -> None:
+    """Refuse informative sampling where the trainer has no ``_get_train_sampler`` to wrap.
+
+    Raises:
+        UnsupportedTRLError: ``GRPOTrainer._get_train_sampler`` is missing (the message says to turn
+            ``informative_sampling`` off).
+    """
+    if not callable(getattr(trainer, SAMPLER_METHOD, None)):
+        raise UnsupportedTRLError(
+            f"informative_sampling=True wraps GRPOTrainer.{SAMPLER_METHOD}, which this TRL does not have: turn "
+            "informative_sampling off, or install a supported TRL: pip install 'trl" + SUPPORTED_TRL + "'."
         )

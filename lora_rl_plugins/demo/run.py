@@ -2,8 +2,9 @@
 
 Trains the tiny local model (no download) for a few hundred steps on 2 CPU cores, or another
 ``DemoSetup`` (``demo/smollm2.py``: SmolLM2-135M-Instruct on addition), and prints what the run
-learned: reward curve, bits per step and in total (estimate and bound), adapter capacity and the
-smallest rank that would have held the bits.
+learned: reward curve, the signal per step and in total (estimate and bound), the bits absorbed on
+the probe set where the task has reference answers, adapter capacity and the smallest rank that
+would have held the signal.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class DemoResult:
     reward: list[float] = field(default_factory=list)
     bits_step: list[float] = field(default_factory=list)
     zero_info_frac: list[float] = field(default_factory=list)
+    absorbed: list[tuple[int, float]] = field(default_factory=list)
+    """(step, learning/absorbed_bits) at each probe measurement."""
     final: dict[str, float] = field(default_factory=dict)
     rank: int = 8
     bits_to_learn: float | None = 0.0
@@ -139,7 +142,11 @@ def run_demo(
             result.reward.append(float(entry["reward"]))
             result.bits_step.append(float(entry["bandwidth/bits_step"]))
             result.zero_info_frac.append(float(entry.get("bandwidth/zero_info_frac", float("nan"))))
-            result.final = {k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/"))}
+            result.final = {
+                k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/", "learning/"))
+            }
+        if "learning/absorbed_bits" in entry and entry.get("learning/probe_step") == entry.get("step"):
+            result.absorbed.append((int(entry["step"]), float(entry["learning/absorbed_bits"])))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -198,6 +205,12 @@ def _trend(values: list[float], spec: str) -> str:
     return f"{sum(first) / len(first):{spec}} -> {sum(last) / len(last):{spec}}"
 
 
+def _margin(final: dict[str, float], rank: int) -> float:
+    """Capacity at the advised rank / the projected signal."""
+    advised = final["bandwidth/capacity_bits"] * final["bandwidth/rank_sufficient"] / max(rank, 1)
+    return advised / max(final["bandwidth/projected_bits"], 1.0)
+
+
 def format_summary(result: DemoResult) -> str:
     """A readable report of the demo run."""
     final = result.final
@@ -207,21 +220,43 @@ def format_summary(result: DemoResult) -> str:
         f"in {result.seconds:.0f} s",
         "",
         f"  reward          {_trend(result.reward, '.2f')}   {sparkline(result.reward, low=0.0, high=1.0)}",
-        f"  bits per step   {_trend(result.bits_step, '.1f')}   {sparkline(result.bits_step, low=0.0)}   (estimate)",
+        f"  signal per step {_trend(result.bits_step, '.1f')}   {sparkline(result.bits_step, low=0.0)}   "
+        "(bits, estimate: what the rewards could distinguish)",
         f"  zero-info groups {_trend(result.zero_info_frac, '.0%')}   "
         "(groups whose rewards were all equal teach nothing)",
         "",
-        f"  bits delivered  {final.get('bandwidth/bits_total', 0):,.0f} (estimate)   "
-        f"<= {final.get('bandwidth/bound_total', 0):,.0f} (bound)",
+        "  the chain, in bits (bound >= signal >= absorbed <= what there was to learn):",
+        f"    bound         {final.get('bandwidth/bound_total', 0):,.0f}   structural bound on the reward stream",
+        f"    signal        {final.get('bandwidth/bits_total', 0):,.0f}   (estimate) summed over steps: a lesson "
+        "repeated is counted again",
     ]
-    if result.bits_to_learn is not None:
-        lines.append(f"  task entropy    {result.bits_to_learn:.1f} bits (what the codebook holds)")
+    if "learning/absorbed_bits" in final:
+        curve = [bits for _, bits in result.absorbed]
+        uniform = f" ({result.bits_to_learn:.1f} bits if it were uniform)" if result.bits_to_learn is not None else ""
+        lines += [
+            f"    absorbed      {final['learning/absorbed_bits']:.1f}   (exact) Σ log2 π(answer|probe) − "
+            f"log2 π_base(answer|probe) over the probe set   "
+            f"{sparkline(curve, low=0.0, high=final['learning/answer_bits'])}",
+            f"    to learn      {final['learning/answer_bits']:.1f}   (exact) Σ −log2 π_base(answer|probe): the "
+            f"answers under the base model{uniform}",
+        ]
+    elif result.bits_to_learn is not None:
+        lines.append(f"    to learn      {result.bits_to_learn:.1f}   what the task holds (uniform answers)")
+    if "learning/prompts_seen" in final:
+        lines.append(
+            f"  prompts         {final.get('learning/solved_frac', 0):.0%} solved, "
+            f"{final.get('learning/informative_frac', 0):.0%} informative, "
+            f"{final.get('learning/unsolved_frac', 0):.0%} unsolved "
+            f"(of {final['learning/prompts_seen']:.0f} seen, at their latest visit)"
+        )
     if "bandwidth/capacity_bits" in final:
         lines += [
             f"  adapter         {final['bandwidth/capacity_bits']:,.0f} bits of capacity at r={result.rank} "
-            f"(32 bits/parameter); used {format_percent(final['bandwidth/capacity_used'])}",
+            f"(32 bits/parameter); the signal fills {format_percent(final['bandwidth/capacity_used'])} of it",
             f"  rank advice     r={int(final['bandwidth/rank_sufficient'])} would hold the "
-            f"{final['bandwidth/projected_bits']:,.0f} bits this run delivered",
+            f"{final['bandwidth/projected_bits']:,.0f} bits of signal with a margin of "
+            f"{_margin(final, result.rank):,.0f}x (capacity at that rank / signal); the signal is an upper "
+            "estimate of what is stored",
         ]
     if "kl_monitor/kl_mean" in final:
         lines.append(

@@ -46,5 +46,9 @@ def tiny_setup(seed: int = 0) -> DemoSetup:
         tokenizer=tokenizer,
         task=task,
         description="the codebook task",
-        callback_options={"answer_extractor": task.answer, "answer_space_size": task.digits},
+        callback_options={
+            "answer_extractor": task.answer,
+            "answer_space_size": task.digits,
+            "reference_answer": task.reference_answers,  # probes: every codebook digit (learning/absorbed_bits)
+        },
     )

@@ -38,6 +38,11 @@ class CodebookTask:
 
         return Dataset.from_dict({"prompt": self.prompts(count, seed)})
 
+    @property
+    def reference_answers(self) -> dict[str, str]:
+        """Prompt "d=" -> code[d] for every digit: the probe set whose answers hold the whole codebook."""
+        return {f"{d}=": self.code[str(d)] for d in range(self.digits)}
+
     @staticmethod
     def answer(completion: Any) -> str | None:
         """The final answer of a completion: its first character, or None when it is empty."""

@@ -14,6 +14,7 @@ No math or parsing lives here: everything is translated into the core's events.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lightning.pytorch import Callback
@@ -28,6 +29,7 @@ from lora_rl_plugins.bridge.grpo_output import (
 from lora_rl_plugins.bridge.options import PluginOptions
 from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
+from lora_rl_plugins.learning.ledger import prompt_key
 from lora_rl_plugins.plugin.collective import TensorCollective
 from lora_rl_plugins.plugin.events import RunStarted, StepEnded
 
@@ -91,6 +93,17 @@ class LoraRLCallback(Callback):
         penalty = self.host.requests.kl_beta
         return penalty if penalty is not None else beta
 
+    def informative_sampler(self, prompts: Sequence[Any], seed: int = 0) -> Callable[[int], list[int]] | None:
+        """With ``informative_sampling=True``: a function count -> the indices into ``prompts`` of the next
+        batch, drawn by the learning plugin (prompts that taught nothing on their last visits skipped before
+        generation; the same on every process; its position is saved with the callback's state). None when
+        informative sampling is off."""
+        learning = self.host.plugin("learning")
+        if not self.options.learning.informative_sampling or learning is None:
+            return None
+        learning.make_selector(lambda index: prompt_key(prompts[index]), len(prompts), seed)
+        return lambda count: learning.draw(count)
+
     @property
     def state_key(self) -> str:
         return self._generate_state_key(model_attribute=self.model_attribute)
@@ -106,7 +119,7 @@ class LoraRLCallback(Callback):
             world_size=trainer.world_size,
             options={"beta": self.kl_beta(0.0), **advantage_options(pl_module)},
         )
-        start_run(self.host, run, self._policy(pl_module))
+        start_run(self.host, run, self._policy(pl_module), tokenizer=getattr(pl_module, "tokenizer", None))
         if self.options.host.run_log and trainer.is_global_zero:
             self._run_log = RunLogWriter(self.log_dir(trainer), self.host.describe_metrics(), source="lightning")
             self._run_log.open(resume_step=trainer.global_step)
@@ -169,6 +182,8 @@ class LoraRLCallback(Callback):
             completions=report.completions,
             answers=report.answers,
             token_rewards=report.token_rewards,
+            prompts=report.prompts,
+            generation_seconds=report.generation_seconds,
         )
         self.host.on_rollouts_scored(batch)
 

@@ -17,6 +17,7 @@ Its state is saved in checkpoints through transformers' ``ExportableState`` (see
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,8 +27,10 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
 from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
 from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
-from lora_rl_plugins.bridge.trl_contract import check_trl_grpo_trainer
+from lora_rl_plugins.bridge.trl_contract import check_informative_sampling, check_trl_grpo_trainer
 from lora_rl_plugins.kl.kl_free import check_kl_free
+from lora_rl_plugins.learning.ledger import prompt_key
+from lora_rl_plugins.learning.sampling import InformativeRepeatSampler
 from lora_rl_plugins.plugin.collective import TensorCollective
 from lora_rl_plugins.plugin.events import RunStarted, StepEnded
 
@@ -112,6 +115,9 @@ class LoraRLCallback(TrainerCallback):
         trainer.add_callback(self.checkpoint_state)
         self._wrap_reward_calculation(trainer)
         self._wrap_generation(trainer)
+        self._generation_started: float | None = None
+        if self.options.learning.informative_sampling and self.host.plugin("learning") is not None:
+            self._install_informative_sampler(trainer)
 
     # -- trainer events -> hooks ---------------------------------------------------------------
     def on_train_begin(
@@ -147,7 +153,7 @@ class LoraRLCallback(TrainerCallback):
         self._collective = accelerate_collective(trainer.accelerator)
         # The engine's wrapper (DDP, FSDP1 root, DeepSpeed engine), for sharded parameters: see lora.sharding.
         self._engine_model = getattr(trainer, "model_wrapped", None)
-        start_run(self.host, run, model, self._engine_model)
+        start_run(self.host, run, model, self._engine_model, tokenizer=getattr(trainer, "processing_class", None))
         self._metric_infos = self.host.describe_metrics()
         if self.options.host.run_log and state.is_world_process_zero:
             self._run_log = RunLogWriter(args.output_dir, self._metric_infos, source="trl")
@@ -186,6 +192,8 @@ class LoraRLCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.host.on_run_end()
+        # the final plugin state (the per-prompt ledger) reaches trainer_state.json even without checkpoints
+        state.stateful_callbacks[type(self.checkpoint_state).__name__] = self.checkpoint_state.state()
         if self._run_log is not None:
             self._run_log.close()
 
@@ -196,7 +204,7 @@ class LoraRLCallback(TrainerCallback):
         def calculate_rewards(inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
             rewards_per_func = original(inputs, prompts, completions, completion_ids_list)
             if trainer.model.training:  # evaluation rollouts train nothing
-                self._rollouts_scored(rewards_per_func, completions)
+                self._rollouts_scored(rewards_per_func, completions, prompts)
             return rewards_per_func
 
         trainer._calculate_rewards = calculate_rewards
@@ -209,6 +217,7 @@ class LoraRLCallback(TrainerCallback):
             if beta is not None:
                 # Between generation batches, so every buffered batch has reference log-probs if beta > 0.
                 trainer.beta = beta
+            self._generation_started = time.perf_counter()
             output = original(inputs)
             if trainer.model.training:
                 self._policy_sampled(output)
@@ -233,8 +242,9 @@ class LoraRLCallback(TrainerCallback):
         )
         self.host.on_policy_sampled(sample)
 
-    def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any]) -> None:
+    def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any], prompts: list[Any]) -> None:
         trainer = self.trainer
+        started, self._generation_started = self._generation_started, None
         batch = rollouts_scored(
             self._collective,
             step=trainer.state.global_step + 1,
@@ -244,8 +254,26 @@ class LoraRLCallback(TrainerCallback):
             reward_weights=trainer.reward_weights.float().cpu().tolist(),
             group_size=trainer.num_generations,
             completions=completions,
+            prompts=prompts,
+            generation_seconds=None if started is None else time.perf_counter() - started,
         )
         self.host.on_rollouts_scored(batch)
+
+    def _install_informative_sampler(self, trainer: Any) -> None:
+        """Draw each generation batch's prompts through the learning plugin (informative sampling):
+        TRL's ``RepeatSampler`` layout (each prompt ``num_generations`` times, each chunk repeated for
+        ``steps_per_generation`` × ``num_iterations``), prompts chosen by the core."""
+        check_informative_sampling(trainer)
+        learning = self.host.plugin("learning")
+        original = trainer._get_train_sampler
+
+        def get_train_sampler(dataset: Any = None) -> Any:
+            base = original(dataset)
+            data = trainer.train_dataset if dataset is None else dataset
+            learning.make_selector(lambda index: prompt_key(data[index]["prompt"]), len(data), trainer.args.seed)
+            return InformativeRepeatSampler(base, learning)
+
+        trainer._get_train_sampler = get_train_sampler
 
     def _publish(self, metrics: Mapping[str, float]) -> None:
         """Put metrics into TRL's metric store: per-step ones are averaged over the logging window."""

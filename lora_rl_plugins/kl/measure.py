@@ -27,6 +27,7 @@ same collective calls whatever its local batch.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -36,7 +37,14 @@ from .bounds import hoeffding_certificate
 from .engine import forward_target, hidden_states, nonempty_batch, output_logits
 from .reference import ReferencePolicy
 
-__all__ = ["DEFAULT_MAX_CHUNK_ELEMENTS", "KLSums", "LogitsSource", "LogitsSourceError", "measure_kl"]
+__all__ = [
+    "DEFAULT_MAX_CHUNK_ELEMENTS",
+    "KLSums",
+    "LogitsSource",
+    "LogitsSourceError",
+    "measure_kl",
+    "token_log_probs",
+]
 
 #: Upper limit on B x positions x vocabulary values per float64 tensor of one chunk (64 MiB each; a
 #: chunk holds about four such tensors at once, plus the model-dtype logits of both policies).
@@ -282,57 +290,27 @@ def measure_kl(
 
     reference = reference or ReferencePolicy()
     input_ids, attention_mask, completion_mask = nonempty_batch(input_ids, attention_mask, completion_mask)
-    source = logits_source if logits_source is not None else LogitsSource()
-    base, body, head = _body_and_head(model)
     rows = input_ids.shape[0]
-    completion = completion_mask.shape[1]
     mask = completion_mask.bool()
-    targets = input_ids[:, -completion:]
+    targets = input_ids[:, -mask.shape[1] :]
     sums = KLSums()
     per_sequence = torch.zeros(rows, dtype=torch.float64, device=input_ids.device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            source.resolve(model, input_ids, attention_mask, engine_model)
-            if source.mode == "head":
-                _measure_head(
-                    model,
-                    engine_model,
-                    body,
-                    head,
-                    source,
-                    input_ids,
-                    attention_mask,
-                    mask,
-                    targets,
-                    reference,
-                    temperature,
-                    max_chunk_elements,
+            for block, start, stop, logits, ref_logits, features in _logit_chunks(
+                model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
+            ):
+                _accumulate(
                     sums,
-                    per_sequence,
-                )
-            else:
-                if is_sharded(model, engine_model):
-                    raise LogitsSourceError(
-                        f"{type(base).__name__} transforms its logits beyond its output layer, and under FSDP/ZeRO-3 "
-                        "the KL monitor measures through the output layer only (its chunked forward path would make "
-                        "different collective calls on different processes). Block the monitor "
-                        "(block=['kl_monitor']) for this run, or measure without sharding"
-                    )
-                _measure_forward(
-                    model,
-                    base,
-                    head,
-                    input_ids,
-                    attention_mask,
-                    mask,
-                    targets,
-                    reference,
+                    per_sequence[block],
+                    logits,
+                    ref_logits,
+                    targets[block, start:stop],
+                    mask[block, start:stop],
+                    features,
                     temperature,
-                    max_chunk_elements,
-                    sums,
-                    per_sequence,
                 )
             has_tokens = mask.any(dim=1)
             sums.sequences = float(has_tokens.sum())
@@ -343,7 +321,110 @@ def measure_kl(
     return sums
 
 
-def _measure_head(
+def token_log_probs(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    completion_mask: Any,
+    *,
+    reference: ReferencePolicy | None = None,
+    temperature: float = 1.0,
+    max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+    logits_source: LogitsSource | None = None,
+    engine_model: Any = None,
+) -> tuple[Any, Any]:
+    """Log-probabilities of given tokens under the policy and its reference, teacher-forced.
+
+    The same logits as ``measure_kl`` (the checked ``LogitsSource``: the body once per policy and the
+    output layer in chunks, or the model's own forward in chunks; through the engine under
+    FSDP/ZeRO-3), float64 from the logits on, eval mode, no gradients.
+
+    Args:
+        model: a transformers causal LM with LoRA (PEFT).
+        input_ids, attention_mask: [B, L] prompt + completion.
+        completion_mask: [B, C] over the last C positions (1 = a token whose log-probability counts).
+        reference: the reference policy (default: adapters disabled).
+        temperature: the sampling temperature T; logits are divided by it.
+        max_chunk_elements: as ``measure_kl``.
+        logits_source: the run's ``LogitsSource`` (checked on first use); None checks on this call.
+        engine_model: the engine's outer wrapper, as ``measure_kl`` (a collective call under a
+            sharding engine: every process calls it the same number of times; B may be 0).
+
+    Returns:
+        (policy, reference): float64 [B] tensors, Σ over the marked tokens of log π(token | prefix)
+        in nats at temperature T (log_softmax(z / T) of the model's logits z).
+
+    Raises:
+        LogitsSourceError: as ``measure_kl``.
+    """
+    import torch
+
+    reference = reference or ReferencePolicy()
+    given_rows = input_ids.shape[0]
+    input_ids, attention_mask, completion_mask = nonempty_batch(input_ids, attention_mask, completion_mask)
+    mask = completion_mask.bool()
+    targets = input_ids[:, -mask.shape[1] :]
+    policy = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
+    ref = torch.zeros_like(policy)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for block, start, stop, logits, ref_logits, _ in _logit_chunks(
+                model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
+            ):
+                index = targets[block, start:stop].unsqueeze(-1)
+                chunk_mask = mask[block, start:stop]
+                for total, z in ((policy, logits), (ref, ref_logits)):
+                    logp = torch.log_softmax(z.to(torch.float64).div_(temperature), dim=-1)
+                    total[block] += logp.gather(-1, index).squeeze(-1).masked_fill(~chunk_mask, 0.0).sum(-1)
+    finally:
+        if was_training:
+            model.train()
+    return policy[:given_rows], ref[:given_rows]
+
+
+def _logit_chunks(
+    model: Any,
+    engine_model: Any,
+    logits_source: LogitsSource | None,
+    input_ids: Any,
+    attention_mask: Any,
+    mask: Any,
+    reference: ReferencePolicy,
+    max_chunk_elements: int,
+) -> Iterator[tuple[slice, int, int, Any, Any, Any]]:
+    """The policy's and the reference's logits over the completion positions, chunk by chunk.
+
+    Yields ``(rows, start, stop, logits, ref_logits, features)``: the sequences (a slice of the
+    batch) and completion positions [start, stop) of one chunk holding at least one marked token,
+    the two [rows, stop − start, V] logits in the model's dtype (after the verified soft-cap), and
+    the features entering the output layer (or None). Resolves ``logits_source`` first (model in
+    eval mode, no gradients: the caller's job).
+
+    Raises:
+        LogitsSourceError: as ``measure_kl``.
+    """
+    source = logits_source if logits_source is not None else LogitsSource()
+    base, body, head = _body_and_head(model)
+    source.resolve(model, input_ids, attention_mask, engine_model)
+    if source.mode == "head":
+        yield from _head_chunks(
+            model, engine_model, body, head, source, input_ids, attention_mask, mask, reference, max_chunk_elements
+        )
+        return
+    if is_sharded(model, engine_model):
+        raise LogitsSourceError(
+            f"{type(base).__name__} transforms its logits beyond its output layer, and under FSDP/ZeRO-3 "
+            "the KL monitor measures through the output layer only (its chunked forward path would make "
+            "different collective calls on different processes). Block the monitor "
+            "(block=['kl_monitor']; and 'learning' if it measures absorbed bits) for this run, or measure "
+            "without sharding"
+        )
+    yield from _forward_chunks(model, base, head, input_ids, attention_mask, mask, reference, max_chunk_elements)
+
+
+def _head_chunks(
     model: Any,
     engine_model: Any,
     body: Any,
@@ -352,15 +433,12 @@ def _measure_head(
     input_ids: Any,
     attention_mask: Any,
     mask: Any,
-    targets: Any,
     reference: ReferencePolicy,
-    temperature: float,
     max_chunk_elements: int,
-    sums: KLSums,
-    per_sequence: Any,
-) -> None:
+) -> Iterator[tuple[slice, int, int, Any, Any, Any]]:
     """Body once per policy (through the engine where parameters are sharded), the output layer in
     chunks of positions (gathered once under a sharding engine, so the chunks communicate nothing)."""
+    rows = slice(0, input_ids.shape[0])
     completion = mask.shape[1]
     hidden = hidden_states(model, engine_model, body, input_ids, attention_mask)[:, -completion - 1 : -1]
     with reference.activate(model):
@@ -370,37 +448,23 @@ def _measure_head(
         step = max(1, max_chunk_elements // max(1, input_ids.shape[0] * vocab))
         for start in range(0, completion, step):
             stop = min(completion, start + step)
-            chunk_mask = mask[:, start:stop]
-            if not chunk_mask.any():
+            if not mask[:, start:stop].any():
                 continue  # local computation only from here on
             logits = source.finish(policy_head(hidden[:, start:stop]))
             ref_logits = source.finish(reference_head(ref_hidden[:, start:stop]))
-            _accumulate(
-                sums,
-                per_sequence,
-                logits,
-                ref_logits,
-                targets[:, start:stop],
-                chunk_mask,
-                hidden[:, start:stop],
-                temperature,
-            )
+            yield rows, start, stop, logits, ref_logits, hidden[:, start:stop]
 
 
-def _measure_forward(
+def _forward_chunks(
     model: Any,
     base: Any,
     head: Any,
     input_ids: Any,
     attention_mask: Any,
     mask: Any,
-    targets: Any,
     reference: ReferencePolicy,
-    temperature: float,
     max_chunk_elements: int,
-    sums: KLSums,
-    per_sequence: Any,
-) -> None:
+) -> Iterator[tuple[slice, int, int, Any, Any, Any]]:
     """The model's own forward per chunk of sequences (and of positions, for one very long sequence)."""
     rows, length = input_ids.shape
     completion = mask.shape[1]
@@ -435,16 +499,7 @@ def _measure_forward(
                     features = features[:, offset + start : offset + stop]
                 with reference.activate(model):
                     ref_logits = _own_logits(model, ids, attention, offset + start, offset + stop, keep)
-                _accumulate(
-                    sums,
-                    per_sequence[block],
-                    logits,
-                    ref_logits,
-                    targets[block, start:stop],
-                    chunk_mask,
-                    features,
-                    temperature,
-                )
+                yield block, start, stop, logits, ref_logits, features
     finally:
         if handle is not None:
             handle.remove()

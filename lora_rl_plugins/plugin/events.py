@@ -165,6 +165,8 @@ class AdapterReady:
     adapter: AdapterSummary
     model: Any = None
     """The trained model (a PEFT model where LoRA is used); plugins must not keep gradients alive."""
+    tokenizer: Any = None
+    """The tokenizer (TRL's ``processing_class``) where the integration has one; probes need it."""
     engine_model: Any = None
     """The distributed engine's wrapper around ``model`` (TRL: ``trainer.model_wrapped``: the FSDP1 root,
     the DeepSpeed engine), where there is one: FSDP1 keeps the true parameter shapes there."""
@@ -190,6 +192,14 @@ class RolloutsScored:
     """Final answers, one per rollout, where the integration already extracted them."""
     token_rewards: Sequence[Sequence[float]] | None = None
     """Per-token rewards of each rollout, for token-level reward setups."""
+    prompt_keys: Sequence[Hashable] | None = None
+    """One stable key per rollout for its prompt (dataset index, else ``learning.ledger.prompt_key``):
+    the same on every process and across resume; the per-prompt ledger needs it."""
+    prompts: Sequence[Any] | None = None
+    """The prompt of each rollout (text or chat messages), for reports."""
+    generation_seconds: float | None = None
+    """Wall seconds spent generating the batch, where the integration measured it: the slowest
+    process's (``bridge.translate.rollouts_scored`` takes the maximum), the same on every process."""
 
 
 @dataclass(frozen=True)

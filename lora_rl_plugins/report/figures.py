@@ -6,7 +6,7 @@ from typing import Any
 
 from .runlog import RunLog
 
-__all__ = ["build_figures", "capacity_ranks", "describe_figures", "measurements"]
+__all__ = ["build_figures", "capacity_ranks", "describe_figures", "ledger_figure", "measurements"]
 
 #: Series of the KL figure's left panel: the mean per token and what bounds it.
 KL_MEAN_SERIES = (
@@ -105,19 +105,19 @@ def build_figures(run: RunLog) -> dict[str, Any]:
     """name -> matplotlib Figure, for the series the run has (captions: ``describe_figures``)."""
     figures: dict[str, Any] = {}
     if run.series.get("bandwidth/bits_total"):
-        figure, axis = _figure("Information delivered vs adapter capacity")
+        figure, axis = _figure("Signal the rewards carried vs adapter capacity")
         axis.plot(
             *run.through_end("bandwidth/bits_total"),
             color="tab:blue",
             linewidth=2,
-            label="bits delivered (estimate)",
+            label="signal, summed over steps (estimate)",
         )
         axis.plot(
             *run.through_end("bandwidth/bound_total"),
             "--",
             color="tab:orange",
             linewidth=1.5,
-            label="upper bound on bits delivered",
+            label="upper bound on the signal",
         )
         handles = list(axis.get_lines())
         rank = run.last("bandwidth/adapter_rank")
@@ -148,9 +148,9 @@ def build_figures(run: RunLog) -> dict[str, Any]:
         _legend_below(axis, handles=handles)
         figures["bits"] = figure
     if run.series.get("bandwidth/bits_step"):
-        figure, axis = _figure("Bits per step and zero-information groups")
+        figure, axis = _figure("Signal per step and zero-information groups")
         steps = run.steps("bandwidth/bits_step")
-        _noisy(axis, steps, run.values("bandwidth/bits_step"), "bits per step (estimate)", color="tab:blue")
+        _noisy(axis, steps, run.values("bandwidth/bits_step"), "signal per step (estimate)", color="tab:blue")
         if run.series.get("bandwidth/bound_step"):
             bound = run.values("bandwidth/bound_step")
             _noisy(axis, run.steps("bandwidth/bound_step"), bound, "bound per step", color="tab:orange", linestyle="--")
@@ -179,6 +179,8 @@ def build_figures(run: RunLog) -> dict[str, Any]:
         figures["reward"] = figure
     if run.series.get("kl_monitor/kl_mean"):
         figures["kl"] = _kl_figure(run)
+    if (ledger := ledger_figure(run)) is not None:
+        figures["ledger"] = ledger
     return figures
 
 
@@ -218,7 +220,10 @@ def describe_figures(run: RunLog) -> dict[str, str]:
     captions: dict[str, str] = {}
     if run.series.get("bandwidth/bits_total"):
         ranks = capacity_ranks(run)
-        text = "Cumulative bits delivered (estimate) and their upper bound"
+        text = (
+            "Cumulative signal (estimate; a rate summed over steps, so a lesson repeated is counted again, not "
+            "task information) and its upper bound"
+        )
         if ranks:
             listed = ", ".join(f"r={r}" for r in ranks)
             text += (
@@ -227,13 +232,13 @@ def describe_figures(run: RunLog) -> dict[str, str]:
             )
         captions["bits"] = text + ". Log scale."
     if run.series.get("bandwidth/bits_step"):
-        text = "Bits delivered per optimizer step (estimate)"
+        text = "Signal per optimizer step (bits, estimate)"
         if run.series.get("bandwidth/bound_step"):
-            text += " and their bound"
+            text += " and its bound"
         if run.series.get("bandwidth/zero_info_frac"):
             text += (
-                "; right axis: the fraction of groups whose rewards were all equal (GRPO's advantage is zero "
-                "there, so they teach nothing)"
+                "; right axis: the fraction of groups whose advantages, as the trainer computes them, were all "
+                "zero (groups of equal rewards under the default settings), so they teach nothing"
             )
         captions["per_step"] = text + ". Faint: raw values; solid: moving average."
     if run.series.get("reward"):
@@ -258,4 +263,38 @@ def describe_figures(run: RunLog) -> dict[str, str]:
         if any(v <= 0 for name in ("kl_monitor/kl_mean", "kl_monitor/kl_max") for v in run.values(name)):
             text += " (measurements of exactly 0, as at the start of a fresh adapter, are not drawn)"
         captions["kl"] = text + "."
+    if all(run.series.get(name) for name, _, _ in LEDGER_SERIES):
+        captions["ledger"] = (
+            "The per-prompt ledger: of the prompts seen so far, the fraction whose latest group was solved, "
+            "informative (the trainer's advantages not all zero: GRPO learns from it) or unsolved, stacked. Solved "
+            "and unsolved prompts teach nothing."
+        )
     return captions
+
+
+LEDGER_SERIES = (
+    ("learning/solved_frac", "solved (all rollouts at the top reward)", "tab:green"),
+    ("learning/informative_frac", "informative (advantages not all zero)", "tab:blue"),
+    ("learning/unsolved_frac", "unsolved (all at the bottom)", "tab:red"),
+)
+
+
+def ledger_figure(run: RunLog) -> Any | None:
+    """The per-prompt ledger over the run: fractions of the prompts seen that are solved, informative and
+    unsolved at their latest visit, stacked (the rest: constant at an intermediate reward). None without a ledger."""
+    if not all(run.series.get(name) for name, _, _ in LEDGER_SERIES):
+        return None
+    figure, axis = _figure("Prompts seen: solved, informative, unsolved")
+    steps = run.steps(LEDGER_SERIES[0][0])
+    values = [run.values(name)[: len(steps)] for name, _, _ in LEDGER_SERIES]
+    axis.stackplot(
+        steps[: min(map(len, values))],
+        *[v[: min(map(len, values))] for v in values],
+        labels=[label for _, label, _ in LEDGER_SERIES],
+        colors=[color for _, _, color in LEDGER_SERIES],
+        alpha=0.75,
+    )
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("fraction of prompts seen")
+    _legend_below(axis, columns=1)
+    return figure

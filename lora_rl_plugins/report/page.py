@@ -11,7 +11,7 @@ from ..plugin.metrics import format_percent
 from .figures import build_figures, capacity_ranks, describe_figures
 from .runlog import RunLog, load_run
 
-__all__ = ["rank_advice", "write_report"]
+__all__ = ["learning_section", "rank_advice", "write_report"]
 
 
 def rank_advice(run: RunLog) -> list[str]:
@@ -21,8 +21,8 @@ def rank_advice(run: RunLog) -> list[str]:
         return ["No bandwidth metrics were logged."]
     bound, steps = run.last("bandwidth/bound_total") or 0.0, run.last_step
     lines = [
-        f"The run delivered an estimated {bits:,.0f} bits of task information (upper bound {bound:,.0f}) "
-        f"over {steps} steps."
+        f"The reward stream carried an estimated {bits:,.0f} bits of signal (upper bound {bound:,.0f}) "
+        f"over {steps} steps: a rate summed over steps (a lesson repeated is counted again), not task information."
     ]
     if capacity is None:
         return [*lines, "The model carries no LoRA adapter, so there is no adapter capacity to compare with."]
@@ -50,9 +50,59 @@ def rank_advice(run: RunLog) -> list[str]:
         tail = zero[-max(1, len(zero) // 10) :]
         lines.append(
             f"In the last tenth of the run {sum(tail) / len(tail):.0%} of groups had all-equal rewards and "
-            "delivered no information."
+            "delivered no signal."
         )
     return lines
+
+
+def learning_section(run: RunLog) -> str:
+    """HTML: the chain (signal ≥ absorbed ≤ what there was to learn) and the prompts that taught nothing, from
+    the ledger saved in the run's ``trainer_state.json`` (TRL: the file read, or the newest beside the run
+    log); empty when the run logged neither."""
+    import json
+
+    parts = []
+    absorbed, answer = run.last("learning/absorbed_bits"), run.last("learning/answer_bits")
+    if absorbed is not None and answer is not None:
+        signal, bound = run.last("bandwidth/bits_total") or 0.0, run.last("bandwidth/bound_total") or 0.0
+        parts.append(
+            f"<p>Bound {bound:,.0f} bits ≥ signal {signal:,.0f} bits (summed over steps) ≥ absorbed "
+            f"{absorbed:,.1f} bits (exact, on the probe set) ≤ {answer:,.1f} bits to learn on the probes.</p>"
+        )
+    silent: list[tuple[str, int]] = []
+    if (state := _trainer_state(run)) is not None:
+        saved = json.loads(state.read_text()).get("stateful_callbacks", {}).get("LoraRLCheckpointState")
+        saved = saved[-1] if isinstance(saved, list) else saved
+        learning = ((saved or {}).get("attributes", {}).get("plugin_state") or {}).get("learning") or {}
+        entries = learning.get("ledger", {}).get("entries", [])
+        for key, entry in entries:
+            if entry["signal_bits"] == 0 and entry["visits"]:
+                silent.append((entry["text"] or key, int(entry["visits"])))
+        if entries and not silent:
+            parts.append(
+                f"<p>Every one of the {len(entries)} prompts in the ledger delivered a signal at least once.</p>"
+            )
+    if silent:
+        silent.sort(key=lambda item: -item[1])
+        rows = "".join(
+            f"<tr><td><code>{html.escape(text)}</code></td><td>{visits}</td></tr>" for text, visits in silent[:20]
+        )
+        parts.append(
+            f"<p>{len(silent)} prompts taught nothing (every visit's group had all-zero advantages: equal rewards "
+            "under the default settings); the most visited:</p>"
+            f"<table><tr><th>prompt</th><th>visits</th></tr>{rows}</table>"
+        )
+    return ("<h2>What the run learned</h2>" + "".join(parts)) if parts else ""
+
+
+def _trainer_state(run: RunLog) -> Path | None:
+    """The TRL ``trainer_state.json`` that holds the run's plugin state: the file the metrics came from, else
+    the newest one in the run log's directory or its checkpoints."""
+    if run.source.name == "trainer_state.json":
+        return run.source
+    directory = run.source if run.source.is_dir() else run.source.parent
+    states = list(directory.glob("trainer_state.json")) + list(directory.glob("checkpoint-*/trainer_state.json"))
+    return max(states, key=lambda p: p.stat().st_mtime_ns) if states else None
 
 
 def _png(figure) -> bytes:
@@ -64,9 +114,10 @@ def _png(figure) -> bytes:
 def _summary_rows(run: RunLog) -> str:
     from ..bandwidth.plugin import BANDWIDTH_METRICS
     from ..kl.monitor import KL_METRICS
+    from ..learning.plugin import LEARNING_METRICS
 
     rows = []
-    for info in (*BANDWIDTH_METRICS, *KL_METRICS):
+    for info in (*BANDWIDTH_METRICS, *KL_METRICS, *LEARNING_METRICS):
         value = run.last(info.name)
         if value is None:
             continue
@@ -119,6 +170,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
 <div class="grid">
 {chr(10).join(blocks)}
 </div>
+{learning_section(run)}
 <h2>Latest values</h2>
 <p class="meta">Every number says whether it is exact, a bound or an estimate.</p>
 <table><tr><th>metric</th><th>value</th><th>kind</th><th>definition</th></tr>

@@ -47,7 +47,7 @@ def main(out_dir: str) -> None:
             float(c[:1] == task.code[p[0]]) if i % 5 else (0.5 if c[:1] in "01234" else 0.0)
             for i, (p, c) in enumerate(zip(prompts, completions, strict=True))
         ]
-        calls.append({"completions": list(completions), "rewards": values})
+        calls.append({"completions": list(completions), "rewards": values, "prompts": list(prompts)})
         return values
 
     config = GRPOConfig(
@@ -74,7 +74,17 @@ def main(out_dir: str) -> None:
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
     )
     shard = ShardKL()
-    callback = LoraRLCallback(trainer, kl_every=1, kl_max_sequences=64, plugins=[shard], load_entry_points=False)
+    callback = LoraRLCallback(
+        trainer,
+        kl_every=1,
+        kl_max_sequences=64,
+        plugins=[shard],
+        load_entry_points=False,
+        informative_sampling=True,
+        skip_after=1,
+        revisit=0.0,
+        skip_unsolved=True,
+    )
     trainer.add_callback(callback)
     trainer.train()
     rank = trainer.accelerator.process_index
