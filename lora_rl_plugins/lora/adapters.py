@@ -30,6 +30,7 @@ __all__ = [
     "adapter_base_rank",
     "lora_layers",
     "summarize_adapter",
+    "unwrap_fsdp1",
 ]
 
 
@@ -58,6 +59,21 @@ class LoraLayerView:
     """The expert index e for kind "expert"."""
     experts: int = 1
     """E, the experts of the wrapper this view belongs to (1 otherwise)."""
+    owner_a: tuple[Any, str] | None = None
+    """(module, attribute) holding A's parameter: where a distributed engine's metadata finds it."""
+    owner_b: tuple[Any, str] | None = None
+    """(module, attribute) holding B's parameter."""
+
+
+def _is_fsdp1(module: Any) -> bool:
+    return module is not None and hasattr(module, "_fsdp_wrapped_module") and hasattr(module, "_handle")
+
+
+def unwrap_fsdp1(module: Any) -> Any:
+    """The module inside any FSDP1 ``FullyShardedDataParallel`` wrappers around ``module``."""
+    while _is_fsdp1(module):
+        module = module._fsdp_wrapped_module
+    return module
 
 
 def active_adapter(model: Any) -> str:
@@ -110,9 +126,11 @@ def lora_layers(model: Any, adapter_name: str | None = None, *, per_expert: bool
             continue
         rank, short = int(ranks[name]), _clean_name(module_name)
         if name in layer.lora_A:
+            owners = (unwrap_fsdp1(layer.lora_A[name]), "weight"), (unwrap_fsdp1(layer.lora_B[name]), "weight")
             weight_a, weight_b, kind = layer.lora_A[name].weight, layer.lora_B[name].weight, "linear"
         elif name in getattr(layer, "lora_embedding_A", {}):
             # PEFT stores the embedding pair transposed: A [r, vocab] (d_in = vocab), B [dim, r].
+            owners = (layer.lora_embedding_A, name), (layer.lora_embedding_B, name)
             weight_a, weight_b, kind = layer.lora_embedding_A[name], layer.lora_embedding_B[name], "embedding"
         else:
             continue
@@ -121,16 +139,16 @@ def lora_layers(model: Any, adapter_name: str | None = None, *, per_expert: bool
             short = f"{short}.{layer.parameter_name}"
             experts = int(layer.num_experts)
             if experts == 1:
-                yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, "parameter")
+                yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, "parameter", None, 1, *owners)
             elif not per_expert:
-                yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, "experts", None, experts)
+                yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, "experts", None, experts, *owners)
             else:
                 for e in range(experts):
                     a_e = weight_a[e * rank : (e + 1) * rank]
                     b_e = weight_b[:, e::experts]
-                    yield LoraLayerView(f"{short}[{e}]", layer, a_e, b_e, scaling, rank, "expert", e, experts)
+                    yield LoraLayerView(f"{short}[{e}]", layer, a_e, b_e, scaling, rank, "expert", e, experts, *owners)
             continue
-        yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, kind)
+        yield LoraLayerView(short, layer, weight_a, weight_b, scaling, rank, kind, None, 1, *owners)
 
 
 def summarize_adapter(model: Any, adapter_name: str | None = None, engine_model: Any = None) -> AdapterSummary:

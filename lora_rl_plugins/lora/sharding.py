@@ -20,11 +20,11 @@ and FSDP are imported inside the functions, only once their objects have been se
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .adapters import LoraLayerView, _clean_name, active_adapter
+from .adapters import LoraLayerView, _is_fsdp1, lora_layers, unwrap_fsdp1
 
 __all__ = [
     "Fsdp1Index",
@@ -44,17 +44,6 @@ def _is_zero3(param: Any) -> bool:
 
 def _is_dtensor(param: Any) -> bool:
     return hasattr(param, "full_tensor") and hasattr(param, "placements") and hasattr(param, "_local_tensor")
-
-
-def _is_fsdp1(module: Any) -> bool:
-    return module is not None and hasattr(module, "_fsdp_wrapped_module") and hasattr(module, "_handle")
-
-
-def unwrap_fsdp1(module: Any) -> Any:
-    """The module inside any FSDP1 ``FullyShardedDataParallel`` wrappers around ``module``."""
-    while _is_fsdp1(module):
-        module = module._fsdp_wrapped_module
-    return module
 
 
 def detect_engine(model: Any, engine_model: Any = None) -> str:
@@ -132,40 +121,6 @@ class Fsdp1Index:
         return int(slot.handle.flat_param._numels[slot.index])
 
 
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    layer: Any
-    rank: int
-    scaling: float
-    kind: str
-    owner_a: tuple[Any, str]
-    owner_b: tuple[Any, str]
-
-
-def _short(module_name: str) -> str:
-    return _clean_name(module_name)
-
-
-def _entries(model: Any, adapter_name: str | None) -> Iterator[_Entry]:
-    """The LoRA layers of ``adapter_name`` with the (module, attribute) that owns each of A and B."""
-    name = adapter_name or active_adapter(model)
-    for module_name, layer in model.named_modules():
-        ranks = getattr(layer, "r", None)
-        if not isinstance(ranks, dict) or not hasattr(layer, "lora_A") or name not in ranks:
-            continue
-        if name in layer.lora_A:
-            owner_a = (unwrap_fsdp1(layer.lora_A[name]), "weight")
-            owner_b = (unwrap_fsdp1(layer.lora_B[name]), "weight")
-            kind = "linear"
-        elif name in getattr(layer, "lora_embedding_A", {}):
-            owner_a, owner_b = (layer.lora_embedding_A, name), (layer.lora_embedding_B, name)
-            kind = "embedding"
-        else:
-            continue
-        yield _Entry(_short(module_name), layer, int(ranks[name]), float(layer.scaling[name]), kind, owner_a, owner_b)
-
-
 def _get(owner: tuple[Any, str]) -> Any:
     module, attr = owner
     if hasattr(module, "keys") and hasattr(module, "__getitem__") and not hasattr(module, "weight"):
@@ -201,7 +156,7 @@ def lora_numels(model: Any, engine_model: Any = None, adapter_name: str | None =
             _true_numel(_get(entry.owner_a), entry.owner_a, index),
             _true_numel(_get(entry.owner_b), entry.owner_b, index),
         )
-        for entry in _entries(model, adapter_name)
+        for entry in lora_layers(model, adapter_name, per_expert=False)
     }
 
 
@@ -263,7 +218,7 @@ def gathered_lora_layers(
     engine = detect_engine(model, engine_model)
     if engine == "plain":
         return None
-    entries = list(_entries(model, adapter_name))
+    entries = list(lora_layers(model, adapter_name, per_expert=False))
     owners = [owner for entry in entries for owner in (entry.owner_a, entry.owner_b)]
     if engine == "zero3":
         import deepspeed
@@ -278,7 +233,4 @@ def gathered_lora_layers(
             full.append(param.full_tensor().detach() if _is_dtensor(param) else param.detach().clone())
     else:
         full = _fsdp1_full(Fsdp1Index(engine_model), owners)
-    return [
-        LoraLayerView(e.name, e.layer, full[2 * k], full[2 * k + 1], e.scaling, e.rank, e.kind)
-        for k, e in enumerate(entries)
-    ]
+    return [dataclasses.replace(e, weight_a=full[2 * k], weight_b=full[2 * k + 1]) for k, e in enumerate(entries)]
