@@ -128,7 +128,7 @@ def _explain_rank(choice, plan, memory: int | None, memory_note: str | None = No
         f"bits to hold: {plan.explain() if plan else f'{choice.bits:,.0f} bits (given)'}",
         f"rule:         {rule}",
         "",
-        f"  {'rank':>5}  {'parameters':>14}  {'capacity (bits)':>17}  {'holds?':>6}  {'× bits':>10}"
+        f"  {'rank':>5}  {'parameters':>14}  {'capacity (bits)':>17}  {'holds?':>6}  {'capacity÷bits':>13}"
         f"  {'vLLM max_lora_rank':>18}",
     ]
     for row in choice.table():
@@ -136,7 +136,7 @@ def _explain_rank(choice, plan, memory: int | None, memory_note: str | None = No
         times = _times(row["times_bits"])
         lines.append(
             f"  {row['rank']:>5}  {row['params']:>14,}  {row['capacity_bits']:>17,.0f}  "
-            f"{'yes' if row['holds_bits'] else 'no':>6}  {times:>10}  {row['vllm_max_lora_rank'] or '-':>18}{mark}"
+            f"{'yes' if row['holds_bits'] else 'no':>6}  {times:>13}  {row['vllm_max_lora_rank'] or '-':>18}{mark}"
         )
     lines += ["", f"chosen rank: r = {choice.rank} ({choice.capacity_bits:,.0f} bits of capacity)"]
     if choice.times_bits is not None:

@@ -141,7 +141,7 @@ def test_cli_rank_explains_the_choice(tmp_path, capsys) -> None:
     config.write_text(json.dumps(LLAMA_31_8B))
     assert main(["rank", "--model-config", str(config), "--episodes", "320000", "--reward-levels", "2"]) == 0
     out = capsys.readouterr().out
-    assert "320,000 episodes × log2(2) = 1 bits/episode × margin 2 = 640,000 bits" in out
+    assert "320,000 episodes × 1 bits/episode (log2 of 2 reward levels) × safety margin 2 = 640,000 bits" in out
     assert "Σ E·(d_in+d_out)·r_m/r = 2,621,440" in out
     assert "<- chosen" in out and "chosen rank: r = 1" in out
 

@@ -223,7 +223,7 @@ def format_summary(result: DemoResult) -> str:
         f"  signal per step {_trend(result.bits_step, '.1f')}   {sparkline(result.bits_step, low=0.0)}   "
         "(bits, estimate: what the rewards could distinguish)",
         f"  zero-info groups {_trend(result.zero_info_frac, '.0%')}   "
-        "(groups whose rewards were all equal teach nothing)",
+        "(groups with all-zero advantages: they teach nothing)",
         "",
         "  the chain, in bits (bound >= signal >= absorbed <= what there was to learn):",
         f"    bound         {final.get('bandwidth/bound_total', 0):,.0f}   structural bound on the reward stream",

@@ -94,9 +94,9 @@ class RunPlan:
         source = (
             f"{self.bits_per_episode:g} bits/episode (given)"
             if self.bits_per_episode is not None
-            else f"log2({self.reward_levels}) = {self.episode_bits:g} bits/episode"
+            else f"{self.episode_bits:g} bits/episode (log2 of {self.reward_levels} reward levels)"
         )
-        return f"{self.episode_count:,.0f} episodes × {source} × margin {self.margin:g} = {self.bits:,.0f} bits"
+        return f"{self.episode_count:,.0f} episodes × {source} × safety margin {self.margin:g} = {self.bits:,.0f} bits"
 
 
 @dataclass(frozen=True)

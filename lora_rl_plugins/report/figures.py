@@ -285,11 +285,11 @@ def ledger_figure(run: RunLog) -> Any | None:
     if not all(run.series.get(name) for name, _, _ in LEDGER_SERIES):
         return None
     figure, axis = _figure("Prompts seen: solved, informative, unsolved")
-    steps = run.steps(LEDGER_SERIES[0][0])
-    values = [run.values(name)[: len(steps)] for name, _, _ in LEDGER_SERIES]
+    steps, values = run.aligned([name for name, _, _ in LEDGER_SERIES])
     axis.stackplot(
-        steps[: min(map(len, values))],
-        *[v[: min(map(len, values))] for v in values],
+        steps,
+        *values,
+        step="post",
         labels=[label for _, label, _ in LEDGER_SERIES],
         colors=[color for _, _, color in LEDGER_SERIES],
         alpha=0.75,

@@ -57,6 +57,23 @@ class RunLog:
             steps, values = [*steps, self.last_step], [*values, values[-1]]
         return steps, values
 
+    def aligned(self, names: list[str]) -> tuple[list[int], list[list[float]]]:
+        """Series ``names`` on one step axis: every step any of them was written at, through
+        ``last_step``, each carrying its last written value forward (the run log writes a value only
+        when it changes). Steps before a series' first value are left out."""
+        start = max((self.steps(name)[0] for name in names if self.series.get(name)), default=0)
+        axis = sorted({s for name in names for s in self.steps(name) if s >= start} | {self.last_step})
+        columns = []
+        for name in names:
+            points, current, column = dict(self.series.get(name, [])), None, []
+            earlier = [v for s, v in self.series.get(name, []) if s <= start]
+            current = earlier[-1] if earlier else None
+            for step in axis:
+                current = points.get(step, current)
+                column.append(float("nan") if current is None else current)
+            columns.append(column)
+        return axis, columns
+
     def finish(self) -> RunLog:
         """Keep one value per step (the last written) and sort each series by step."""
         for name, points in self.series.items():
