@@ -69,7 +69,7 @@ def test_figures_carry_the_right_series(trl_run) -> None:
     assert all(text.xy[0] == 1.0 for text in figures["bits"].axes[0].texts)  # at the axis' right edge
     kl = lines_of(figures["kl"])
     mean_label = "KL(π_θ‖π_ref), mean per token (exact)"
-    certificate = "certificate (max δ − min δ)²/8: bounds the mean"
+    certificate = "certificate (max δ − min δ)²/8, δ = log-prob shift: bounds the mean"
     # one point per measurement (every 2nd batch: steps 1, 3, ...; the exact 0 of the fresh adapter left off the log
     # scale), not one per log
     steps, values = measurements(run, "kl_monitor/kl_mean")
