@@ -12,7 +12,13 @@ __all__ = ["build_figures", "capacity_ranks", "describe_figures", "ledger_figure
 KL_MEAN_SERIES = (
     ("kl_monitor/kl_mean", "KL(π_θ‖π_ref), mean per token (exact)", "-", "o", "tab:blue"),
     ("kl_monitor/k3_mean", "k3 estimate of the mean (TRL's estimator)", ":", "x", "tab:green"),
-    ("kl_monitor/certificate", "certificate (max δ − min δ)²/8, δ = log-prob shift: bounds the mean", "--", None, "tab:orange"),
+    (
+        "kl_monitor/certificate",
+        "certificate (max δ − min δ)²/8, δ = log-prob shift: bounds the mean",
+        "--",
+        None,
+        "tab:orange",
+    ),
 )
 #: Series of the right panel: the largest per-token KL and the bound on every token's KL.
 KL_MAX_SERIES = (
