@@ -303,14 +303,14 @@ class LoraRLCallback(TrainerCallback):
             batch.offer(learning.zero_information(self._scored_rewards, group_size, weights))
         rows = len(output["advantages"])
         rounds = batch.row_rounds(trainer.accelerator.process_index * rows, rows, group_size)
-        if any(rounds):
+        if batch.extra_rounds:  # global (not this process's rows): every process makes the same gather
             tokenizer = getattr(trainer, "_tokenizer", None) or trainer.processing_class
             output = merge_generation_rounds(outputs, rounds, tokenizer.pad_token_id)
             loss_mask = output["completion_mask"]
             if "tool_mask" in output:
                 loss_mask = loss_mask * output["tool_mask"]
             output["num_items_in_batch"] = trainer.accelerator.gather(loss_mask.sum()).sum()  # as TRL computes it
-        learning.filter_done(batch, group_size, time.perf_counter() - started)
+        learning.filter_done(batch, group_size, time.perf_counter() - started, self._collective)
         return output
 
     def _policy_sampled(self, output: Mapping[str, Any]) -> None:

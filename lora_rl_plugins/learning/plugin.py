@@ -114,7 +114,8 @@ LEARNING_METRICS: tuple[MetricInfo, ...] = (
         "filter_seconds",
         "exact",
         "seconds",
-        'sampling="filter": wall seconds spent in refill rounds (generation, scoring, merging), over the run',
+        'sampling="filter": wall seconds spent in refill rounds (generation, scoring, merging; the slowest '
+        "process's), over the run",
     ),
 )
 
@@ -454,10 +455,16 @@ class LearningPlugin:
         advantage settings; ``filtering.zero_information_groups``)."""
         return zero_information_groups(rewards, group_size, weights, self.advantage_settings)
 
-    def filter_done(self, batch: GroupFilter, group_size: int, seconds: float) -> None:
-        """Add one batch's filter counts to the run totals; warn once when slots stayed without information."""
+    def filter_done(self, batch: GroupFilter, group_size: int, seconds: float, collective: Any = None) -> None:
+        """Add one batch's filter counts to the run totals; warn once when slots stayed without information.
+
+        ``seconds``: this process's wall seconds in refill rounds; with ``collective`` (a
+        ``plugin.collective`` object; every process must call this once per batch) the slowest process's,
+        so the totals are the same on every process."""
         for name, value in batch.metrics(group_size).items():
             self.filter_totals[name] += value
+        if collective is not None:
+            seconds = collective.max([float(seconds)])[0]
         self.filter_totals["seconds"] += seconds
         if batch.empty:
             self._warn_once(
