@@ -147,3 +147,12 @@ def test_filter_is_refused_where_it_cannot_apply(tmp_path) -> None:
         LoraRLCallback(trainer, sampling="filter", informative_sampling=True, load_entry_points=False)
     with pytest.raises(ValueError, match="sampling must be"):
         LoraRLCallback(trainer, sampling="dapo", load_entry_points=False)
+
+
+def test_filter_is_refused_by_the_lightning_callback() -> None:
+    pytest.importorskip("lightning")
+    from lora_rl_plugins.integrations.lightning import LoraRLCallback
+
+    with pytest.raises(ValueError, match="TRL integration"):
+        LoraRLCallback(sampling="filter", load_entry_points=False)
+    assert LoraRLCallback(sampling="informative", load_entry_points=False).options.learning.informative_sampling
