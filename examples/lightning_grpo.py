@@ -190,16 +190,20 @@ class GRPOModule(L.LightningModule):
         return rollout, texts, rewards.view(len(prompts), self.generations)
 
     def filtered(self, prompts: list[str]) -> tuple[list[str], dict[str, torch.Tensor], list[str], torch.Tensor]:
-        """The after-generation filter: keep groups with unequal rewards, refill the rest with new prompts."""
+        """The after-generation filter: keep groups whose advantages are not all zero (the core's definition,
+        ``zero_information_groups``), refill the rest with new prompts."""
+        from lora_rl_plugins.learning.filtering import zero_information_groups
+
         rollout, texts, rewards = self.score(prompts)
         kept: list[tuple[str, dict[str, torch.Tensor], list[str], torch.Tensor]] = []
         dropped: list[tuple[str, dict[str, torch.Tensor], list[str], torch.Tensor]] = []
         for attempt in range(self.max_refills + 1):
             k = self.generations
+            zero = zero_information_groups([[r] for r in rewards.flatten().tolist()], k)
             for g, prompt in enumerate(prompts):
                 group = ({key: v[g * k : (g + 1) * k] for key, v in rollout.items()}, texts[g * k : (g + 1) * k])
                 entry = (prompt, group[0], group[1], rewards[g])
-                (kept if rewards[g].max() > rewards[g].min() else dropped).append(entry)
+                (dropped if zero[g] else kept).append(entry)
             missing = self._batch - len(kept)
             if missing <= 0 or attempt == self.max_refills:
                 break

@@ -105,6 +105,45 @@ def test_trl_two_processes(tmp_path) -> None:
     assert logged[-1]["kl_monitor/kl_mean"] > 0
 
 
+def test_trl_filter_two_processes(tmp_path) -> None:
+    """sampling="filter": both processes run the same refill rounds (matched collectives), take the same round
+    for a group split across them, and end with full batches whose groups all carry information."""
+    launch(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(WORKERS / "trl_filter_worker.py"),
+            str(tmp_path),
+        ]
+    )
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]["calls"]) == len(ranks[1]["calls"]) > 4  # the same rounds on both, refills among them
+    assert ranks[0]["state"]["learning"] == ranks[1]["state"]["learning"]
+    assert len(ranks[0]["outputs"]) == len(ranks[1]["outputs"]) == 4
+    for out0, out1 in zip(ranks[0]["outputs"], ranks[1]["outputs"], strict=True):
+        assert len(out0["advantages"]) == len(out1["advantages"]) == 12  # full on every process
+        assert out0["num_items_in_batch"] == out1["num_items_in_batch"] == out0["tokens"] + out1["tokens"]
+        advantages = out0["advantages"] + out1["advantages"]  # global order: rank 0's rows, then rank 1's
+        for g in range(3):  # the middle group spans both processes: one round for all its rows, so Σ A = 0
+            group = advantages[8 * g : 8 * (g + 1)]
+            assert any(abs(a) > 0 for a in group) and sum(group) == pytest.approx(0.0, abs=1e-4)
+    last = [e for e in ranks[0]["log_history"] if "learning/filter_extra_rounds" in e][-1]
+    assert last["learning/filter_extra_rounds"] == len(ranks[0]["calls"]) - 4
+    assert last["learning/filter_unfilled_groups"] == 0
+
+
 def test_lightning_ddp_two_processes(tmp_path) -> None:
     launch([sys.executable, str(WORKERS / "lightning_worker.py"), str(tmp_path)], timeout=400)
     ranks = [json.loads((tmp_path / f"lightning_rank{r}.json").read_text()) for r in (0, 1)]

@@ -60,13 +60,19 @@ class LoraRLCallback(Callback):
             ``kl_beta(0.0) == 0``.
 
     Raises:
-        TypeError, ValueError: an unknown option or an invalid value.
+        TypeError, ValueError: an unknown option or an invalid value (``sampling="filter"``: TRL only).
         GRPOOutputError: ``training_step`` returned something outside the contract.
     """
 
     def __init__(self, *, model_attribute: str | None = "model", **options: Any) -> None:
         self.model_attribute = model_attribute
         self.options = PluginOptions(**options)
+        if self.options.learning.sampling == "filter":
+            raise ValueError(
+                "sampling='filter' is applied by the TRL integration (it wraps GRPOTrainer's generation); under "
+                "Lightning your training_step generates, so filter there (see GRPOModule.filtered in "
+                "examples/lightning_grpo.py, --sampling filter) and leave this option 'plain' or 'informative'"
+            )
         self.kl_free = self.options.kl_free
         self.host = self.options.build_host()
         self._steps_done = 0

@@ -51,6 +51,59 @@ def accelerate_collective(accelerator: Any) -> TensorCollective:
     )
 
 
+#: Per-row tensors of ``GRPOTrainer._generate_and_score_completions``' output (TRL 1.16): the side their
+#: second dimension is padded on and the padding value (None: the pad token id), or no padding (1-D).
+ROW_TENSORS: dict[str, tuple[str, float | None] | None] = {
+    "prompt_ids": ("left", None),
+    "prompt_mask": ("left", 0),
+    "completion_ids": ("right", None),
+    "completion_mask": ("right", 0),
+    "advantages": None,
+    "old_per_token_logps": ("right", 0.0),
+    "ref_per_token_logps": ("right", 0.0),
+    "sampling_per_token_logps": ("right", 0.0),
+    "importance_sampling_ratio": ("right", 1.0),
+    "tool_mask": ("right", 1),
+}
+
+
+def merge_generation_rounds(outputs: list[dict[str, Any]], rounds: list[int], pad_token_id: int) -> dict[str, Any]:
+    """One output dict whose row i is row i of ``outputs[rounds[i]]`` (each a ``_generate_and_score_completions``
+    output of the same inputs), every per-row tensor padded to the widest round on TRL's side for it.
+    ``num_items_in_batch`` is left to the caller (a collective).
+
+    Raises:
+        ValueError: an output key this merge does not know (multimodal inputs: turn ``sampling="filter"`` off).
+    """
+    import torch
+
+    unknown = sorted(set(outputs[0]) - set(ROW_TENSORS) - {"num_items_in_batch"})
+    if unknown:
+        raise ValueError(
+            f"sampling='filter' cannot merge TRL's generation output key(s) {', '.join(unknown)} (multimodal or a "
+            "newer TRL): turn sampling='filter' off for this run"
+        )
+    index = torch.tensor(rounds)
+    merged: dict[str, Any] = dict(outputs[0])
+    for key, padding in ROW_TENSORS.items():
+        if key not in outputs[0]:
+            continue
+        tensors = [out[key] for out in outputs]
+        if padding is not None:
+            side, value = padding
+            width = max(t.size(1) for t in tensors)
+            fill = pad_token_id if value is None else value
+            padded = []
+            for t in tensors:
+                extra = torch.full((t.size(0), width - t.size(1)), fill, dtype=t.dtype, device=t.device)
+                padded.append(torch.cat([extra, t] if side == "left" else [t, extra], dim=1))
+            tensors = padded
+        stacked = torch.stack(tensors)  # [rounds, rows, ...]
+        rows = torch.arange(stacked.size(1), device=stacked.device)
+        merged[key] = stacked[index.to(stacked.device), rows]
+    return merged
+
+
 class LoraRLCheckpointState(TrainerCallback, ExportableState):
     """Carries the plugins' state into ``trainer_state.json`` at every checkpoint.
 
@@ -118,6 +171,8 @@ class LoraRLCallback(TrainerCallback):
         self._generation_started: float | None = None
         if self.options.learning.informative_sampling and self.host.plugin("learning") is not None:
             self._install_informative_sampler(trainer)
+        self._filter = self.host.plugin("learning") if self.options.learning.sampling == "filter" else None
+        self._scored_rewards: list[list[float]] = []
 
     # -- trainer events -> hooks ---------------------------------------------------------------
     def on_train_begin(
@@ -154,6 +209,8 @@ class LoraRLCallback(TrainerCallback):
         # The engine's wrapper (DDP, FSDP1 root, DeepSpeed engine), for sharded parameters: see lora.sharding.
         self._engine_model = getattr(trainer, "model_wrapped", None)
         start_run(self.host, run, model, self._engine_model, tokenizer=getattr(trainer, "processing_class", None))
+        if self._filter is not None:
+            self._filter.group_filter()  # refuses settings the filter cannot apply to, before any generation
         self._metric_infos = self.host.describe_metrics()
         if self.options.host.run_log and state.is_world_process_zero:
             self._run_log = RunLogWriter(args.output_dir, self._metric_infos, source="trl")
@@ -204,6 +261,7 @@ class LoraRLCallback(TrainerCallback):
         def calculate_rewards(inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
             rewards_per_func = original(inputs, prompts, completions, completion_ids_list)
             if trainer.model.training:  # evaluation rollouts train nothing
+                self._scored_rewards = rewards_per_func.float().cpu().tolist()
                 self._rollouts_scored(rewards_per_func, completions, prompts)
             return rewards_per_func
 
@@ -219,11 +277,41 @@ class LoraRLCallback(TrainerCallback):
                 trainer.beta = beta
             self._generation_started = time.perf_counter()
             output = original(inputs)
+            if trainer.model.training and self._filter is not None:
+                output = self._filter_groups(original, inputs, output)
             if trainer.model.training:
                 self._policy_sampled(output)
             return output
 
         trainer._generate_and_score_completions = generate_and_score_completions
+
+    def _filter_groups(self, original: Any, inputs: Any, output: dict[str, Any]) -> dict[str, Any]:
+        """``sampling="filter"``: while the learning plugin's filter has slots without information and rounds
+        left, generate the same inputs again (TRL refills by resampling the dropped prompts), then take each
+        local row from the round the core chose for its group. Every process runs the same rounds: the
+        decisions come from the gathered rewards."""
+        trainer, learning = self.trainer, self._filter
+        group_size = trainer.num_generations
+        weights = trainer.reward_weights.float().cpu().tolist()
+        batch = learning.group_filter()
+        batch.offer(learning.zero_information(self._scored_rewards, group_size, weights))
+        started = time.perf_counter()
+        outputs = [output]
+        while batch.needs_refill():
+            self._generation_started = time.perf_counter()
+            outputs.append(original(inputs))
+            batch.offer(learning.zero_information(self._scored_rewards, group_size, weights))
+        rows = len(output["advantages"])
+        rounds = batch.row_rounds(trainer.accelerator.process_index * rows, rows, group_size)
+        if batch.extra_rounds:  # global (not this process's rows): every process makes the same gather
+            tokenizer = getattr(trainer, "_tokenizer", None) or trainer.processing_class
+            output = merge_generation_rounds(outputs, rounds, tokenizer.pad_token_id)
+            loss_mask = output["completion_mask"]
+            if "tool_mask" in output:
+                loss_mask = loss_mask * output["tool_mask"]
+            output["num_items_in_batch"] = trainer.accelerator.gather(loss_mask.sum()).sum()  # as TRL computes it
+        learning.filter_done(batch, group_size, time.perf_counter() - started, self._collective)
+        return output
 
     def _policy_sampled(self, output: Mapping[str, Any]) -> None:
         if not self.host.implements("on_policy_sampled"):
