@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ..lora.adapters import lora_layers
+from ..lora.layers import lora_layers
 from ..lora.sharding import gathered_lora_layers, is_sharded
 from ..plugin.config import option
 from ..plugin.events import (

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .adapters import LoraLayerView, _is_fsdp1, lora_layers, unwrap_fsdp1
+from .layers import LoraLayerView, _is_fsdp1, lora_layers, unwrap_fsdp1
 
 __all__ = [
     "Fsdp1Index",
