@@ -26,12 +26,10 @@ if os.environ.get("FORCE_ENGINE_ON_CPU") == "1":
     import force_cpu_engine  # noqa: F401
 
 import torch  # noqa: E402
-from peft import LoraConfig  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from grpo_common import tiny_grpo_trainer  # noqa: E402  (beside this script)
 
 import lora_rl_plugins.kl.measure as kl_measure  # noqa: E402
 from lora_rl_plugins import hookimpl  # noqa: E402
-from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer  # noqa: E402
 from lora_rl_plugins.demo.task import CodebookTask  # noqa: E402
 from lora_rl_plugins.integrations.trl import LoraRLCallback  # noqa: E402
 
@@ -100,7 +98,7 @@ class Recorder:
 
 def run(out_dir: str, *, record: bool, save: bool, resume_from: str | None = None):
     """A 4-step GRPO run with the callback (kl_every=1); returns (trainer, callback, reward calls, recorder)."""
-    task, tokenizer = CodebookTask(), build_tokenizer()
+    task = CodebookTask()
     calls: list[dict] = []
 
     def reward(prompts, completions, **_):
@@ -111,29 +109,14 @@ def run(out_dir: str, *, record: bool, save: bool, resume_from: str | None = Non
         calls.append({"completions": list(completions), "rewards": values})
         return values
 
-    config = GRPOConfig(
-        output_dir=os.path.join(out_dir, "trl"),
-        per_device_train_batch_size=12,
-        num_generations=8,
+    trainer = tiny_grpo_trainer(
+        out_dir,
+        reward,
+        lora=LORA,
         max_completion_length=3,
-        learning_rate=5e-2,
-        max_steps=4,
-        logging_steps=1,
-        report_to=[],
         use_cpu=os.environ.get("USE_CPU", "0") == "1",
-        bf16=False,
         save_strategy="steps" if save else "no",
         save_steps=2,
-        seed=0,
-        disable_tqdm=True,
-    )
-    trainer = GRPOTrainer(
-        model=build_tiny_model(),
-        processing_class=tokenizer,
-        reward_funcs=reward,
-        args=config,
-        train_dataset=task.dataset(64),
-        peft_config=LoraConfig(**LORA),
     )
     rank = trainer.accelerator.process_index
     recorder = Recorder(trainer) if record else None

@@ -11,16 +11,12 @@ import warnings
 os.environ["HF_HUB_OFFLINE"] = "1"
 warnings.filterwarnings("ignore")
 
-from peft import LoraConfig  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from grpo_common import tiny_grpo_trainer  # noqa: E402  (beside this script)
 
-from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer  # noqa: E402
-from lora_rl_plugins.demo.task import CodebookTask  # noqa: E402
 from lora_rl_plugins.integrations.trl import LoraRLCallback  # noqa: E402
 
 
 def main(out_dir: str) -> None:
-    task, tokenizer = CodebookTask(), build_tokenizer()
     rank = int(os.environ.get("RANK", "0"))
     rng = random.Random(rank)
     calls: list[list[float]] = []
@@ -30,29 +26,7 @@ def main(out_dir: str) -> None:
         calls.append(values)
         return values
 
-    config = GRPOConfig(
-        output_dir=os.path.join(out_dir, "trl"),
-        per_device_train_batch_size=12,
-        num_generations=8,
-        max_completion_length=2,
-        learning_rate=5e-2,
-        max_steps=4,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-    )
-    trainer = GRPOTrainer(
-        model=build_tiny_model(),
-        processing_class=tokenizer,
-        reward_funcs=reward,
-        args=config,
-        train_dataset=task.dataset(64),
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
-    )
+    trainer = tiny_grpo_trainer(out_dir, reward)
     callback = LoraRLCallback(trainer, load_entry_points=False, sampling="filter", filter_max_rounds=4)
     trainer.add_callback(callback)
     outputs: list[dict] = []
