@@ -78,3 +78,13 @@ def grpo_trainer(
 
 def isnan(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def latest_logged(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's latest logged value over a trainer's ``log_history`` (end-of-training summary left out):
+    the quiet log line publishes a running total or a setting only when it changes."""
+    latest: dict[str, Any] = {}
+    for entry in history:
+        if "train_runtime" not in entry:
+            latest.update(entry)
+    return latest

@@ -8,7 +8,7 @@ import random
 import warnings
 
 import pytest
-from helpers import RecordingReward, grpo_trainer
+from helpers import RecordingReward, grpo_trainer, latest_logged
 
 from lora_rl_plugins.learning.filtering import GroupFilter, check_filterable, zero_information_groups
 
@@ -111,7 +111,7 @@ def test_filter_keeps_batches_full_and_drops_zero_information_groups(tmp_path, s
     per_step = rows // trainer.args.steps_per_generation
     assert all(len(loss["advantages"]) == per_step for loss in losses)
     assert len(losses) == 4
-    last = trainer.state.log_history[-2]
+    last = latest_logged(trainer.state.log_history)
     assert last["learning/filter_extra_rounds"] == extra
     assert last["learning/filter_extra_rollouts"] == extra * rows
     assert last["learning/filter_groups_dropped"] >= 1 and last["learning/filter_unfilled_groups"] == 0
@@ -129,7 +129,7 @@ def test_filter_keeps_what_there_is_after_the_round_cap(tmp_path) -> None:
     trainer, _, outputs, losses, messages = _run(tmp_path, reward, steps=2)
     assert all(len(o["advantages"]) == trainer.args.generation_batch_size for o in outputs)  # still full
     assert [len(loss["advantages"]) for loss in losses] == [trainer.args.per_device_train_batch_size] * 2
-    last = trainer.state.log_history[-2]
+    last = latest_logged(trainer.state.log_history)
     assert last["learning/filter_extra_rounds"] == 3 * len(outputs)  # the cap, every batch
     assert last["learning/filter_unfilled_groups"] >= 1
     assert any("filter_max_rounds=3" in m for m in messages)

@@ -8,7 +8,7 @@ import random
 import warnings
 
 import pytest
-from helpers import RecordingReward, grpo_trainer
+from helpers import RecordingReward, grpo_trainer, latest_logged
 
 from lora_rl_plugins.learning.ledger import PromptLedger, classify_group, prompt_key
 from lora_rl_plugins.learning.sampling import InformativeSelector
@@ -111,7 +111,7 @@ def test_trl_run_reports_absorbed_bits_and_a_resumable_ledger(tmp_path) -> None:
         assert entry["learning/absorbed_bits"] <= entry["learning/answer_bits"]
     assert measured[0]["learning/answer_bits"] == pytest.approx(measured[1]["learning/answer_bits"])  # the reference
     assert 20 < measured[0]["learning/answer_bits"] < 60  # ~ 10 log2 10 for a near-uniform warmed-up base
-    last = trainer.state.log_history[-2]
+    last = latest_logged(trainer.state.log_history)
     assert last["learning/prompts_seen"] == 10
     assert last["learning/solved_frac"] + last["learning/unsolved_frac"] + last["learning/informative_frac"] <= 1
     plugin = callback.host.plugin("learning")
@@ -177,7 +177,7 @@ def test_informative_sampling_skips_prompts_that_teach_nothing(tmp_path) -> None
     assert all(len(batch) == 16 for batch in seen)  # batches stay full
     late = [p for batch in seen[6:] for p in batch]
     assert sum(int(p[0]) >= 5 for p in late) / len(late) < 0.2  # silent prompts skipped before generation
-    last = trainer.state.log_history[-2]
+    last = latest_logged(trainer.state.log_history)
     assert last["learning/rollouts_skipped"] > 0 and last["learning/generation_seconds_saved"] > 0
 
 

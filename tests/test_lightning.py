@@ -226,7 +226,8 @@ def test_informative_sampling_ledger_survives_resume(tmp_path) -> None:
     assert right.skipped_prompts == left.skipped_prompts > 0
     assert left.seconds_per_rollout > 0  # the module reports its generation time
     assert sum(e.visits for e in left.ledger.entries.values()) == 8 * 4
-    assert left.values["absorbed_bits"] <= left.values["answer_bits"]
+    probes = straight.host.plugin("learning_probes")  # the probes are their own plugin
+    assert probes.values["absorbed_bits"] <= probes.values["answer_bits"]
 
 
 def test_after_generation_filter_refills_zero_signal_groups(tmp_path) -> None:

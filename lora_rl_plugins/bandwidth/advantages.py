@@ -24,9 +24,10 @@ docs/theory.md §1 for every place where the two differ).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
+
+from ..plugin.grpo import AGGREGATIONS, SCALE_REWARDS, TRL_EPSILON, ZERO_TOLERANCE, Advantages, AdvantageSettings
 
 __all__ = [
     "AGGREGATIONS",
@@ -36,118 +37,9 @@ __all__ = [
     "AdvantageSettings",
     "Advantages",
     "advantage_pattern",
+    "batch_advantages",
     "grpo_advantages",
 ]
-
-#: Values of ``scale_rewards`` (``True`` means "group", ``False`` "none", as GRPOConfig maps them).
-SCALE_REWARDS = ("group", "batch", "none")
-#: Values of ``multi_objective_aggregation``.
-AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
-#: ε added to the std before dividing (TRL 1.16 grpo_trainer.py:2787, 2794, 2799).
-TRL_EPSILON = 1e-4
-#: An advantage is zero when |A| <= ZERO_TOLERANCE × max(1, the batch's largest |A|): float64 rounding.
-ZERO_TOLERANCE = 1e-9
-
-
-@dataclass(frozen=True)
-class AdvantageSettings:
-    """How the trainer turns rewards into advantages; the defaults are TRL's.
-
-    Attributes:
-        scale_rewards: "group" (divide by the group's std + ε), "batch" (by the batch's std + ε) or
-            "none"; ``True``/``False`` are accepted and mean "group"/"none" (GRPOConfig's mapping).
-        aggregation: "sum_then_normalize" or "normalize_then_sum" (GRPOConfig's
-            ``multi_objective_aggregation``).
-        epsilon: ε added to the std before dividing (TRL: 1e-4).
-
-    Raises:
-        ValueError: an unknown ``scale_rewards`` or ``aggregation``, or ε < 0 (the message lists the
-            accepted values).
-    """
-
-    scale_rewards: str = "group"
-    aggregation: str = "sum_then_normalize"
-    epsilon: float = TRL_EPSILON
-
-    def __post_init__(self) -> None:
-        scale = self.scale_rewards
-        if scale is True or scale is False:
-            object.__setattr__(self, "scale_rewards", "group" if scale else "none")
-        elif scale not in SCALE_REWARDS:
-            raise ValueError(
-                f"scale_rewards={scale!r} is not one GRPO knows: use one of {', '.join(SCALE_REWARDS)} "
-                "(or True = 'group', False = 'none')"
-            )
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"multi_objective_aggregation={self.aggregation!r} is not one GRPO knows: use one of "
-                f"{', '.join(AGGREGATIONS)}"
-            )
-        if not (isinstance(self.epsilon, (int, float)) and self.epsilon >= 0 and math.isfinite(self.epsilon)):
-            raise ValueError(f"advantage_epsilon must be a finite number >= 0, got {self.epsilon!r}")
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> AdvantageSettings:
-        """Settings from ``RunStarted.options``: keys ``scale_rewards``, ``multi_objective_aggregation``
-        and ``advantage_epsilon``; a missing key or None keeps TRL's default.
-
-        Raises:
-            ValueError: a value GRPO does not know (see the class).
-        """
-        values: dict[str, Any] = {}
-        for key, field_name in (
-            ("scale_rewards", "scale_rewards"),
-            ("multi_objective_aggregation", "aggregation"),
-            ("advantage_epsilon", "epsilon"),
-        ):
-            if options.get(key) is not None:
-                values[field_name] = options[key]
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class Advantages:
-    """The advantages of one generation batch (N rollouts, groups of K consecutive rollouts).
-
-    Attributes:
-        advantages: [N] the advantage of each rollout (0 where TRL's would be NaN).
-        rewards: [N] the value that is normalised: the weighted ``nansum`` (sum_then_normalize) or the
-            weighted sum of per-function z-scores (normalize_then_sum); NaN for an unscored rollout.
-        std: [N] the std each advantage is divided by (or, with "none", the group std TRL logs with);
-            NaN where fewer than 2 rollouts were scored.
-        is_std_zero: [N] TRL's ``torch.isclose(std, 0)`` (|std| <= 1e-8; NaN is never close): the rows
-            behind TRL's ``frac_reward_zero_std``.
-        group_size: K.
-    """
-
-    advantages: list[float]
-    rewards: list[float]
-    std: list[float]
-    is_std_zero: list[bool]
-    group_size: int
-
-    @property
-    def frac_reward_zero_std(self) -> float:
-        """What TRL logs as ``frac_reward_zero_std``: the mean of ``is_std_zero`` over rows (NaN if none)."""
-        n = len(self.is_std_zero)
-        return sum(self.is_std_zero) / n if n else math.nan
-
-    @property
-    def tolerance(self) -> float:
-        """The absolute tolerance under which an advantage counts as zero (see ZERO_TOLERANCE)."""
-        return ZERO_TOLERANCE * max([1.0, *(abs(a) for a in self.advantages)])
-
-    def group(self, g: int) -> list[float]:
-        """The advantages of group g (rollouts [g·K, (g+1)·K))."""
-        k = self.group_size
-        return self.advantages[g * k : (g + 1) * k]
-
-    def zero_groups(self) -> list[bool]:
-        """Per group: True when every advantage of the group is zero (within ``tolerance``), i.e. the
-        group contributes nothing to the policy-gradient term."""
-        tol = self.tolerance
-        groups = len(self.advantages) // self.group_size if self.group_size else 0
-        return [all(abs(a) <= tol for a in self.group(g)) for g in range(groups)]
 
 
 def _nan(x: float) -> bool:
@@ -254,6 +146,16 @@ def grpo_advantages(
     advantages = [0.0 if _nan(a) else a for a in advantages]  # TRL: torch.nan_to_num(advantages, nan=0.0)
     is_std_zero = [not _nan(s) and abs(s) <= 1e-8 for s in std]
     return Advantages(advantages, combined, std, is_std_zero, k)
+
+
+def batch_advantages(batch: Any, settings: AdvantageSettings | None = None) -> Advantages:
+    """The advantages of a ``RolloutsScored`` batch: the ones it carries (computed once where the batch was
+    built, ``lora_rl_plugins.bridge.session``), else computed here from its rewards with ``settings`` (an
+    event built by hand, in tests)."""
+    carried = getattr(batch, "advantages", None)
+    if carried is not None:
+        return carried
+    return grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, settings)
 
 
 def advantage_pattern(advantages: Sequence[float], tolerance: float = 0.0) -> list[int]:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, smallest_rank
+from ..plugin.base import WarnOnce
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
-from ..plugin.metrics import MetricInfo, format_percent
+from ..plugin.metrics import MetricInfo, format_percent, metric_family
 from .accounting import GroupAccount, account_group, account_token_group
-from .advantages import AdvantageSettings, grpo_advantages
+from .advantages import AdvantageSettings, batch_advantages
 from .information import quantise
 from .rewards import combine_rewards, partly_missing, split_groups
 
@@ -56,8 +57,7 @@ class ContinuousRewardWarning(UserWarning):
     reward_range)."""
 
 
-def _m(name: str, kind: str, unit: str, definition: str, reduce: str = "last") -> MetricInfo:
-    return MetricInfo(f"bandwidth/{name}", kind, unit, definition, reduce)  # type: ignore[arg-type]
+_m = metric_family("bandwidth")
 
 
 BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
@@ -84,6 +84,7 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "bits",
         "signal summed over the run: a lesson repeated at every step is counted at every step, so it can exceed "
         "what there was to learn; not task information",
+        short="signal",
     ),
     _m(
         "bound_total",
@@ -137,7 +138,7 @@ BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
         "bits_per_param × trainable LoRA parameters Σ_m E_m·r_m·(d_in,m+d_out,m) (each matrix at its own rank r_m, "
         "E_m experts)",
     ),
-    _m("capacity_used", "estimate", "fraction", "bits_total / capacity_bits"),
+    _m("capacity_used", "estimate", "fraction", "bits_total / capacity_bits", short="capacity"),
     _m("projected_bits", "estimate", "bits", "bits_total / steps done × planned steps"),
     _m(
         "rank_sufficient",
@@ -222,7 +223,7 @@ class BandwidthPlugin:
         self.uniform_prior_total = 0.0
         self.seen_levels: set[float | str] = set()
         self.levels_saturated = False
-        self.warned: set[str] = set()
+        self.warned = WarnOnce()
         self.last_step: dict[str, float] = {}
         self._pending = self._empty_pending()
 
@@ -230,7 +231,7 @@ class BandwidthPlugin:
     @hookimpl
     def on_run_start(self, run: RunStarted) -> None:
         self.total_steps = run.total_steps
-        self.advantage_settings = AdvantageSettings.from_options(run.options)
+        self.advantage_settings = run.grpo.advantage
 
     @hookimpl
     def on_adapter_ready(self, adapter: AdapterReady) -> None:
@@ -339,7 +340,7 @@ class BandwidthPlugin:
         self.uniform_prior_total = float(state.get("uniform_prior_total", 0.0))
         self.seen_levels = {v if isinstance(v, str) else float(v) for v in state["seen_levels"]}
         self.levels_saturated = bool(state["levels_saturated"])
-        self.warned = set(state["warned"])
+        self.warned = WarnOnce(state["warned"])
         self.last_step = {k: float(v) for k, v in state["last_step"].items()}
         self._pending = self._empty_pending()
 
@@ -359,7 +360,7 @@ class BandwidthPlugin:
         config = self.config
         combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
         for name, count in partly_missing(batch.rewards, batch.reward_names).items():
-            self._warn_once(
+            self.warned.warn(
                 f"partly_missing:{name}",
                 f"lora_rl_plugins: reward function {name!r} returned None/NaN for {count} of {len(combined)} "
                 "rollouts that other reward functions scored; those rollouts are combined from the other functions "
@@ -367,7 +368,7 @@ class BandwidthPlugin:
                 MissingRewardWarning,
             )
         groups = split_groups(combined, batch.group_size)
-        advantages = grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, self.advantage_settings)
+        advantages = batch_advantages(batch, self.advantage_settings)
         keys = self._level_keys(batch, combined)
         self._observe_levels(key for key in keys if key is not None)
         levels = self.reward_levels or 1
@@ -429,7 +430,7 @@ class BandwidthPlugin:
             group = [key for key in keys[g * size : (g + 1) * size] if key is not None]
             if len(set(group)) < len(group):
                 return
-        self._warn_once(
+        self.warned.warn(
             "continuous",
             f"lora_rl_plugins: every group of this batch gave each rollout its own reward, and "
             f"{len(self.seen_levels)} distinct rewards have been seen: the reward looks continuous. With no "
@@ -487,7 +488,7 @@ class BandwidthPlugin:
         self.missing_total += account.missing
         self.small_groups_total += account.rule == "too_small"
         if account.rule == "too_small":
-            self._warn_once(
+            self.warned.warn(
                 "too_small",
                 f"lora_rl_plugins: a group has {account.scored} scored rollout(s) of {account.size}: a group needs at "
                 "least 2 rewards for a group-normalised advantage, so it delivers 0 bits (counted in "
@@ -518,7 +519,7 @@ class BandwidthPlugin:
             self.seen_levels.add(value)
             if len(self.seen_levels) >= MAX_TRACKED_LEVELS:
                 self.levels_saturated = True
-                self._warn_once(
+                self.warned.warn(
                     "levels_saturated",
                     f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen; the reward looks "
                     "continuous, so every distinct float counts as a level and the bound is loose. Set "
@@ -528,7 +529,7 @@ class BandwidthPlugin:
                 return
         declared = self.config.reward_levels
         if declared is not None and self.config.reward_range is None and len(self.seen_levels) > declared:
-            self._warn_once(
+            self.warned.warn(
                 "levels_exceeded",
                 f"lora_rl_plugins: reward_levels={declared} was declared but {len(self.seen_levels)} distinct "
                 "rewards were seen; the bounds use the observed count. Declare the right number of levels or "
@@ -550,7 +551,7 @@ class BandwidthPlugin:
             key = f"capacity_{threshold:g}"
             if used >= threshold and key not in self.warned:
                 rank = self.adapter.max_rank if self.adapter else "?"
-                self._warn_once(
+                self.warned.warn(
                     key,
                     f"lora_rl_plugins: the run has delivered an estimated {self.bits_total:,.0f} bits of signal, "
                     f"{used:.0%} of the adapter's capacity ({capacity:,.0f} bits at "
@@ -559,9 +560,3 @@ class BandwidthPlugin:
                     f"is r={self.rank_sufficient}.",
                     CapacityWarning,
                 )
-
-    def _warn_once(self, key: str, message: str, category: type[Warning]) -> None:
-        if key in self.warned:
-            return
-        self.warned.add(key)
-        warnings.warn(message, category, stacklevel=3)

@@ -9,12 +9,13 @@ import pluggy
 from ..bandwidth.plugin import BandwidthConfig, BandwidthPlugin
 from ..kl.monitor import KLMonitorConfig, KLMonitorPlugin
 from ..learning.plugin import LearningConfig, LearningPlugin
+from ..learning.probing import ProbePlugin
 from ..plugin.host import build_plugin_manager
 from ..serving.plugin import ServingConfig, VLLMServingCheck
 
 __all__ = ["BUILTIN_NAMES", "default_builtins", "make_plugin_manager"]
 
-BUILTIN_NAMES = ("bandwidth", "kl_monitor", "vllm_serving", "learning")
+BUILTIN_NAMES = ("bandwidth", "kl_monitor", "vllm_serving", "learning", "learning_probes")
 
 
 def default_builtins(
@@ -30,11 +31,14 @@ def default_builtins(
     ``kl_required``: the user asked for the KL monitor (a budget, KL-free mode, a cadence), so a
     model without LoRA is an error rather than a warning.
     """
+    kl_monitor = kl_monitor or KLMonitorConfig()
     return {
         "bandwidth": BandwidthPlugin(bandwidth),
         "kl_monitor": KLMonitorPlugin(kl_monitor, required=kl_required),
         "vllm_serving": VLLMServingCheck((serving or ServingConfig()).vllm_serving),
         "learning": LearningPlugin(learning),
+        # absorbed bits against the KL monitor's reference: one choice (kl.reference.choose_reference)
+        "learning_probes": ProbePlugin(learning, kl_reference=kl_monitor.kl_reference),
     }
 
 
@@ -44,6 +48,7 @@ def make_plugin_manager(
     extra: Iterable[object] = (),
     block: Iterable[str] = (),
     load_entry_points: bool = True,
+    entry_point_configs: Mapping[str, object] | None = None,
 ) -> pluggy.PluginManager:
     """A new plugin manager with the built-in plugins (default: ``default_builtins()``), ``extra``
     plugins and entry-point plugins; see ``lora_rl_plugins.plugin.host.build_plugin_manager``."""
@@ -52,4 +57,5 @@ def make_plugin_manager(
         extra=extra,
         block=block,
         load_entry_points=load_entry_points,
+        entry_point_configs=entry_point_configs,
     )

@@ -37,12 +37,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..plugin.grpo import AdvantageSettings, GRPOSettings
+
 __all__ = [
     "ADVANTAGE_ATTRIBUTES",
     "CONTRACT",
     "GRPOOutputError",
     "GRPOReport",
     "advantage_options",
+    "grpo_settings",
     "parse_grpo_output",
 ]
 
@@ -203,3 +206,13 @@ def advantage_options(module: Any) -> dict[str, Any]:
     """The advantage settings a GRPO module declares (``ADVANTAGE_ATTRIBUTES`` it has and sets), as
     ``RunStarted.options`` entries; the bandwidth plugin validates them (a ValueError names a bad one)."""
     return {name: getattr(module, name) for name in ADVANTAGE_ATTRIBUTES if getattr(module, name, None) is not None}
+
+
+def grpo_settings(module: Any, *, beta: float = 0.0) -> GRPOSettings:
+    """The typed GRPO settings (``RunStarted.grpo``) of a GRPO module: its declared advantage settings
+    (``advantage_options``) and ``beta``; the module samples with its own model (``weight_sync="shared"``).
+
+    Raises:
+        ValueError: an advantage setting GRPO does not know (the message names it).
+    """
+    return GRPOSettings(advantage=AdvantageSettings.from_options(advantage_options(module)), beta=float(beta))

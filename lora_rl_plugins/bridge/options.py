@@ -23,6 +23,7 @@ from ..plugin.config import OptionDoc, option, option_docs
 from ..plugin.host import PluginHost
 from ..serving.plugin import ServingConfig
 from .builtin import default_builtins, make_plugin_manager
+from .entry_options import entry_point_option_groups
 
 __all__ = ["HostConfig", "PluginOptions", "option_documentation", "options_table"]
 
@@ -94,8 +95,19 @@ class PluginOptions:
     """
 
     def __init__(self, **options: Any) -> None:
-        by_group: dict[str, dict[str, Any]] = {group: {} for group, _ in OPTION_GROUPS}
-        owners = {f.name: group for group, cls in OPTION_GROUPS for f in dataclasses.fields(cls)}
+        groups = list(OPTION_GROUPS)
+        if options.get("load_entry_points", True) is True:  # third-party plugins' options (bridge.entry_options)
+            groups += [(g.name, g.config_class) for g in entry_point_option_groups(options.get("block", ()))]
+        by_group: dict[str, dict[str, Any]] = {group: {} for group, _ in groups}
+        owners: dict[str, str] = {}
+        for group, cls in groups:
+            for item in dataclasses.fields(cls):
+                if item.name in owners:
+                    raise TypeError(
+                        f"plugin {group!r} declares the option {item.name!r}, which {owners[item.name]!r} owns: "
+                        "rename it in the plugin's Config"
+                    )
+                owners[item.name] = group
         for name, value in options.items():
             if name not in owners:
                 close = difflib.get_close_matches(name, owners, n=1)
@@ -109,6 +121,8 @@ class PluginOptions:
         self.serving = ServingConfig(**by_group["serving"])
         self.learning = LearningConfig(**by_group["learning"])
         self.host = HostConfig(**by_group["host"])
+        self.plugin_configs = {group: cls(**by_group[group]) for group, cls in groups[len(OPTION_GROUPS) :]}
+        """Entry-point plugin name -> its ``Config`` instance (``bridge.entry_options``)."""
 
     @property
     def kl_free(self) -> bool:
@@ -127,6 +141,10 @@ class PluginOptions:
             self.bandwidth, self.kl_monitor, self.serving, self.learning, kl_required=self.kl_requested
         )
         pm = make_plugin_manager(
-            builtins, extra=self.host.plugins, block=self.host.block, load_entry_points=self.host.load_entry_points
+            builtins,
+            extra=self.host.plugins,
+            block=self.host.block,
+            load_entry_points=self.host.load_entry_points,
+            entry_point_configs=self.plugin_configs,
         )
         return PluginHost(pm)

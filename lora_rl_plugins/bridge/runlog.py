@@ -11,6 +11,15 @@ process::
 null. A metric whose ``MetricInfo.reduce`` is "last" (a running total, a setting, the latest KL
 measurement, a module's norm) is written when its value changes, so the file grows with what
 happens, not with the number of logs; per-step metrics and the trainer's are written at every log.
+A described metric's first line (once per opening of the file) also carries the rest of its
+description under ``info``::
+
+    {"step": 1, "name": "bandwidth/bits_total", "value": 41.5, "kind": "estimate", "unit": "bits",
+     "source": "lora_rl_plugins", "info": {"name": "bandwidth/bits_total", "reduce": "last",
+     "detail": false, "short": "signal", "definition": "signal summed over the run: ..."}}
+
+(``info.name`` is the ``MetricInfo``'s name or pattern), so a reader (the report) knows every
+metric, a third-party plugin's included, from the file alone (``read_description``).
 It needs no checkpoint and is complete while the run is still going, so ``lora-rl report``
 reads it first. A resumed run first drops the lines after the restored step, then appends: no
 step appears twice. Detail metrics (``MetricInfo.detail``: per-module norms, plugin timings) are
@@ -29,7 +38,7 @@ from typing import Any, TextIO
 
 from ..plugin.metrics import MetricInfo
 
-__all__ = ["RUN_LOG_NAME", "RunLogWriter", "match_metric", "split_detail"]
+__all__ = ["RUN_LOG_NAME", "RunLogWriter", "describe_record", "match_metric", "read_description", "split_detail"]
 
 RUN_LOG_NAME = "lora_rl_metrics.jsonl"
 SOURCE = "lora_rl_plugins"
@@ -71,6 +80,33 @@ def split_detail(
     return console, detail
 
 
+def describe_record(info: MetricInfo) -> dict[str, Any]:
+    """The ``info`` a run-log line carries for ``info`` (kind and unit are on every line)."""
+    return {
+        "name": info.name,
+        "reduce": info.reduce,
+        "detail": info.detail,
+        "short": info.short,
+        "definition": info.definition,
+    }
+
+
+def read_description(record: Mapping[str, Any]) -> MetricInfo | None:
+    """The ``MetricInfo`` a run-log line carries (None for a line without ``info``)."""
+    info = record.get("info")
+    if not isinstance(info, Mapping):
+        return None
+    return MetricInfo(
+        str(info["name"]),
+        record["kind"],
+        str(record["unit"]),
+        str(info.get("definition", "")),
+        info.get("reduce", "last"),
+        bool(info.get("detail", False)),
+        str(info.get("short", "")),
+    )
+
+
 def _step_of(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
@@ -97,6 +133,7 @@ class RunLogWriter:
         self._handle: TextIO | None = None
         self._last_step: int | None = None
         self._written: dict[str, float | None] = {}  # last value written per running/latest-value metric
+        self._described: set[str] = set()  # descriptions written since the file was opened
 
     def open(self, resume_step: int = 0) -> None:
         """Start writing: keep the lines up to ``resume_step`` (0 for a fresh run), drop the rest, append after."""
@@ -113,7 +150,7 @@ class RunLogWriter:
             temporary.replace(self.path)
         self._handle = self.path.open("a")
         self._last_step = resume_step
-        self._written = {}
+        self._written, self._described = {}, set()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Append every number (or scalar tensor) in ``metrics`` at ``step`` and flush; non-numbers are
@@ -135,7 +172,7 @@ class RunLogWriter:
                 if self._written.get(name, ()) == number:  # written again only when it changes
                     continue
                 self._written[name] = number
-            record = {
+            record: dict[str, Any] = {
                 "step": int(step),
                 "name": name,
                 "value": number,
@@ -143,6 +180,9 @@ class RunLogWriter:
                 "unit": info.unit if info else None,
                 "source": SOURCE if info else self.source,
             }
+            if info is not None and info.name not in self._described:
+                self._described.add(info.name)
+                record["info"] = describe_record(info)
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         if lines:
             self._handle.write("".join(lines))  # type: ignore[union-attr]

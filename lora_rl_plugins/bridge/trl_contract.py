@@ -13,11 +13,14 @@ import inspect
 import re
 from typing import Any
 
+from ..plugin.grpo import AdvantageSettings, GRPOSettings, SamplingSettings
+
 __all__ = [
     "SUPPORTED_TRL",
     "UnsupportedTRLError",
     "check_informative_sampling",
     "check_trl_grpo_trainer",
+    "grpo_settings",
     "trl_contract_problems",
 ]
 
@@ -127,3 +130,34 @@ def check_informative_sampling(trainer: Any) -> None:
             f"informative_sampling=True wraps GRPOTrainer.{SAMPLER_METHOD}, which this TRL does not have: turn "
             "informative_sampling off, or install a supported TRL: pip install 'trl" + SUPPORTED_TRL + "'."
         )
+
+
+def grpo_settings(trainer: Any) -> GRPOSettings:
+    """The typed GRPO settings (``RunStarted.grpo``) of a TRL ``GRPOTrainer`` or a subclass keeping its
+    attributes (``AsyncGRPOTrainer``...): read from the trainer and its ``GRPOConfig``."""
+    args = trainer.args
+    advantage = {
+        "scale_rewards": getattr(trainer, "scale_rewards", None),
+        "aggregation": getattr(trainer, "multi_objective_aggregation", None),
+    }
+    weight_sync = "shared"
+    if getattr(trainer, "use_vllm", False):
+        weight_sync = {"server": "vllm_server", "colocate": "vllm_colocate"}.get(getattr(args, "vllm_mode", ""), "vllm")
+    return GRPOSettings(
+        advantage=AdvantageSettings(**{k: v for k, v in advantage.items() if v is not None}),
+        sampling=SamplingSettings(
+            temperature=float(trainer.temperature),
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repetition_penalty=args.repetition_penalty,
+            generation_kwargs=args.generation_kwargs,
+        ),
+        beta=float(trainer.beta),
+        weight_sync=weight_sync,  # type: ignore[arg-type]
+        precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
+        generation_batch_size=args.generation_batch_size,
+        steps_per_generation=args.steps_per_generation,
+        num_iterations=trainer.num_iterations,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    )

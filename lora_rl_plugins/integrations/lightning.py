@@ -23,24 +23,18 @@ from lora_rl_plugins.bridge.grpo_output import (
     CONTRACT,
     GRPOOutputError,
     GRPOReport,
-    advantage_options,
+    grpo_settings,
     parse_grpo_output,
 )
 from lora_rl_plugins.bridge.options import PluginOptions
-from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
-from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
+from lora_rl_plugins.bridge.session import RunSession
 from lora_rl_plugins.learning.ledger import prompt_key
 from lora_rl_plugins.plugin.collective import TensorCollective
-from lora_rl_plugins.plugin.events import RunStarted, StepEnded
+from lora_rl_plugins.plugin.events import RunStarted
+from lora_rl_plugins.plugin.host import PluginHost
+from lora_rl_plugins.plugin.services import PromptSampler
 
 __all__ = ["CONTRACT", "GRPOOutputError", "LoraRLCallback", "lightning_collective"]
-
-#: Progress-bar name -> (metric shown there, factor): the units of the summary line (capacity used in %).
-PROGRESS_BAR = {
-    "bits": ("bandwidth/bits_total", 1.0),
-    "cap_used_%": ("bandwidth/capacity_used", 100.0),
-    "kl": ("kl_monitor/kl_mean", 1.0),
-}
 
 
 def lightning_collective(trainer: Any) -> TensorCollective:
@@ -74,10 +68,14 @@ class LoraRLCallback(Callback):
                 "examples/lightning_grpo.py, --sampling filter) and leave this option 'plain' or 'informative'"
             )
         self.kl_free = self.options.kl_free
-        self.host = self.options.build_host()
+        self.session = RunSession(self.options, source="lightning")
         self._steps_done = 0
         self._total_steps: int | None = None
-        self._run_log: RunLogWriter | None = None
+
+    @property
+    def host(self) -> PluginHost:
+        """The session's plugin host."""
+        return self.session.host
 
     @classmethod
     def of(cls, trainer: Any) -> LoraRLCallback | None:
@@ -96,7 +94,7 @@ class LoraRLCallback(Callback):
         """
         if self.kl_free and beta:
             raise ValueError(f"kl_free=True, but the module uses beta={beta}: set the module's beta to 0.0")
-        penalty = self.host.requests.kl_beta
+        penalty = self.session.kl_beta
         return penalty if penalty is not None else beta
 
     def informative_sampler(self, prompts: Sequence[Any], seed: int = 0) -> Callable[[int], list[int]] | None:
@@ -104,11 +102,11 @@ class LoraRLCallback(Callback):
         batch, drawn by the learning plugin (prompts that taught nothing on their last visits skipped before
         generation; the same on every process; its position is saved with the callback's state). None when
         informative sampling is off."""
-        learning = self.host.plugin("learning")
-        if not self.options.learning.informative_sampling or learning is None:
+        sampler = self.session.service(PromptSampler)
+        if sampler is None:
             return None
-        learning.make_selector(lambda index: prompt_key(prompts[index]), len(prompts), seed)
-        return lambda count: learning.draw(count)
+        sampler.bind(lambda index: prompt_key(prompts[index]), len(prompts), seed)
+        return lambda count: sampler.draw(count)
 
     @property
     def state_key(self) -> str:
@@ -123,12 +121,16 @@ class LoraRLCallback(Callback):
             framework="lightning",
             total_steps=self._total_steps,
             world_size=trainer.world_size,
-            options={"beta": self.kl_beta(0.0), **advantage_options(pl_module)},
+            grpo=grpo_settings(pl_module, beta=self.kl_beta(0.0)),
         )
-        start_run(self.host, run, self._policy(pl_module), tokenizer=getattr(pl_module, "tokenizer", None))
-        if self.options.host.run_log and trainer.is_global_zero:
-            self._run_log = RunLogWriter(self.log_dir(trainer), self.host.describe_metrics(), source="lightning")
-            self._run_log.open(resume_step=trainer.global_step)
+        self.session.start(
+            run,
+            self._policy(pl_module),
+            tokenizer=getattr(pl_module, "tokenizer", None),
+            log_dir=self.log_dir(trainer),
+            resume_step=trainer.global_step,
+            main_process=trainer.is_global_zero,
+        )
 
     @staticmethod
     def log_dir(trainer: Any) -> str:
@@ -142,9 +144,9 @@ class LoraRLCallback(Callback):
         collective = lightning_collective(trainer)
         step = trainer.global_step if trainer.global_step > self._steps_done else self._steps_done + 1
         self._rollouts_scored(report, collective, step)
-        if report.sequences is not None and self.host.implements("on_policy_sampled"):
+        if report.sequences is not None:
             prompt_ids, prompt_mask, completion_ids, completion_mask = report.sequences
-            sample = policy_sample(
+            self.session.policy_sampled(
                 step=step,
                 model=self._policy(pl_module),
                 prompt_ids=prompt_ids,
@@ -154,31 +156,28 @@ class LoraRLCallback(Callback):
                 temperature=report.temperature,
                 collective=collective,
             )
-            self.host.on_policy_sampled(sample)
         if trainer.global_step > self._steps_done:  # an optimizer step finished with this batch
             self._steps_done = trainer.global_step
             self._step_ended(trainer, pl_module)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self.host.on_run_end()
-        if self._run_log is not None:
-            self._run_log.close()
+        self.session.end()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plugins": self.host.get_state()}
+        return {"plugins": self.session.state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         plugins = dict(state_dict.get("plugins", {}))
         if "penalty_beta" in state_dict and state_dict["penalty_beta"] is not None:  # checkpoints of version 0.1
             plugins.setdefault("_trainer", {"kl_beta": state_dict["penalty_beta"]})
-        self.host.set_state(plugins)
+        self.session.restore(plugins)
 
     # -- translation -----------------------------------------------------------------------
     def _policy(self, pl_module: Any) -> Any:
         return pl_module if self.model_attribute is None else getattr(pl_module, self.model_attribute)
 
     def _rollouts_scored(self, report: GRPOReport, collective: TensorCollective, step: int) -> None:
-        batch = rollouts_scored(
+        self.session.rollouts_scored(
             collective,
             step=step,
             rewards=report.rewards,
@@ -191,24 +190,17 @@ class LoraRLCallback(Callback):
             prompts=report.prompts,
             generation_seconds=report.generation_seconds,
         )
-        self.host.on_rollouts_scored(batch)
 
     def _step_ended(self, trainer: Any, pl_module: Any) -> None:
-        self.host.on_step_end(StepEnded(trainer.global_step, self._total_steps))
-        if self.host.requests.take_stop() is not None:
+        decision = self.session.step_ended(trainer.global_step, self._total_steps)
+        if decision.stop is not None:
             trainer.should_stop = True
-        self.host.requests.take_kl_beta()  # the module reads the active penalty through kl_beta()
-        metrics = self.host.collect_metrics()
-        if self._run_log is not None:  # ours, and what the module logged (reward, loss, ...)
-            logged = {k: v for k, v in trainer.callback_metrics.items() if k not in PROGRESS_BAR}  # not our bar's
-            self._run_log.write(trainer.global_step, {**logged, **metrics})
-        console = metrics
-        if not self.options.host.console_detail:  # per-module norms, timings: the run log only
-            console, _ = split_detail(metrics, self.host.describe_metrics())
-        if console:
-            pl_module.log_dict(console, on_step=True, on_epoch=False, rank_zero_only=True, batch_size=1)
-            # the live view: headline numbers in Lightning's progress bar (not sent to loggers twice)
-            headline = {
-                short: console[name] * factor for short, (name, factor) in PROGRESS_BAR.items() if name in console
-            }
-            pl_module.log_dict(headline, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+        self.session.take_kl_beta()  # the module reads the active penalty through kl_beta()
+        progress = self.session.progress()
+        # the run log: what the module logged (reward, loss, ...; not our progress bar) and ours
+        logged = {k: v for k, v in trainer.callback_metrics.items() if k not in progress}
+        self.session.log(trainer.global_step, {**logged, **decision.metrics})
+        if decision.console:
+            pl_module.log_dict(decision.console, on_step=True, on_epoch=False, rank_zero_only=True, batch_size=1)
+        if progress:  # the live view: headline numbers in Lightning's progress bar (not sent to loggers twice)
+            pl_module.log_dict(progress, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)

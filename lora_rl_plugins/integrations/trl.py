@@ -11,35 +11,29 @@ in global order: TRL 1.6 to 1.x, checked when the callback is built, see
 ``lora_rl_plugins.bridge.trl_contract``), and hands its metrics to TRL's own metric store, so they are averaged
 like TRL's ``reward`` and reach ``trainer.state.log_history`` and every ``report_to`` backend.
 Its state is saved in checkpoints through transformers' ``ExportableState`` (see
-``LoraRLCheckpointState``) and restored on resume. No math lives here: events are built by
-``lora_rl_plugins.bridge.translate`` and everything else happens in the plugins.
+``LoraRLCheckpointState``) and restored on resume. The run itself (plugins, run log, decisions, state)
+is ``lora_rl_plugins.bridge.session.RunSession``; generation plumbing is ``integrations.trl_generation``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
-from lora_rl_plugins.bridge.runlog import RunLogWriter, split_detail
-from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
-from lora_rl_plugins.bridge.trl_contract import check_informative_sampling, check_trl_grpo_trainer
+from lora_rl_plugins.bridge.session import RunSession, StepDecision
+from lora_rl_plugins.bridge.trl_contract import check_trl_grpo_trainer, grpo_settings
+from lora_rl_plugins.integrations.trl_generation import filter_groups, install_prompt_sampler
 from lora_rl_plugins.kl.kl_free import check_kl_free
-from lora_rl_plugins.learning.ledger import prompt_key
-from lora_rl_plugins.learning.sampling import InformativeRepeatSampler
 from lora_rl_plugins.plugin.collective import TensorCollective
-from lora_rl_plugins.plugin.events import RunStarted, StepEnded
+from lora_rl_plugins.plugin.events import RolloutsScored, RunStarted
+from lora_rl_plugins.plugin.host import PluginHost
+from lora_rl_plugins.plugin.services import BatchFilter, PromptSampler
 
-__all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective"]
-
-#: The keys of transformers' end-of-training summary log: run totals, not step metrics.
-TRAINING_SUMMARY_KEYS = frozenset(
-    {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
-)
+__all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective", "grpo_settings"]
 
 
 def accelerate_collective(accelerator: Any) -> TensorCollective:
@@ -49,59 +43,6 @@ def accelerate_collective(accelerator: Any) -> TensorCollective:
     return TensorCollective(
         accelerator.gather, accelerator.device, accelerator.num_processes, accelerator.process_index, gather_object
     )
-
-
-#: Per-row tensors of ``GRPOTrainer._generate_and_score_completions``' output (TRL 1.16): the side their
-#: second dimension is padded on and the padding value (None: the pad token id), or no padding (1-D).
-ROW_TENSORS: dict[str, tuple[str, float | None] | None] = {
-    "prompt_ids": ("left", None),
-    "prompt_mask": ("left", 0),
-    "completion_ids": ("right", None),
-    "completion_mask": ("right", 0),
-    "advantages": None,
-    "old_per_token_logps": ("right", 0.0),
-    "ref_per_token_logps": ("right", 0.0),
-    "sampling_per_token_logps": ("right", 0.0),
-    "importance_sampling_ratio": ("right", 1.0),
-    "tool_mask": ("right", 1),
-}
-
-
-def merge_generation_rounds(outputs: list[dict[str, Any]], rounds: list[int], pad_token_id: int) -> dict[str, Any]:
-    """One output dict whose row i is row i of ``outputs[rounds[i]]`` (each a ``_generate_and_score_completions``
-    output of the same inputs), every per-row tensor padded to the widest round on TRL's side for it.
-    ``num_items_in_batch`` is left to the caller (a collective).
-
-    Raises:
-        ValueError: an output key this merge does not know (multimodal inputs: turn ``sampling="filter"`` off).
-    """
-    import torch
-
-    unknown = sorted(set(outputs[0]) - set(ROW_TENSORS) - {"num_items_in_batch"})
-    if unknown:
-        raise ValueError(
-            f"sampling='filter' cannot merge TRL's generation output key(s) {', '.join(unknown)} (multimodal or a "
-            "newer TRL): turn sampling='filter' off for this run"
-        )
-    index = torch.tensor(rounds)
-    merged: dict[str, Any] = dict(outputs[0])
-    for key, padding in ROW_TENSORS.items():
-        if key not in outputs[0]:
-            continue
-        tensors = [out[key] for out in outputs]
-        if padding is not None:
-            side, value = padding
-            width = max(t.size(1) for t in tensors)
-            fill = pad_token_id if value is None else value
-            padded = []
-            for t in tensors:
-                extra = torch.full((t.size(0), width - t.size(1)), fill, dtype=t.dtype, device=t.device)
-                padded.append(torch.cat([extra, t] if side == "left" else [t, extra], dim=1))
-            tensors = padded
-        stacked = torch.stack(tensors)  # [rounds, rows, ...]
-        rows = torch.arange(stacked.size(1), device=stacked.device)
-        merged[key] = stacked[index.to(stacked.device), rows]
-    return merged
 
 
 class LoraRLCheckpointState(TrainerCallback, ExportableState):
@@ -117,7 +58,7 @@ class LoraRLCheckpointState(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         if self.owner is not None:
-            self.plugin_state = self.owner.host.get_state()
+            self.plugin_state = self.owner.session.state()
         return {"args": {}, "attributes": {"plugin_state": self.plugin_state}}
 
 
@@ -126,7 +67,7 @@ class LoraRLCallback(TrainerCallback):
 
     Args:
         trainer: the ``GRPOTrainer`` to observe.
-        live_view: show the plugins' one-line summary (bits, capacity used, KL vs budget) in the
+        live_view: show the plugins' headline numbers (signal bits, capacity used, KL) in the
             progress bar at the logging interval.
         **options: the options below (``lora_rl_plugins.bridge.options.PluginOptions``).
 
@@ -147,8 +88,7 @@ class LoraRLCallback(TrainerCallback):
         import trl
 
         check_trl_grpo_trainer(trainer, trl.__version__)
-        self.trainer = trainer
-        self.live_view = live_view
+        self.trainer, self.live_view = trainer, live_view
         self.options = PluginOptions(**options)
         self.kl_free = self.options.kl_free
         if self.kl_free:
@@ -159,22 +99,24 @@ class LoraRLCallback(TrainerCallback):
                 reference_model=getattr(trainer, "ref_model", None),
                 reference_adapter="ref" in peft_config,
             )
-        self.host = self.options.build_host()
-        self._metric_infos = self.host.describe_metrics()
-        self._run_log: RunLogWriter | None = None
-        self._detail: dict[str, float] = {}  # detail metrics since the last log: for the run log only
+        self.session = RunSession(self.options, source="trl")
         self.checkpoint_state = LoraRLCheckpointState()
         self.checkpoint_state.owner = self
         trainer.add_callback(self.checkpoint_state)
+        self._scored: RolloutsScored | None = None
+        self._generation_started: float | None = None
         self._wrap_reward_calculation(trainer)
         self._wrap_generation(trainer)
-        self._generation_started: float | None = None
-        if self.options.learning.informative_sampling and self.host.plugin("learning") is not None:
-            self._install_informative_sampler(trainer)
-        self._filter = self.host.plugin("learning") if self.options.learning.sampling == "filter" else None
-        self._scored_rewards: list[list[float]] = []
+        sampler = self.session.service(PromptSampler)
+        if sampler is not None:
+            install_prompt_sampler(trainer, sampler)
 
-    # -- trainer events -> hooks ---------------------------------------------------------------
+    @property
+    def host(self) -> PluginHost:
+        """The session's plugin host."""
+        return self.session.host
+
+    # -- trainer events -> the session -----------------------------------------------------------
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -185,84 +127,77 @@ class LoraRLCallback(TrainerCallback):
             group_size=trainer.num_generations,
             total_steps=state.max_steps or None,
             world_size=trainer.accelerator.num_processes,
-            options={
-                "beta": trainer.beta,
-                "temperature": trainer.temperature,
-                "use_vllm": bool(getattr(trainer, "use_vllm", False)),
-                "generation_batch_size": args.generation_batch_size,
-                "steps_per_generation": args.steps_per_generation,
-                "num_iterations": trainer.num_iterations,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "scale_rewards": getattr(trainer, "scale_rewards", None),
-                "multi_objective_aggregation": getattr(trainer, "multi_objective_aggregation", None),
-                "top_k": args.top_k,
-                "top_p": args.top_p,
-                "min_p": args.min_p,
-                "repetition_penalty": args.repetition_penalty,
-                "generation_kwargs": args.generation_kwargs,
-                "bf16": args.bf16,
-                "fp16": args.fp16,
-            },
+            grpo=grpo_settings(trainer),
         )
-        self._model = model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
+        self._model = trainer.accelerator.unwrap_model(trainer.model)  # unwrapping costs ~ms: once
         self._collective = accelerate_collective(trainer.accelerator)
         # The engine's wrapper (DDP, FSDP1 root, DeepSpeed engine), for sharded parameters: see lora.sharding.
         self._engine_model = getattr(trainer, "model_wrapped", None)
-        start_run(self.host, run, model, self._engine_model, tokenizer=getattr(trainer, "processing_class", None))
+        self.session.start(
+            run,
+            self._model,
+            engine_model=self._engine_model,
+            tokenizer=getattr(trainer, "processing_class", None),
+            log_dir=args.output_dir,
+            resume_step=state.global_step,
+            main_process=state.is_world_process_zero,
+        )
+        self._filter = self.session.service(BatchFilter)
         if self._filter is not None:
-            self._filter.group_filter()  # refuses settings the filter cannot apply to, before any generation
-        self._metric_infos = self.host.describe_metrics()
-        if self.options.host.run_log and state.is_world_process_zero:
-            self._run_log = RunLogWriter(args.output_dir, self._metric_infos, source="trl")
-            self._run_log.open(resume_step=state.global_step)
+            self._filter.begin()  # refuses settings the filter cannot apply to, before any generation
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self.host.on_step_end(StepEnded(state.global_step, state.max_steps or None))
-        if self.host.requests.take_stop() is not None:
+        decision = self.session.step_ended(state.global_step, state.max_steps or None)
+        if decision.stop is not None:
             control.should_training_stop = True
-        self._publish(self.host.collect_metrics())
+        self._publish(decision)
 
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any
     ) -> None:
-        """The live view: the plugins' one-line summary at the logging interval, in the progress bar
-        (as its postfix) or, when the bar is off, as a printed line beside the trainer's own log; and
-        the run log (``lora_rl_metrics.jsonl``): the trainer's logs and the detail metrics."""
-        if self._run_log is not None and logs:
-            # TRL folds the metrics of an unlogged last window into its end-of-training summary: keep those
-            values = {name: value for name, value in logs.items() if name not in TRAINING_SUMMARY_KEYS}
-            self._run_log.write(state.global_step, {**values, **self._detail})
-            self._detail = {}
+        """The run log (``lora_rl_metrics.jsonl``: the trainer's logs and the detail metrics), and the live view:
+        the session's short postfix in the progress bar or, when the bar is off, a printed line."""
+        if logs:
+            self.session.log(state.global_step, logs)
         if not self.live_view or not state.is_local_process_zero or "train_runtime" in (logs or {}):
             return
-        summary = self.host.summary_line()
-        if not summary:
+        postfix = self.session.postfix()
+        if not postfix:
             return
         callbacks = self.trainer.callback_handler.callbacks
         bar = next((cb.training_bar for cb in callbacks if isinstance(cb, ProgressCallback) and cb.training_bar), None)
         if bar is not None:
-            bar.set_postfix_str(summary)  # refreshed now: the bar shows the values the log line shows
+            bar.set_postfix_str(postfix)  # refreshed now: the bar shows the values the log line shows
         elif any(isinstance(cb, PrinterCallback) for cb in callbacks):
-            print(f"lora-rl step {state.global_step}: {summary}")
+            print(f"lora-rl step {state.global_step}: {postfix}")
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.host.on_run_end()
+        self.session.end()
         # the final plugin state (the per-prompt ledger) reaches trainer_state.json even without checkpoints
         state.stateful_callbacks[type(self.checkpoint_state).__name__] = self.checkpoint_state.state()
-        if self._run_log is not None:
-            self._run_log.close()
 
-    # -- plumbing ------------------------------------------------------------------------------
+    # -- wrapped trainer internals ---------------------------------------------------------------
     def _wrap_reward_calculation(self, trainer: Any) -> None:
         original = trainer._calculate_rewards
 
         def calculate_rewards(inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
             rewards_per_func = original(inputs, prompts, completions, completion_ids_list)
             if trainer.model.training:  # evaluation rollouts train nothing
-                self._scored_rewards = rewards_per_func.float().cpu().tolist()
-                self._rollouts_scored(rewards_per_func, completions, prompts)
+                started, self._generation_started = self._generation_started, None
+                self._scored = self.session.rollouts_scored(
+                    self._collective,
+                    step=trainer.state.global_step + 1,
+                    rewards=rewards_per_func.float().cpu().tolist(),
+                    rewards_gathered=True,  # TRL's _calculate_rewards returns every process's rewards
+                    reward_names=list(trainer.reward_func_names),
+                    reward_weights=trainer.reward_weights.float().cpu().tolist(),
+                    group_size=trainer.num_generations,
+                    completions=completions,
+                    prompts=prompts,
+                    generation_seconds=None if started is None else time.perf_counter() - started,
+                )
             return rewards_per_func
 
         trainer._calculate_rewards = calculate_rewards
@@ -270,116 +205,49 @@ class LoraRLCallback(TrainerCallback):
     def _wrap_generation(self, trainer: Any) -> None:
         original = trainer._generate_and_score_completions
 
-        def generate_and_score_completions(inputs: Any) -> Any:
-            beta = self.host.requests.take_kl_beta() if trainer.model.training else None
-            if beta is not None:
-                # Between generation batches, so every buffered batch has reference log-probs if beta > 0.
-                trainer.beta = beta
+        def generate(inputs: Any) -> Any:
             self._generation_started = time.perf_counter()
-            output = original(inputs)
-            if trainer.model.training and self._filter is not None:
-                output = self._filter_groups(original, inputs, output)
-            if trainer.model.training:
-                self._policy_sampled(output)
+            return original(inputs)
+
+        def generate_and_score_completions(inputs: Any) -> Any:
+            if not trainer.model.training:
+                return original(inputs)
+            beta = self.session.take_kl_beta()
+            if beta is not None:  # between generation batches, so every buffered batch has reference log-probs
+                trainer.beta = beta
+            output = generate(inputs)
+            if self._filter is not None:
+                output = filter_groups(
+                    trainer, self._filter, lambda: generate(inputs), output, lambda: self._scored, self._collective
+                )
+            self.session.policy_sampled(
+                step=trainer.state.global_step + 1,
+                model=self._model,
+                prompt_ids=output["prompt_ids"],
+                prompt_mask=output["prompt_mask"],
+                completion_ids=output["completion_ids"],
+                completion_mask=output["completion_mask"],
+                temperature=trainer.temperature,
+                collective=self._collective,
+                engine_model=self._engine_model,
+            )
             return output
 
         trainer._generate_and_score_completions = generate_and_score_completions
 
-    def _filter_groups(self, original: Any, inputs: Any, output: dict[str, Any]) -> dict[str, Any]:
-        """``sampling="filter"``: while the learning plugin's filter has slots without information and rounds
-        left, generate the same inputs again (TRL refills by resampling the dropped prompts), then take each
-        local row from the round the core chose for its group. Every process runs the same rounds: the
-        decisions come from the gathered rewards."""
-        trainer, learning = self.trainer, self._filter
-        group_size = trainer.num_generations
-        weights = trainer.reward_weights.float().cpu().tolist()
-        batch = learning.group_filter()
-        batch.offer(learning.zero_information(self._scored_rewards, group_size, weights))
-        started = time.perf_counter()
-        outputs = [output]
-        while batch.needs_refill():
-            self._generation_started = time.perf_counter()
-            outputs.append(original(inputs))
-            batch.offer(learning.zero_information(self._scored_rewards, group_size, weights))
-        rows = len(output["advantages"])
-        rounds = batch.row_rounds(trainer.accelerator.process_index * rows, rows, group_size)
-        if batch.extra_rounds:  # global (not this process's rows): every process makes the same gather
-            tokenizer = getattr(trainer, "_tokenizer", None) or trainer.processing_class
-            output = merge_generation_rounds(outputs, rounds, tokenizer.pad_token_id)
-            loss_mask = output["completion_mask"]
-            if "tool_mask" in output:
-                loss_mask = loss_mask * output["tool_mask"]
-            output["num_items_in_batch"] = trainer.accelerator.gather(loss_mask.sum()).sum()  # as TRL computes it
-        learning.filter_done(batch, group_size, time.perf_counter() - started, self._collective)
-        return output
-
-    def _policy_sampled(self, output: Mapping[str, Any]) -> None:
-        if not self.host.implements("on_policy_sampled"):
-            return
-        trainer = self.trainer
-        sample = policy_sample(
-            step=trainer.state.global_step + 1,
-            model=self._model,
-            prompt_ids=output["prompt_ids"],
-            prompt_mask=output["prompt_mask"],
-            completion_ids=output["completion_ids"],
-            completion_mask=output["completion_mask"],
-            temperature=trainer.temperature,
-            collective=self._collective,
-            engine_model=self._engine_model,
-        )
-        self.host.on_policy_sampled(sample)
-
-    def _rollouts_scored(self, rewards_per_func: Any, completions: list[Any], prompts: list[Any]) -> None:
-        trainer = self.trainer
-        started, self._generation_started = self._generation_started, None
-        batch = rollouts_scored(
-            self._collective,
-            step=trainer.state.global_step + 1,
-            rewards=rewards_per_func.float().cpu().tolist(),
-            rewards_gathered=True,  # TRL's _calculate_rewards returns every process's rewards
-            reward_names=list(trainer.reward_func_names),
-            reward_weights=trainer.reward_weights.float().cpu().tolist(),
-            group_size=trainer.num_generations,
-            completions=completions,
-            prompts=prompts,
-            generation_seconds=None if started is None else time.perf_counter() - started,
-        )
-        self.host.on_rollouts_scored(batch)
-
-    def _install_informative_sampler(self, trainer: Any) -> None:
-        """Draw each generation batch's prompts through the learning plugin (informative sampling):
-        TRL's ``RepeatSampler`` layout (each prompt ``num_generations`` times, each chunk repeated for
-        ``steps_per_generation`` × ``num_iterations``), prompts chosen by the core."""
-        check_informative_sampling(trainer)
-        learning = self.host.plugin("learning")
-        original = trainer._get_train_sampler
-
-        def get_train_sampler(dataset: Any = None) -> Any:
-            base = original(dataset)
-            data = trainer.train_dataset if dataset is None else dataset
-            learning.make_selector(lambda index: prompt_key(data[index]["prompt"]), len(data), trainer.args.seed)
-            return InformativeRepeatSampler(base, learning)
-
-        trainer._get_train_sampler = get_train_sampler
-
-    def _publish(self, metrics: Mapping[str, float]) -> None:
-        """Put metrics into TRL's metric store: per-step ones are averaged over the logging window."""
-        if not self.options.host.console_detail:  # per-module norms, timings: the run log only
-            metrics, detail = split_detail(metrics, self._metric_infos)
-            self._detail.update(detail)
+    def _publish(self, decision: StepDecision) -> None:
+        """Put the step's console metrics into TRL's metric store: per-step ones are averaged over the logging
+        window (as TRL averages its own), the others replace the previous value."""
         store = self.trainer._metrics["train"]
-        for name, value in metrics.items():
-            info = self._metric_infos.get(name)
-            if (info is not None and info.reduce == "mean") or name.startswith("plugins/"):
+        for name, value in decision.console.items():
+            if name in decision.averaged:
                 store[name].append(value)
             else:
                 store[name] = [value]
 
     def _restore(self, state: TrainerState) -> None:
         holder = next(
-            (cb for cb in self.trainer.callback_handler.callbacks if isinstance(cb, LoraRLCheckpointState)),
-            None,
+            (cb for cb in self.trainer.callback_handler.callbacks if isinstance(cb, LoraRLCheckpointState)), None
         )
         if holder is None:  # transformers removed it while rebuilding callbacks: put ours back
             holder = self.checkpoint_state
@@ -388,9 +256,7 @@ class LoraRLCallback(TrainerCallback):
         saved = (state.stateful_callbacks or {}).get(type(holder).__name__)
         if isinstance(saved, list):
             saved = saved[-1]
-        plugin_state = (saved or {}).get("attributes", {}).get("plugin_state")
-        if plugin_state:
-            self.host.set_state(plugin_state)
+        self.session.restore((saved or {}).get("attributes", {}).get("plugin_state") or {})
 
 
 LoraRLCallback.__doc__ = (

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ..lora.layers import lora_layers
-from ..lora.sharding import gathered_lora_layers, is_sharded
+from ..lora.sharding import gathered_lora_layers
 from ..plugin.config import option
 from ..plugin.events import (
     AdapterReady,
@@ -25,10 +25,11 @@ from ..plugin.events import (
     StepEnded,
     StopTraining,
 )
+from ..plugin.grpo import GRPOSettings
 from ..plugin.hookspecs import hookimpl
 from ..plugin.log import logger
-from ..plugin.metrics import MetricInfo
-from .reference import ReferencePolicy
+from ..plugin.metrics import MetricInfo, metric_family
+from .reference import ReferencePolicy, choose_reference
 
 __all__ = [
     "KL_METRICS",
@@ -61,34 +62,25 @@ class KLComparabilityWarning(UserWarning):
     """A trainer setting makes the exact KL and the trainer's k3 ``kl`` measure different things."""
 
 
-def _set(value: Any, off: Any) -> bool:
-    return value is not None and value != off
-
-
-def comparability_notes(options: Mapping[str, Any], dropout: Sequence[str] = ()) -> list[str]:
+def comparability_notes(grpo: GRPOSettings | Mapping[str, Any], dropout: Sequence[str] = ()) -> list[str]:
     """Why ``kl_monitor/kl_mean`` and the trainer's k3 ``kl`` differ beyond sampling noise under these settings.
 
     The monitor measures the full-vocabulary KL of the temperature-scaled distributions, in eval mode
     (no dropout), from the model's logits without autocast, in float64 after them (docs/theory.md §3).
 
     Args:
-        options: ``RunStarted.options`` as the integration passes them (absent keys: not known, no note):
-            ``top_k`` (0/None = off), ``top_p`` (1.0 = off), ``min_p`` (None/0 = off), ``repetition_penalty``
-            (1.0 = off), ``generation_kwargs`` (may override those), ``beta`` (> 0: the trainer logs k3),
-            ``bf16``/``fp16`` (autocast of the trainer's log-prob forwards).
+        grpo: the trainer's settings (``RunStarted.grpo``; a mapping of version 0.1's option names is
+            converted by ``GRPOSettings.from_options``): truncating sampling settings, β (> 0: the trainer
+            logs k3), the autocast precision of its log-prob forwards.
         dropout: names of dropout modules with p > 0 that are active in the trainer's train-mode forward.
 
     Returns:
         One sentence per setting that makes the two differ; empty when none does.
     """
+    if isinstance(grpo, Mapping):
+        grpo = GRPOSettings.from_options(grpo)
     notes: list[str] = []
-    sampling = dict(options)
-    sampling.update({k: v for k, v in (options.get("generation_kwargs") or {}).items() if k in _SAMPLING_OFF})
-    truncated = [
-        f"{name}={sampling[name]!r}"
-        for name, off in _SAMPLING_OFF.items()
-        if name in sampling and _set(sampling[name], off)
-    ]
+    truncated = [f"{name}={value!r}" for name, value in grpo.sampling.effective().items()]
     if truncated:
         notes.append(
             f"sampling with {', '.join(truncated)} draws the completions from a truncated or penalised distribution, "
@@ -96,7 +88,7 @@ def comparability_notes(options: Mapping[str, Any], dropout: Sequence[str] = ())
             "on those tokens (the trainer's `kl`, kl_monitor/k3_mean) then estimates a different quantity and may "
             "differ from kl_mean by more than kl_monitor/k3_stderr"
         )
-    if options.get("beta", 0) and options.get("beta", 0) > 0:
+    if grpo.beta > 0:
         if dropout:
             shown = ", ".join(list(dropout)[:3]) + (", ..." if len(dropout) > 3 else "")
             notes.append(
@@ -104,17 +96,12 @@ def comparability_notes(options: Mapping[str, Any], dropout: Sequence[str] = ())
                 "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
                 "lora_dropout=0 to compare)"
             )
-        precision = [name for name in ("bf16", "fp16") if options.get(name)]
-        if precision:
+        if grpo.precision:
             notes.append(
-                f"the trainer computes its log-probabilities under {precision[0]} autocast; the monitor uses the "
+                f"the trainer computes its log-probabilities under {grpo.precision} autocast; the monitor uses the "
                 "model's own dtype and float64 after the logits (set bf16=False/fp16=False to compare)"
             )
     return notes
-
-
-#: Sampling settings and the value that turns each off.
-_SAMPLING_OFF: dict[str, Any] = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
 def _active_dropout(model: Any) -> list[str]:
@@ -128,8 +115,7 @@ def _active_dropout(model: Any) -> list[str]:
     ]
 
 
-def _m(name: str, kind: str, unit: str, definition: str, *, detail: bool = False) -> MetricInfo:
-    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition, detail=detail)  # type: ignore[arg-type]
+_m = metric_family("kl_monitor")
 
 
 KL_METRICS: tuple[MetricInfo, ...] = (
@@ -140,6 +126,7 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "full-vocabulary KL(π_θ‖π_ref) at each measured completion token, from the model's own logits at the "
         "sampling temperature (full distributions, no top_k/top_p; eval mode; float64 after the logits), averaged "
         "over tokens",
+        short="KL",
     ),
     _m(
         "kl_seq_mean",
@@ -264,14 +251,14 @@ class KLMonitorPlugin:
         self.over_budget = False
         self.budget_actions = 0
         self._pending_action: StopTraining | SetKLPenalty | None = None
-        self.run_options: dict[str, Any] = {}
+        self.grpo = GRPOSettings()
         self.logits_source: Any = None
         self.only_output_layer = False
 
     # -- hooks ------------------------------------------------------------------------------
     @hookimpl
     def on_run_start(self, run: RunStarted) -> None:
-        self.run_options = dict(run.options)
+        self.grpo = run.grpo
 
     @hookimpl
     def on_adapter_ready(self, adapter: AdapterReady) -> None:
@@ -290,23 +277,9 @@ class KLMonitorPlugin:
                 stacklevel=2,
             )
             return
-        mode = self.config.kl_reference
         self.engine_model = adapter.engine_model
-        if mode == "initial_adapter" and is_sharded(adapter.model, adapter.engine_model):
-            raise ValueError(
-                "kl_reference='initial_adapter' swaps a saved copy of the adapter's weights in and out, which this "
-                "library does not do for parameters sharded by FSDP or DeepSpeed ZeRO-3; use kl_reference='base', "
-                "or load the starting adapter as TRL's frozen 'ref' adapter (kl_reference='auto')."
-            )
-        peft_config = getattr(adapter.model, "peft_config", {}) or {}
-        if mode == "initial_adapter":
-            self.reference = ReferencePolicy("snapshot")
-            self.reference.take_snapshot(adapter.model)
-        elif mode == "auto" and "ref" in peft_config:
-            self.reference = ReferencePolicy("adapter", "ref")  # TRL's frozen copy of a pre-trained adapter
-        else:
-            self.reference = ReferencePolicy("disable")
-        notes = comparability_notes(self.run_options, _active_dropout(adapter.model) if adapter.model else ())
+        self.reference = choose_reference(self.config.kl_reference, adapter.model, adapter.engine_model)
+        notes = comparability_notes(self.grpo, _active_dropout(adapter.model) if adapter.model else ())
         if notes:
             warnings.warn(
                 "lora_rl_plugins: the exact KL (kl_monitor/kl_mean) and the trainer's k3 `kl` measure different "

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..lora.adapters import NotALoraModelError, summarize_adapter
 
-__all__ = ["ReferencePolicy"]
+__all__ = ["KL_REFERENCES", "ReferencePolicy", "choose_reference"]
 
 
 class ReferencePolicy:
@@ -78,3 +78,38 @@ class ReferencePolicy:
                 with torch.no_grad():
                     for name, value in current.items():
                         params[name].copy_(value)
+
+
+#: Values of the ``kl_reference`` option.
+KL_REFERENCES = ("auto", "base", "initial_adapter")
+
+
+def choose_reference(kl_reference: str, model: Any, engine_model: Any = None) -> ReferencePolicy:
+    """The one reference choice the KL monitor and the probes (``learning/absorbed_bits``) share.
+
+    ``kl_reference``: "auto" (TRL's frozen "ref" adapter where the model has one, else adapters
+    disabled), "base" (adapters disabled) or "initial_adapter" (a snapshot of the adapter's weights now).
+
+    Raises:
+        ValueError: an unknown ``kl_reference``, or "initial_adapter" with parameters sharded by FSDP or
+            DeepSpeed ZeRO-3 (the message names what to use instead).
+        NotALoraModelError: "initial_adapter" on a model without LoRA.
+    """
+    from ..lora.sharding import is_sharded
+
+    if kl_reference not in KL_REFERENCES:
+        raise ValueError(f"kl_reference must be one of {', '.join(KL_REFERENCES)}, got {kl_reference!r}")
+    if kl_reference == "initial_adapter":
+        if is_sharded(model, engine_model):
+            raise ValueError(
+                "kl_reference='initial_adapter' swaps a saved copy of the adapter's weights in and out, which this "
+                "library does not do for parameters sharded by FSDP or DeepSpeed ZeRO-3; use kl_reference='base', "
+                "or load the starting adapter as TRL's frozen 'ref' adapter (kl_reference='auto')."
+            )
+        reference = ReferencePolicy("snapshot")
+        reference.take_snapshot(model)
+        return reference
+    peft_config = getattr(model, "peft_config", {}) or {}
+    if kl_reference == "auto" and "ref" in peft_config:
+        return ReferencePolicy("adapter", "ref")  # TRL's frozen copy of a pre-trained adapter
+    return ReferencePolicy("disable")

@@ -15,6 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from .collective import Collective, SingleProcess
+from .grpo import Advantages, GRPOSettings
 
 __all__ = [
     "Action",
@@ -154,8 +155,15 @@ class RunStarted:
     rollouts_per_step: int | None = None
     """Rollouts scored per optimizer step over all processes, where known."""
     world_size: int = 1
+    grpo: GRPOSettings = None  # type: ignore[assignment]
+    """The trainer's GRPO settings (advantages, sampling, β, weight sync); TRL's defaults when not given."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Trainer settings plugins may want (temperature, beta, use_vllm, ...)."""
+    """Version 0.1's untyped settings: when given without ``grpo``, ``grpo`` is built from them
+    (``GRPOSettings.from_options``). Plugins read ``grpo``."""
+
+    def __post_init__(self) -> None:
+        if self.grpo is None:
+            object.__setattr__(self, "grpo", GRPOSettings.from_options(self.options))
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,10 @@ class RolloutsScored:
     generation_seconds: float | None = None
     """Wall seconds spent generating the batch, where the integration measured it: the slowest
     process's (``bridge.translate.rollouts_scored`` takes the maximum), the same on every process."""
+    advantages: Advantages | None = None
+    """The trainer's advantages of this batch, computed once where the batch is built (the run session,
+    with ``RunStarted.grpo.advantage``); plugins read them through ``bandwidth.advantages.batch_advantages``,
+    which computes them only for an event built without."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ entry-point group ``lora_rl_plugins``::
 
 Order of calls in a run: ``on_run_start`` → ``on_adapter_ready`` → for each step
 (``on_rollouts_scored`` and ``on_policy_sampled`` per generation batch, then ``on_step_end``,
-then ``collect_metrics``) → ``on_run_end``. ``get_state``/``set_state`` happen at checkpoints.
+then ``collect_metrics``) → ``on_run_end``. ``get_state``/``set_state`` happen at checkpoints;
+``get_service`` whenever an integration looks for a service (``plugin.services``).
 Every integration calls them in this order, through ``lora_rl_plugins.plugin.host.PluginHost``.
 
 Hooks whose results the host merges (``on_step_end``, ``collect_metrics``, ``describe_metrics``,
@@ -90,6 +91,12 @@ def get_state() -> Mapping[str, Any] | None:
 @hookspec
 def set_state(state: Mapping[str, Any]) -> None:
     """Restore what ``get_state`` returned at a checkpoint."""
+
+
+@hookspec(firstresult=True)
+def get_service(kind: type) -> Any:
+    """Return this plugin's object of type ``kind`` (a service of ``lora_rl_plugins.plugin.services``:
+    ``PromptSampler``, ``BatchFilter``) when it offers one now, else None; the first non-None answer wins."""
 
 
 @hookspec

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -60,6 +60,7 @@ __all__ = [
     "build_plugin_manager",
 ]
 
+T = TypeVar("T")
 ENTRY_POINT_GROUP = PROJECT_NAME
 BLOCK_ENV_VAR = "LORA_RL_PLUGINS_BLOCK"
 #: Key of the host's own entry in ``PluginHost.get_state()`` (plugin names never start with "_").
@@ -90,14 +91,15 @@ def _blocked_names(block: Iterable[str]) -> set[str]:
     return {name.strip() for name in [*block, *from_env.split(",")] if name.strip()}
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def _load_entry_points(pm: pluggy.PluginManager, configs: Mapping[str, object]) -> None:
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if pm.is_blocked(entry_point.name) or pm.has_plugin(entry_point.name):
             continue
         try:
             plugin = entry_point.load()
-            if isinstance(plugin, type):
-                plugin = plugin()  # a class gets a fresh instance per run: its state is the run's
+            if isinstance(plugin, type):  # a class gets a fresh instance per run: its state is the run's
+                config = configs.get(entry_point.name)
+                plugin = plugin() if config is None else plugin(config)
             pm.register(plugin, name=entry_point.name)
         except Exception as error:  # a broken third-party plugin must not stop training
             logger.error(
@@ -130,11 +132,14 @@ def build_plugin_manager(
     extra: Iterable[object] = (),
     block: Iterable[str] = (),
     load_entry_points: bool = True,
+    entry_point_configs: Mapping[str, object] | None = None,
 ) -> pluggy.PluginManager:
     """A new plugin manager with ``plugins`` (name -> instance), ``extra`` ones and entry-point plugins.
 
     ``extra`` plugins are named after their class (``MyPlugin``, ``MyPlugin_2``, ...); names in
-    ``block`` (or in ``$LORA_RL_PLUGINS_BLOCK``) are never registered. With the built-in set by
+    ``block`` (or in ``$LORA_RL_PLUGINS_BLOCK``) are never registered. An entry-point plugin class
+    named in ``entry_point_configs`` is built with its config (``plugin_class(config)``: its options,
+    see ``bridge.options.PluginOptions``), any other with no argument. With the built-in set by
     default: ``lora_rl_plugins.make_plugin_manager``.
 
     Raises:
@@ -151,7 +156,7 @@ def build_plugin_manager(
     for plugin in extra:
         pm.register(plugin, name=_extra_plugin_name(pm, plugin))
     if load_entry_points:
-        _load_entry_points(pm)
+        _load_entry_points(pm, entry_point_configs or {})
     pm.check_pending()
     return pm
 
@@ -418,6 +423,17 @@ class PluginHost:
         for impl in self.pm.hook.set_state.get_hookimpls():
             if impl.plugin_name in state:
                 self._call_one("set_state", impl.plugin_name, {"state": state[impl.plugin_name]})
+
+    def service(self, kind: type[T]) -> T | None:
+        """The first plugin's object of type ``kind`` (``get_service``), or None when no plugin offers one.
+
+        Raises:
+            TypeError: a fail-fast plugin answered with an object that is not a ``kind``.
+        """
+        found = self.pm.hook.get_service(kind=kind)
+        if found is not None and not isinstance(found, kind):
+            raise TypeError(f"get_service({kind.__name__}) returned a {type(found).__name__}, not a {kind.__name__}")
+        return found
 
     def on_run_end(self) -> None:
         """Training ended (finished, stopped or interrupted)."""

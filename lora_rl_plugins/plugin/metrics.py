@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MetricInfo", "MetricKind", "MetricReduce", "format_percent"]
+__all__ = ["MetricInfo", "MetricKind", "MetricReduce", "format_percent", "metric_family"]
 
 
 def format_percent(fraction: float, digits: int = 2) -> str:
@@ -39,6 +40,8 @@ class MetricInfo:
     (``kl_monitor/norms/<module>/<norm>``: ``<module>`` may itself contain dots, never ``/``).
     ``detail`` metrics (per-module values, timings) go to the run log and the report, not to the
     trainer's console and loggers, unless the user asks for them (``console_detail=True``).
+    ``short`` is the metric's label in the progress bar's postfix (empty: not shown there); the
+    run session shows each labelled metric as ``label value`` (fractions as percents, bits rounded).
     """
 
     name: str
@@ -47,3 +50,29 @@ class MetricInfo:
     definition: str
     reduce: MetricReduce = "last"
     detail: bool = False
+    short: str = ""
+
+
+def metric_family(prefix: str) -> Callable[..., MetricInfo]:
+    """A maker of one plugin's ``MetricInfo`` entries, each named ``<prefix>/<name>``::
+
+        _m = metric_family("bandwidth")
+        _m("bits_total", "estimate", "bits", "signal summed over the run", short="signal")
+
+    The maker's arguments are ``MetricInfo``'s after ``name``: kind, unit, definition, then
+    ``reduce`` (default "last"), ``detail`` and ``short`` by keyword or position.
+    """
+
+    def make(
+        name: str,
+        kind: MetricKind,
+        unit: str,
+        definition: str,
+        reduce: MetricReduce = "last",
+        *,
+        detail: bool = False,
+        short: str = "",
+    ) -> MetricInfo:
+        return MetricInfo(f"{prefix}/{name}", kind, unit, definition, reduce, detail, short)
+
+    return make

@@ -114,10 +114,14 @@ def _png(figure) -> bytes:
 def _summary_rows(run: RunLog) -> str:
     from ..bandwidth.plugin import BANDWIDTH_METRICS
     from ..kl.monitor import KL_METRICS
-    from ..learning.plugin import LEARNING_METRICS
+    from ..learning.plugin import LEARNING_METRICS, PROBE_METRICS
 
+    # what the run log describes (every plugin's metrics, a third party's included), in the built-ins' order
+    # first; a framework log carries no descriptions, so the built-in tables describe its metrics
+    builtin = {info.name: info for info in (*BANDWIDTH_METRICS, *KL_METRICS, *PROBE_METRICS, *LEARNING_METRICS)}
+    infos = {**builtin, **run.infos}
     rows = []
-    for info in (*BANDWIDTH_METRICS, *KL_METRICS, *LEARNING_METRICS):
+    for info in infos.values():
         value = run.last(info.name)
         if value is None:
             continue

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..bridge.runlog import RUN_LOG_NAME
+from ..bridge.runlog import RUN_LOG_NAME, read_description
+from ..plugin.metrics import MetricInfo
 
 __all__ = ["RunLog", "load_run"]
 
@@ -24,6 +25,8 @@ class RunLog:
     kind: str
     """"run log", "trl", "lightning-csv" or "tensorboard"."""
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    infos: dict[str, MetricInfo] = field(default_factory=dict)
+    """name (or pattern) -> description, as the run log carries them (empty for a framework log)."""
 
     def add(self, name: str, step: int, value: float) -> None:
         """Append (step, value) to series ``name``; None and NaN are skipped."""
@@ -105,6 +108,9 @@ def _jsonl(path: Path) -> RunLog:
         for line in handle:
             try:
                 record = json.loads(line)
+                info = read_description(record)
+                if info is not None:
+                    run.infos[info.name] = info
                 run.add(record["name"], int(record["step"]), record["value"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line being written by a run still in progress

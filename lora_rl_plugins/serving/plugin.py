@@ -79,7 +79,7 @@ class VLLMServingCheck:
 
     @hookimpl
     def on_run_start(self, run: RunStarted) -> None:
-        if run.framework == "trl" and run.options.get("use_vllm") and self.serving is None:
+        if run.grpo.weight_sync != "shared" and self.serving is None:
             logger.warning(TRL_MERGES_NOTE)
 
     @hookimpl

@@ -1,0 +1,82 @@
+"""Services: objects a plugin offers to the integrations, found by type (never by a plugin's name).
+
+A plugin offers a service by implementing the first-result hook ``get_service(kind)``: it returns
+its object when ``kind`` is a type it serves, else None::
+
+    @hookimpl
+    def get_service(self, kind: type) -> object | None:
+        return self.sampler if kind is PromptSampler and self.sampler_on else None
+
+An integration asks the run session (``RunSession.service(PromptSampler)``) and installs what it
+gets; None means no plugin offers it (the option is off, the plugin is blocked). The interfaces
+below are what the integrations call, so a third-party plugin can replace the built-in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from .collective import Collective
+from .grpo import Advantages
+
+__all__ = ["BatchFilter", "FilterBatch", "PromptSampler"]
+
+
+@runtime_checkable
+class PromptSampler(Protocol):
+    """Chooses the prompts of each generation batch before they are generated (informative sampling).
+
+    The integration ``bind``s it to its dataset once, then draws each batch's prompt indices; a
+    trainer that re-iterates its sampler from the epoch start (TRL, after a resume) calls
+    ``new_epoch`` when it starts iterating. Its position is part of the offering plugin's state.
+    """
+
+    def bind(self, key_of: Callable[[int], Hashable], size: int, seed: int) -> None:
+        """Draw from ``size`` prompts; ``key_of(index)`` is the prompt's stable key (``learning.ledger.prompt_key``)."""
+
+    def draw(self, count: int, shuffle: bool = True) -> list[int]:
+        """The indices of the next ``count`` prompts (the same on every process)."""
+
+    def new_epoch(self) -> None:
+        """The trainer starts iterating its sampler (again)."""
+
+
+@runtime_checkable
+class FilterBatch(Protocol):
+    """One generation batch's slots under the after-generation filter (``learning.filtering.GroupFilter``)."""
+
+    extra_rounds: int
+
+    def offer(self, zero_information: Sequence[bool]) -> None:
+        """One round's groups: True where the group carries no information (its advantages are all zero)."""
+
+    def needs_refill(self) -> bool:
+        """Whether to generate the batch again (slots without information and rounds left)."""
+
+    def row_rounds(self, first_row: int, rows: int, group_size: int) -> list[int]:
+        """For the rows [first_row, first_row + rows) of the batch: the round each row is taken from."""
+
+
+@runtime_checkable
+class BatchFilter(Protocol):
+    """Keeps only groups with information in each generation batch (``sampling="filter"``), refilling the rest."""
+
+    def begin(self) -> FilterBatch:
+        """A fresh filter for one generation batch.
+
+        Raises:
+            ValueError: the trainer's advantage settings make groups depend on each other (the message
+                names the setting to change).
+        """
+
+    def zero_information(self, advantages: Advantages) -> list[bool]:
+        """Per group of one round: whether its advantages are all zero."""
+
+    def done(self, batch: FilterBatch, group_size: int, seconds: float, collective: Collective | None = None) -> None:
+        """Count one batch's filtering in the run totals (every process calls it once per batch)."""
+
+
+def offer(kind: type, services: Sequence[Any]) -> Any:
+    """The first of ``services`` that is an instance of ``kind`` (None if none): a ``get_service`` body."""
+    return next((service for service in services if service is not None and isinstance(service, kind)), None)
