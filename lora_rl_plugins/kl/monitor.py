@@ -244,7 +244,7 @@ class KLMonitorPlugin:
     Args:
         config: the monitor's options.
         required: the user asked for the monitor (KL-free mode, a budget, a cadence): a model
-            without LoRA is then a ``NotALoraModelError`` instead of a warning.
+            without LoRA is then a ``NotALoraModelError`` instead of a one-time info (logger ``lora_rl_plugins``).
     """
 
     fail_fast = True  # a built-in: its faults are bugs to see, not plugins to disable
@@ -283,11 +283,10 @@ class KLMonitorPlugin:
             if self.required:
                 ReferencePolicy.require_lora(adapter.model)
             self.active = False
-            warnings.warn(
+            # an info, not a warning: nobody asked for the monitor (``required`` would have refused above)
+            logger.info(
                 "lora_rl_plugins: the KL monitor is off: it measures drift through the model's LoRA adapter and "
-                "this model has none.",
-                UserWarning,
-                stacklevel=2,
+                "this model has none."
             )
             return
         mode = self.config.kl_reference
