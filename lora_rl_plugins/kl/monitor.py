@@ -37,6 +37,7 @@ __all__ = [
     "KLMonitorConfig",
     "KLMonitorPlugin",
     "comparability_notes",
+    "precision_note",
 ]
 
 #: Generation batches between measurements by default: keeps the monitor's cost under 5 % of a
@@ -104,13 +105,20 @@ def comparability_notes(options: Mapping[str, Any], dropout: Sequence[str] = ())
                 "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
                 "lora_dropout=0 to compare)"
             )
-        precision = [name for name in ("bf16", "fp16") if options.get(name)]
-        if precision:
-            notes.append(
-                f"the trainer computes its log-probabilities under {precision[0]} autocast; the monitor uses the "
-                "model's own dtype and float64 after the logits (set bf16=False/fp16=False to compare)"
-            )
     return notes
+
+
+def precision_note(options: Mapping[str, Any]) -> str | None:
+    """Why the trainer's k3 ``kl`` carries rounding the monitor's values do not: ``beta`` > 0 under ``bf16``/``fp16``
+    autocast (TRL's default: bf16 unless fp16). Rounding, not another quantity: said once as an info, not warned
+    (a healthy default run prints no library warning). None when it does not apply."""
+    precision = [name for name in ("bf16", "fp16") if options.get(name)]
+    if not (options.get("beta", 0) and options.get("beta", 0) > 0 and precision):
+        return None
+    return (
+        f"the trainer computes its log-probabilities (and its `kl`) under {precision[0]} autocast; the monitor uses "
+        "the model's own dtype and float64 after the logits (set bf16=False/fp16=False to compare them exactly)"
+    )
 
 
 #: Sampling settings and the value that turns each off.
@@ -305,6 +313,9 @@ class KLMonitorPlugin:
             self.reference = ReferencePolicy("adapter", "ref")  # TRL's frozen copy of a pre-trained adapter
         else:
             self.reference = ReferencePolicy("disable")
+        note = precision_note(self.run_options)
+        if note:
+            logger.info("lora_rl_plugins: %s.", note)
         notes = comparability_notes(self.run_options, _active_dropout(adapter.model) if adapter.model else ())
         if notes:
             warnings.warn(
