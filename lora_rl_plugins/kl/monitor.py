@@ -97,14 +97,13 @@ def comparability_notes(options: Mapping[str, Any], dropout: Sequence[str] = ())
             "on those tokens (the trainer's `kl`, kl_monitor/k3_mean) then estimates a different quantity and may "
             "differ from kl_mean by more than kl_monitor/k3_stderr"
         )
-    if options.get("beta", 0) and options.get("beta", 0) > 0:
-        if dropout:
-            shown = ", ".join(list(dropout)[:3]) + (", ..." if len(dropout) > 3 else "")
-            notes.append(
-                f"dropout is active in the trainer's train-mode forward ({len(dropout)} modules with p > 0: {shown}), "
-                "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
-                "lora_dropout=0 to compare)"
-            )
+    if options.get("beta", 0) and options.get("beta", 0) > 0 and dropout:
+        shown = ", ".join(list(dropout)[:3]) + (", ..." if len(dropout) > 3 else "")
+        notes.append(
+            f"dropout is active in the trainer's train-mode forward ({len(dropout)} modules with p > 0: {shown}), "
+            "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
+            "lora_dropout=0 to compare)"
+        )
     return notes
 
 
