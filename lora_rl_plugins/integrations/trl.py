@@ -289,21 +289,21 @@ class LoraRLCallback(TrainerCallback):
         trainer._generate_and_score_completions = generate_and_score_completions
 
     def _filter_groups(self, original: Any, inputs: Any, output: dict[str, Any]) -> dict[str, Any]:
-        """``sampling="filter"``: while the learning plugin's filter has slots without information and rounds
-        left, generate the same inputs again (TRL refills by resampling the dropped prompts), then take each
-        local row from the round the core chose for its group. Every process runs the same rounds: the
-        decisions come from the gathered rewards."""
+        """``sampling="filter"``: while the learning plugin's filter has slots without information that may still
+        get some (``learning.filtering.hopeless_groups``) and rounds left, generate the same inputs again (TRL
+        refills by resampling the dropped prompts), then take each local row from the round the core chose for its
+        group. Every process runs the same rounds: the decisions come from the gathered rewards."""
         trainer, learning = self.trainer, self._filter
         group_size = trainer.num_generations
         weights = trainer.reward_weights.float().cpu().tolist()
         batch = learning.group_filter()
-        batch.offer(learning.zero_information(self._scored_rewards, group_size, weights))
+        learning.offer_round(batch, self._scored_rewards, group_size, weights)
         started = time.perf_counter()
         outputs = [output]
         while batch.needs_refill():
             self._generation_started = time.perf_counter()
             outputs.append(original(inputs))
-            batch.offer(learning.zero_information(self._scored_rewards, group_size, weights))
+            learning.offer_round(batch, self._scored_rewards, group_size, weights)
         rows = len(output["advantages"])
         rounds = batch.row_rounds(trainer.accelerator.process_index * rows, rows, group_size)
         if batch.extra_rounds:  # global (not this process's rows): every process makes the same gather

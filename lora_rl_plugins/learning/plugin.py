@@ -25,7 +25,7 @@ from ..plugin.events import AdapterReady, RolloutsScored, RunStarted, StepEnded,
 from ..plugin.hookspecs import hookimpl
 from ..plugin.log import logger
 from ..plugin.metrics import MetricInfo
-from .filtering import GroupFilter, check_filterable, zero_information_groups
+from .filtering import GroupFilter, check_filterable, hopeless_groups, zero_information_groups
 from .ledger import PromptLedger, classify_group, prompt_key
 from .sampling import InformativeSelector
 
@@ -107,7 +107,8 @@ LEARNING_METRICS: tuple[MetricInfo, ...] = (
         "filter_unfilled_groups",
         "exact",
         "groups",
-        'sampling="filter": groups the batches kept without information because `filter_max_rounds` ran out, '
+        'sampling="filter": groups the batches kept without information (`filter_max_rounds` ran out, or the group '
+        "could not become informative: no scored rollout, or a prompt that never varied over `skip_after` visits), "
         "over the run",
     ),
     _m(
@@ -163,7 +164,11 @@ class LearningConfig:
         doc='`sampling="filter"`: extra generation rounds per batch at most; slots still without an informative '
         "group keep their zero-information group (`learning/filter_unfilled_groups`, warned)",
     )
-    skip_after: int = option(2, doc="k: visits without signal after which informative sampling skips a prompt")
+    skip_after: int = option(
+        2,
+        doc='k: visits without signal after which informative sampling skips a prompt; sampling="filter" stops '
+        "refilling a prompt visited k times or more without any signal",
+    )
     revisit: float = option(0.1, doc="probability of drawing a prompt informative sampling would skip")
     skip_unsolved: bool = option(
         False,
@@ -233,6 +238,7 @@ class LearningPlugin:
         self.seconds_per_rollout = 0.0
         self.filter_totals = dict.fromkeys(FILTER_TOTALS, 0.0)
         self._pending = [0, 0]
+        self._last_keys: list[Hashable] | None = None
         self._action: StopTraining | None = None
         self._resumed = False
 
@@ -276,6 +282,7 @@ class LearningPlugin:
         keys = batch.prompt_keys
         if keys is not None and len(keys) != len(combined):
             raise ValueError(f"{len(keys)} prompt keys for {len(combined)} rollouts: give exactly one per rollout")
+        self._last_keys = list(keys) if keys is not None else None  # sampling="filter" judges this round's prompts
         prompts = batch.prompts if batch.prompts is not None and len(batch.prompts) == len(combined) else None
         for g, rewards in enumerate(groups):
             outcome = classify_group(rewards, top, self.bottom, zero_info=zero_groups[g])
@@ -455,8 +462,37 @@ class LearningPlugin:
         advantage settings; ``filtering.zero_information_groups``)."""
         return zero_information_groups(rewards, group_size, weights, self.advantage_settings)
 
+    def never_varied(self, group_size: int) -> list[bool] | None:
+        """Per group of the latest scored batch: whether its prompt has had no signal at any of its visits, with at
+        least ``skip_after`` visits (refill rounds included) in the ledger; None without prompt keys."""
+        keys = self._last_keys
+        if keys is None:
+            return None
+        flags = []
+        for first in range(0, len(keys), group_size):
+            entry = self.ledger.get(keys[first])
+            flags.append(entry is not None and entry.visits >= self.config.skip_after and entry.signal_bits == 0.0)
+        return flags
+
+    def offer_round(
+        self,
+        batch: GroupFilter,
+        rewards: Sequence[Sequence[float | None]],
+        group_size: int,
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        """Offer one freshly generated and scored round to ``batch``: its zero-information groups and, per group,
+        why it cannot become informative (``filtering.hopeless_groups``: no scored rollout, or a prompt the ledger
+        has seen never vary). Call after the round's ``on_rollouts_scored`` (the ledger then holds its visit)."""
+        zero = self.zero_information(rewards, group_size, weights)
+        never_varied = self.never_varied(group_size)
+        if never_varied is not None and len(never_varied) != len(zero):
+            never_varied = None  # keys of another batch (the integration scored without keys): judge by rewards only
+        batch.offer(zero, hopeless_groups(rewards, group_size, never_varied))
+
     def filter_done(self, batch: GroupFilter, group_size: int, seconds: float, collective: Any = None) -> None:
-        """Add one batch's filter counts to the run totals; warn once when slots stayed without information.
+        """Add one batch's filter counts to the run totals; warn once per cause when slots stayed without
+        information (no scored rollout, a prompt that never varied, the round cap).
 
         ``seconds``: this process's wall seconds in refill rounds; with ``collective`` (a
         ``plugin.collective`` object; every process must call this once per batch) the slowest process's,
@@ -466,15 +502,47 @@ class LearningPlugin:
         if collective is not None:
             seconds = collective.max([float(seconds)])[0]
         self.filter_totals["seconds"] += seconds
-        if batch.empty:
+        causes = batch.causes()
+        rounds = f"after {batch.extra_rounds} refill round(s)"
+        if causes.get("unscored"):
             self._warn_once(
-                "filter_unfilled",
-                f"lora_rl_plugins: sampling='filter' kept {batch.empty} group(s) without information after "
-                f"filter_max_rounds={self.config.filter_max_rounds} refill rounds (counted in "
-                "learning/filter_unfilled_groups); raise filter_max_rounds, or the prompts are mostly solved or "
-                "unsolved (see learning/solved_frac).",
+                "filter_unscored",
+                f"lora_rl_plugins: sampling='filter' kept {causes['unscored']} group(s) in which no rollout has a "
+                f"reward (every reward function returned None/NaN) and stopped refilling them {rounds}: regenerating "
+                "the same prompt asks the same reward functions again. Check that the reward functions score these "
+                "prompts (counted in learning/filter_unfilled_groups and bandwidth/missing_rewards).",
                 UserWarning,
             )
+        if causes.get("never_varied"):
+            self._warn_once(
+                "filter_never_varied",
+                f"lora_rl_plugins: sampling='filter' kept {causes['never_varied']} group(s) whose prompts have never "
+                f"varied ({self._never_varied_detail(batch, group_size)}: every rollout got the same reward at each "
+                f"of at least skip_after={self.config.skip_after} visits) and stopped refilling them {rounds}; such "
+                'prompts are better skipped before generation (sampling="informative") or removed from the data '
+                "(counted in learning/filter_unfilled_groups).",
+                UserWarning,
+            )
+        if causes.get("capped"):
+            self._warn_once(
+                "filter_unfilled",
+                f"lora_rl_plugins: sampling='filter' kept {causes['capped']} group(s) without information after "
+                f"filter_max_rounds={self.config.filter_max_rounds} refill rounds (counted in "
+                "learning/filter_unfilled_groups): their prompts did vary before or are new, so more rounds may fill "
+                "them; raise filter_max_rounds.",
+                UserWarning,
+            )
+
+    def _never_varied_detail(self, batch: GroupFilter, group_size: int) -> str:
+        """'3 solved, 1 unsolved' for the never-varied slots' prompts, by their latest outcome in the ledger."""
+        keys = self._last_keys or []
+        tally: dict[str, int] = {}
+        for g, cause in enumerate(batch.hopeless):
+            if cause == "never_varied" and batch.rounds[g] is None and g * group_size < len(keys):
+                entry = self.ledger.get(keys[g * group_size])
+                outcome = entry.last if entry is not None else "constant"
+                tally[outcome] = tally.get(outcome, 0) + 1
+        return ", ".join(f"{count} {outcome}" for outcome, count in sorted(tally.items()))
 
     # -- measurement ------------------------------------------------------------------------
     @property
