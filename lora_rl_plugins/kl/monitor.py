@@ -135,9 +135,15 @@ def _active_dropout(model: Any) -> list[str]:
     ]
 
 
-def _m(name: str, kind: str, unit: str, definition: str, *, detail: bool = False) -> MetricInfo:
-    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition, detail=detail)  # type: ignore[arg-type]
+def _m(name: str, kind: str, unit: str, definition: str, *, detail: bool = False, reduce: str = "last") -> MetricInfo:
+    return MetricInfo(f"kl_monitor/{name}", kind, unit, definition, reduce, detail=detail)  # type: ignore[arg-type]
 
+
+#: How a measured KL value reaches a log line (TRL, Lightning, the run log): published only at the step of a new
+#: measurement, averaged like the trainer's own per-step metrics (TRL's `kl` is the logging window's mean of its
+#: per-step k3), so one log line holds the mean of the measurements taken within its window; a window without a
+#: measurement has no kl_monitor/* values (kl_monitor/measured_step says which step was measured last).
+WINDOW = " (a log line: the mean over the measurements in its logging window, like TRL's `kl`)"
 
 KL_METRICS: tuple[MetricInfo, ...] = (
     _m(
@@ -146,28 +152,53 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "nats/token",
         "full-vocabulary KL(π_θ‖π_ref) at each measured completion token, from the model's own logits at the "
         "sampling temperature (full distributions, no top_k/top_p; eval mode; float64 after the logits), averaged "
-        "over tokens",
+        "over tokens" + WINDOW,
+        reduce="mean",
     ),
     _m(
         "kl_seq_mean",
         "exact",
         "nats/sequence",
-        "Σ over a sequence's completion tokens of the per-token KL, averaged over sequences",
+        "Σ over a sequence's completion tokens of the per-token KL, averaged over sequences" + WINDOW,
+        reduce="mean",
     ),
-    _m("kl_max", "exact", "nats/token", "largest per-token KL(π_θ‖π_ref) among the measured tokens"),
-    _m("reverse_kl_mean", "exact", "nats/token", "full-vocabulary KL(π_ref‖π_θ), averaged over tokens"),
+    _m(
+        "kl_max",
+        "exact",
+        "nats/token",
+        "largest per-token KL(π_θ‖π_ref) among a measurement's tokens" + WINDOW,
+        reduce="mean",
+    ),
+    _m(
+        "reverse_kl_mean",
+        "exact",
+        "nats/token",
+        "full-vocabulary KL(π_ref‖π_θ), averaged over tokens" + WINDOW,
+        reduce="mean",
+    ),
     _m(
         "k3_mean",
         "estimate",
         "nats/token",
-        "TRL's k3 estimator exp(ref−logp)−(ref−logp)−1 on the sampled tokens; comparable to TRL's `kl`",
+        "TRL's k3 estimator exp(ref−logp)−(ref−logp)−1 on the sampled tokens, averaged over tokens; comparable to "
+        "TRL's `kl`" + WINDOW,
+        reduce="mean",
+    ),
+    _m(
+        "k3_stderr",
+        "estimate",
+        "nats/token",
+        "standard error of a measurement's k3_mean, sqrt((E[k3²] − E[k3]²)/tokens); a log line's mean of these is "
+        ">= the standard error of the window's mean k3 (independent measurements)",
+        reduce="mean",
     ),
     _m(
         "certificate",
         "bound",
         "nats/token",
         "mean over tokens of (max δ − min δ)²/8, δ the log-probability shift: "
-        ">= kl_mean and >= reverse_kl_mean (Hoeffding)",
+        ">= kl_mean and >= reverse_kl_mean (Hoeffding)" + WINDOW,
+        reduce="mean",
     ),
     _m(
         "bound",
@@ -175,7 +206,8 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "nats/token",
         "single-layer bound (γ‖BA‖₂)²H²/(4T²) on every token's KL, H the largest feature norm measured; reported "
         "only when the output layer is the only adapted module and its output (soft-capped or not) is the model's "
-        "logits",
+        "logits" + WINDOW,
+        reduce="mean",
     ),
     _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
     _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
@@ -188,7 +220,12 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "(<module>[e]), when kl_module_norms allows",
         detail=True,
     ),
-    _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
+    _m(
+        "measured_step",
+        "exact",
+        "step",
+        "the optimizer step of the latest measurement (in a log line only when its window holds one)",
+    ),
     _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
 )
 
@@ -266,6 +303,7 @@ class KLMonitorPlugin:
         # run state (get_state)
         self.batches_seen = 0
         self.values: dict[str, float] = {}
+        self._fresh = False  # a measurement not yet collected: only then are its values published (WINDOW)
         self.module_norms: dict[str, dict[str, float]] = {}
         self.penalty_beta = 0.0
         self.over_budget = False
@@ -340,13 +378,16 @@ class KLMonitorPlugin:
 
     @hookimpl
     def collect_metrics(self) -> Mapping[str, float]:
-        values = dict(self.values)
+        """The latest measurement's values once, at the first collection after it (``WINDOW``: the trainer's
+        store averages them over its logging window), and the settings at every collection."""
+        fresh, self._fresh = self._fresh, False
+        values = dict(self.values) if fresh else {}
         if self.config.kl_budget is not None:
             values["budget"] = self.config.kl_budget
         if self.values:
             values["penalty_beta"] = self.penalty_beta
         metrics = {f"kl_monitor/{name}": value for name, value in values.items()}
-        if self._log_module_norms():
+        if fresh and self._log_module_norms():
             for module, norms in self.module_norms.items():
                 for kind, value in norms.items():
                     metrics[f"kl_monitor/norms/{module}/{kind}"] = value
@@ -420,6 +461,7 @@ class KLMonitorPlugin:
             self._update_bounds(sample.model, total.feature_norm_max, sample.temperature, sample.engine_model)
         )
         self.values = values
+        self._fresh = True
         self._check_budget(values["kl_mean"], sample.step)
 
     def _update_bounds(
