@@ -236,9 +236,11 @@ def test_capacity_metrics_warnings_and_rank_advice() -> None:
     assert metrics["bandwidth/rank_sufficient"] == 2
 
 
-def test_non_lora_model_omits_capacity_with_one_warning() -> None:
-    with pytest.warns(UserWarning, match="no LoRA adapter"):
+def test_non_lora_model_omits_capacity_with_one_info_and_no_warning(caplog) -> None:
+    with warnings.catch_warnings(), caplog.at_level("INFO", logger="lora_rl_plugins"):
+        warnings.simplefilter("error")
         host, _ = host_with(adapter=AdapterSummary())
+    assert [r.levelname for r in caplog.records if "no LoRA adapter" in r.message] == ["INFO"]
     host.on_rollouts_scored(batch([1, 0, 1, 0], 4))
     host.on_step_end(StepEnded(1))
     metrics = host.collect_metrics()
@@ -313,9 +315,9 @@ def test_continuous_reward_without_levels_warns_once_and_says_so() -> None:
     rng = __import__("random").Random(0)
     host, _ = host_for({})
     with pytest.warns(ContinuousRewardWarning, match=r"K·log2 K = 8.0 bits for a group of K=4"):
-        host.on_rollouts_scored(batch([rng.random() for _ in range(8)], 4))
+        host.on_rollouts_scored(batch([rng.random() for _ in range(20)], 4))  # 20 > max(K, 16) distinct values
     host.on_step_end(StepEnded(1))
-    assert host.collect_metrics()["bandwidth/bits_step"] == pytest.approx(2 * 4 * math.log2(4))
+    assert host.collect_metrics()["bandwidth/bits_step"] == pytest.approx(5 * 4 * math.log2(4))
     assert "K·log2 K per group" in host.summary_line()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -328,7 +330,50 @@ def test_continuous_reward_without_levels_warns_once_and_says_so() -> None:
         quiet, _ = host_for({}, config)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            quiet.on_rollouts_scored(batch(rows or [rng.random() for _ in range(8)], 4))
+            quiet.on_rollouts_scored(batch(rows or [rng.random() for _ in range(20)], 4))
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda rng, i: float(rng.randrange(1000)),  # integer levels: len(completion), token counts
+        lambda rng, i: rng.randrange(1000) / 100,  # two decimals: a grid of step 1/100
+        lambda rng, i: rng.randrange(400) * 0.25,  # quarters
+        lambda rng, i: [0.0, 1 / 3, 2**-0.5, 1.0, 1.7, 2.2, math.pi, 5.1][i % 8],  # few-valued (8 <= 16)
+    ],
+    ids=["integers", "two-decimals", "quarters", "few-valued"],
+)
+def test_integer_grid_and_few_valued_rewards_are_levels_not_continuous(draw) -> None:
+    rng = __import__("random").Random(1)
+    host, plugin = host_for({})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(1, 6):
+            rows = [draw(rng, i) for i in range(32)]
+            host.on_rollouts_scored(batch(rows, 4, step=step))
+            host.on_step_end(StepEnded(step))
+    assert "continuous" not in plugin.warned and "continuous" not in (host.summary_line() or "")
+
+
+def test_continuous_rule_per_function_and_after_resume() -> None:
+    """One function on a grid and another off every grid: continuous; the grids survive a resume."""
+    import json
+
+    from lora_rl_plugins.bandwidth.plugin import ContinuousRewardWarning
+
+    rng = __import__("random").Random(2)
+    rows = [[float(i), 0.0] for i in range(20)]  # integers from "a", "b" constant: levels
+    host, plugin = host_for({})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        host.on_rollouts_scored(batch(rows, 4, names=("a", "b")))
+    assert plugin.grids["a"] == plugin.grids["b"] == list(range(1, 101))
+    restored, restored_plugin = host_for({})
+    restored.set_state(json.loads(json.dumps(host.get_state())))
+    assert restored_plugin.grids == plugin.grids
+    with pytest.warns(ContinuousRewardWarning):
+        restored.on_rollouts_scored(batch([[float(i), rng.random()] for i in range(20)], 4, names=("a", "b"), step=2))
+    assert restored_plugin.grids["b"] == [] and restored_plugin.grids["a"] == list(range(1, 101))
 
 
 def test_state_round_trip_with_vector_levels_and_uniform_prior() -> None:

@@ -30,6 +30,46 @@ def test_group_filter_fills_slots_from_later_rounds() -> None:
         batch.row_rounds(6, 4, 2)
 
 
+def test_hopeless_slots_stop_the_refill() -> None:
+    from lora_rl_plugins.learning.filtering import hopeless_groups
+
+    rewards = [[None], [float("nan")], [1.0], [None], [0.0], [0.0]]
+    assert hopeless_groups(rewards, 2) == ["unscored", None, None]
+    assert hopeless_groups(rewards, 2, [True, False, True]) == ["unscored", None, "never_varied"]
+    with pytest.raises(ValueError, match="2 never_varied flags for 3 groups"):
+        hopeless_groups(rewards, 2, [True, False])
+    batch = GroupFilter(max_rounds=3)
+    batch.offer([True, False, True], ["unscored", None, None])
+    assert batch.needs_refill()  # slot 2 may still vary
+    batch.offer([True, True, True], ["unscored", None, "never_varied"])
+    assert not batch.needs_refill() and batch.extra_rounds == 1  # every empty slot is hopeless: stop early
+    assert batch.causes() == {"unscored": 1, "never_varied": 1}
+    capped = GroupFilter(max_rounds=0)
+    capped.offer([True, False])
+    assert not capped.needs_refill() and capped.causes() == {"capped": 1}
+
+
+def test_never_varied_is_the_ledgers_judgement() -> None:
+    from lora_rl_plugins import LearningConfig, LearningPlugin, RolloutsScored
+
+    plugin = LearningPlugin(LearningConfig(skip_after=2, sampling="filter"))
+    keys = ["a"] * 2 + ["b"] * 2
+    service = plugin.filter
+
+    def visit(rows):
+        scored = RolloutsScored(1, [[r] for r in rows], ["f"], [1.0], 2, prompt_keys=keys)
+        plugin.on_rollouts_scored(scored)
+        return scored
+
+    first = visit([1.0, 1.0, 0.0, 1.0])
+    batch = GroupFilter(max_rounds=3)
+    service.offer_round(batch, first)
+    assert batch.hopeless == [None, None]  # one visit of "a": not yet judged
+    second = visit([1.0, 1.0, 1.0, 1.0])
+    service.offer_round(batch, second)  # "a": 2 visits, never a signal; "b" varied once
+    assert batch.hopeless == ["never_varied", None] and not batch.needs_refill()  # "b" was filled in round 0
+
+
 def test_zero_information_is_the_trainers_advantages() -> None:
     from lora_rl_plugins.bandwidth.advantages import AdvantageSettings
 
@@ -41,12 +81,13 @@ def test_zero_information_is_the_trainers_advantages() -> None:
         check_filterable(AdvantageSettings(aggregation="normalize_then_sum"))
 
 
-def _run(tmp_path, reward, **config):
+def _run(tmp_path, reward, options=None, **config):
     from lora_rl_plugins.integrations.trl import LoraRLCallback
 
     recorder = RecordingReward(reward)
     trainer = grpo_trainer(recorder, tmp_path, steps=config.pop("steps", 4), **config)
-    callback = LoraRLCallback(trainer, sampling="filter", filter_max_rounds=3, load_entry_points=False, live_view=False)
+    options = {"filter_max_rounds": 3, **(options or {})}
+    callback = LoraRLCallback(trainer, sampling="filter", load_entry_points=False, live_view=False, **options)
     trainer.add_callback(callback)
     outputs, losses = [], []
     inner = trainer._generate_and_score_completions  # the callback's wrapper: it returns the merged batch
@@ -78,7 +119,8 @@ def test_filter_keeps_batches_full_and_drops_zero_information_groups(tmp_path, s
     def reward(prompts, completions):  # a group of 4 is all 0 with probability 0.7^4 ≈ 0.24
         return [float(rng.random() < 0.3) for _ in prompts]
 
-    trainer, recorder, outputs, losses, _ = _run(tmp_path, reward, **schedule)
+    # skip_after=10: a prompt constant at 2 visits by chance is not judged "never varied" (that stops its refills)
+    trainer, recorder, outputs, losses, _ = _run(tmp_path, reward, {"skip_after": 10}, **schedule)
     k, rows = trainer.num_generations, trainer.args.generation_batch_size
     assert len(outputs) == 4 // (schedule.get("num_iterations", 1) * schedule.get("steps_per_generation", 1))
     extra = len(recorder.calls) - len(outputs)  # every TRL scoring call beyond one per generation batch: a refill
@@ -126,13 +168,53 @@ def test_filter_keeps_what_there_is_after_the_round_cap(tmp_path) -> None:
     def reward(prompts, completions):  # digits >= 5 always solved: no refill can make them informative
         return [1.0 if int(p[0]) >= 5 else float(rng.random() < 0.5) for p in prompts]
 
-    trainer, _, outputs, losses, messages = _run(tmp_path, reward, steps=2)
+    # skip_after=10: no prompt counts as never varied within these rounds, so only the cap stops the refills
+    trainer, _, outputs, losses, messages = _run(tmp_path, reward, {"skip_after": 10}, steps=2)
     assert all(len(o["advantages"]) == trainer.args.generation_batch_size for o in outputs)  # still full
     assert [len(loss["advantages"]) for loss in losses] == [trainer.args.per_device_train_batch_size] * 2
     last = latest_logged(trainer.state.log_history)
     assert last["learning/filter_extra_rounds"] == 3 * len(outputs)  # the cap, every batch
     assert last["learning/filter_unfilled_groups"] >= 1
-    assert any("filter_max_rounds=3" in m for m in messages)
+    assert any("filter_max_rounds=3" in m and "raise filter_max_rounds" in m for m in messages)
+    assert not any("solved_frac" in m for m in messages)
+
+
+def test_filter_stops_refilling_prompts_that_never_varied(tmp_path) -> None:
+    """Digits >= 5 are always solved: after skip_after=2 visits without signal (round 0 and the first refill) their
+    slots are hopeless, so a batch stops at 1 refill round once the other slots are filled (or after the cap)."""
+    pytest.importorskip("trl")
+    rng = random.Random(1)
+
+    def reward(prompts, completions):
+        return [1.0 if int(p[0]) >= 5 else float(rng.random() < 0.5) for p in prompts]
+
+    trainer, recorder, outputs, _, messages = _run(tmp_path, reward, steps=2)
+    last = trainer.state.log_history[-2]
+    assert len(recorder.calls) - len(outputs) == last["learning/filter_extra_rounds"] < 3 * len(outputs)
+    never = [m for m in messages if "never varied" in m]
+    assert len(never) == 1 and "solved" in never[0] and "skip_after=2" in never[0]
+    assert not any("solved_frac" in m for m in messages)
+
+
+def test_filter_does_not_refill_groups_without_rewards(tmp_path) -> None:
+    """Rewards all None: no refill round at all (issue 23 saw 12 rounds, 36 rollouts), TRL's token count as
+    without the filter, and the warning names the cause."""
+    pytest.importorskip("trl")
+
+    def reward(prompts, completions):
+        return [None] * len(prompts)
+
+    trainer, recorder, outputs, _, messages = _run(tmp_path, reward, steps=2)
+    assert len(recorder.calls) == len(outputs) == 2  # one scoring per generation batch: no refill
+    latest = {k: v for entry in trainer.state.log_history[:-1] for k, v in entry.items()}  # unchanged: logged once
+    assert latest["learning/filter_extra_rounds"] == 0 and latest["learning/filter_unfilled_groups"] == 8
+    unscored = [m for m in messages if "no rollout has a reward" in m]
+    assert len(unscored) == 1 and "stopped refilling them after 0 refill round(s)" in unscored[0]
+    assert not any("solved_frac" in m or "raise filter_max_rounds" in m for m in messages)
+    plain = grpo_trainer(RecordingReward(reward), tmp_path / "plain", steps=2)
+    plain.train()
+    tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    assert tokens == [e["num_tokens"] for e in plain.state.log_history if "num_tokens" in e]
 
 
 def test_filter_is_refused_where_it_cannot_apply(tmp_path) -> None:

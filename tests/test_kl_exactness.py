@@ -257,7 +257,7 @@ def test_bound_only_when_the_output_layer_is_the_only_adapted_module() -> None:
         ({"top_p": 0.9}, "top_p=0.9"),
         ({"min_p": 0.05}, "min_p=0.05"),
         ({"generation_kwargs": {"top_k": 5}}, "top_k=5"),
-        ({"beta": 0.04, "bf16": True}, "bf16 autocast"),
+        ({"beta": 0.04, "bf16": True}, None),  # TRL's default autocast only rounds: an info (precision_note)
         ({"top_k": 0, "top_p": 1.0, "min_p": None, "repetition_penalty": 1.0, "beta": 0.04, "bf16": False}, None),
         ({"beta": 0.0, "bf16": True}, None),  # the trainer logs no k3 at beta = 0
     ],
@@ -272,3 +272,12 @@ def test_comparability_warning_decided_by_the_monitor(options, expected) -> None
         assert messages == []
     else:
         assert len(messages) == 1 and expected in messages[0]
+
+
+def test_autocast_is_an_info_not_a_warning() -> None:
+    from lora_rl_plugins.kl.monitor import precision_note
+
+    assert "bf16 autocast" in precision_note({"beta": 0.04, "bf16": True})
+    assert "fp16 autocast" in precision_note({"beta": 0.04, "fp16": True})
+    assert precision_note({"beta": 0.0, "bf16": True}) is None  # no k3 logged at beta = 0
+    assert precision_note({"beta": 0.04, "bf16": False, "fp16": False}) is None

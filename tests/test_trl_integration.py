@@ -148,11 +148,15 @@ def test_model_already_wrapped_by_peft(tmp_path) -> None:
     assert logged(trainer, "bandwidth/capacity_bits")[-1] == 32 * expected_params
 
 
-def test_model_without_lora_reports_bandwidth_but_not_capacity(tmp_path) -> None:
+def test_model_without_lora_reports_bandwidth_but_not_capacity(tmp_path, caplog, recwarn) -> None:
     trainer = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=1, peft=False)
-    with pytest.warns(UserWarning, match="no LoRA adapter"):
+    with caplog.at_level("INFO", logger="lora_rl_plugins"):
         trainer.add_callback(LoraRLCallback(trainer, load_entry_points=False))
         trainer.train()
+    # full fine-tuning is a healthy run: one info each for capacity and the KL monitor, no warning
+    assert sum("no LoRA adapter" in r.message for r in caplog.records) == 1
+    assert sum("KL monitor is off" in r.message for r in caplog.records) == 1
+    assert not [w for w in recwarn if "lora_rl_plugins" in str(w.message)]
     entry = trainer.state.log_history[0]
     assert "bandwidth/bits_step" in entry
     assert "bandwidth/capacity_bits" not in entry and "bandwidth/capacity_used" not in entry

@@ -7,7 +7,6 @@ table in ``BANDWIDTH_METRICS`` for what each reported number is.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from ..plugin.base import WarnOnce
 from ..plugin.config import option
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
+from ..plugin.log import logger
 from ..plugin.metrics import MetricInfo, format_percent, metric_family
 from .accounting import GroupAccount, account_group, account_token_group
 from .advantages import AdvantageSettings, batch_advantages
@@ -37,6 +37,11 @@ __all__ = [
 MAX_TRACKED_LEVELS = 4096
 #: Capacity fractions at which a one-time warning is given.
 CAPACITY_THRESHOLDS = (0.5, 1.0)
+#: Grid steps 1/m (m = 1 .. this) on which a reward function's values count as levels, not a continuous reward:
+#: integers (m = 1, e.g. ``len(completion)``), halves, ..., values with two decimals (m = 100).
+LEVEL_GRID_DENOMINATORS = 100
+#: At most this many distinct rewards (or K, the group size, if larger) count as a few-valued reward.
+FEW_LEVELS = 16
 
 
 class CapacityWarning(UserWarning):
@@ -54,7 +59,14 @@ class MissingRewardWarning(UserWarning):
 class ContinuousRewardWarning(UserWarning):
     """The reward looks continuous and no levels are declared: every group's estimate is K·log2 K
     whatever the rewards, and the bound grows with every new value (declare reward_levels and
-    reward_range)."""
+    reward_range).
+
+    "Looks continuous" (docs/theory.md §1, "Levels or a continuous reward"): no ``reward_levels`` declared, no
+    per-token rewards, and at one generation batch all of: (1) some reward function has returned a value off every
+    grid (1/m)·ℤ with m = 1 .. ``LEVEL_GRID_DENOMINATORS`` (integer rewards such as ``len(completion)``, halves,
+    two-decimal values are levels); (2) more than max(K, ``FEW_LEVELS``) distinct rewards have been seen (a
+    few-valued reward is levels); (3) a group has >= 3 scored rollouts and every group gave each scored rollout
+    its own reward."""
 
 
 _m = metric_family("bandwidth")
@@ -223,6 +235,8 @@ class BandwidthPlugin:
         self.uniform_prior_total = 0.0
         self.seen_levels: set[float | str] = set()
         self.levels_saturated = False
+        self.grids: dict[str, list[int]] = {}
+        """Per reward function: the m <= LEVEL_GRID_DENOMINATORS whose grid (1/m)·ℤ holds every value it returned."""
         self.warned = WarnOnce()
         self.last_step: dict[str, float] = {}
         self._pending = self._empty_pending()
@@ -237,14 +251,13 @@ class BandwidthPlugin:
     def on_adapter_ready(self, adapter: AdapterReady) -> None:
         self.adapter = adapter.adapter
         if not self.adapter.is_lora and not self._warned_no_lora:
+            # an info, not a warning: full fine-tuning is a healthy run; nothing here needs fixing
             self._warned_no_lora = True
-            warnings.warn(
+            logger.info(
                 "lora_rl_plugins: the model has no LoRA adapter, so adapter capacity "
                 "(bandwidth/capacity_bits, capacity_used, rank_sufficient) is not reported; the bits "
                 "delivered are. Pass peft_config= to the trainer (or wrap the model with peft.get_peft_model) "
-                "to train a LoRA adapter.",
-                UserWarning,
-                stacklevel=2,
+                "to train a LoRA adapter."
             )
 
     @hookimpl
@@ -325,6 +338,7 @@ class BandwidthPlugin:
             "uniform_prior_total": self.uniform_prior_total,
             "seen_levels": sorted(self.seen_levels, key=str),
             "levels_saturated": self.levels_saturated,
+            "grids": {name: list(grid) for name, grid in self.grids.items()},
             "warned": sorted(self.warned),
             "last_step": dict(self.last_step),
         }
@@ -340,6 +354,7 @@ class BandwidthPlugin:
         self.uniform_prior_total = float(state.get("uniform_prior_total", 0.0))
         self.seen_levels = {v if isinstance(v, str) else float(v) for v in state["seen_levels"]}
         self.levels_saturated = bool(state["levels_saturated"])
+        self.grids = {str(name): [int(m) for m in grid] for name, grid in state.get("grids", {}).items()}
         self.warned = WarnOnce(state["warned"])
         self.last_step = {k: float(v) for k, v in state["last_step"].items()}
         self._pending = self._empty_pending()
@@ -396,7 +411,8 @@ class BandwidthPlugin:
                     answer_space_size=config.answer_space_size,
                 )
             accounts.append(account)
-        if tokens is None:
+        if tokens is None and config.reward_levels is None and "continuous" not in self.warned:
+            self._observe_grids(batch)
             self._check_continuous(keys, accounts, batch.group_size)
         return accounts
 
@@ -420,16 +436,46 @@ class BandwidthPlugin:
             return keys
         return [None if math.isnan(r) else r for r in combined]
 
-    def _check_continuous(self, keys: Sequence[Any], accounts: Sequence[GroupAccount], size: int) -> None:
-        """Warn once when no levels are declared and the reward looks continuous (docs/theory.md §1)."""
-        if self.config.reward_levels is not None or "continuous" in self.warned:
-            return
-        if max((a.scored for a in accounts), default=0) < 3 or len(self.seen_levels) <= size:
-            return
+    def _observe_grids(self, batch: RolloutsScored) -> None:
+        """Narrow each reward function's grids (1/m)·ℤ, m = 1 .. LEVEL_GRID_DENOMINATORS, to those holding every
+        value it returned in ``batch`` (a value v is on the grid when |v·m − round(v·m)| <= 1e-9·max(1, |v·m|))."""
+        for f, name in enumerate(batch.reward_names):
+            grid = self.grids.get(name)
+            if grid is None:
+                grid = self.grids[name] = list(range(1, LEVEL_GRID_DENOMINATORS + 1))
+            if not grid:
+                continue
+            values = {float(row[f]) for row in batch.rewards if row[f] is not None}
+            for value in values:
+                if math.isnan(value) or value == round(value):
+                    continue  # an integer lies on every grid
+                grid[:] = [m for m in grid if abs(value * m - round(value * m)) <= 1e-9 * max(1.0, abs(value * m))]
+                if not grid:
+                    break
+
+    def looks_continuous(self, keys: Sequence[Any], accounts: Sequence[GroupAccount], size: int) -> bool:
+        """Whether the reward looks continuous at this batch (the rule in ``ContinuousRewardWarning``).
+
+        ``keys`` are the batch's level keys per rollout (None: unscored), ``accounts`` its groups, ``size`` K.
+        """
+        if self.config.reward_levels is not None:
+            return False
+        if self.grids and all(self.grids.values()):
+            return False  # every function's values lie on a grid: integer or few-decimal levels
+        if len(self.seen_levels) <= max(size, FEW_LEVELS):
+            return False  # a few-valued reward
+        if max((a.scored for a in accounts), default=0) < 3:
+            return False
         for g in range(len(accounts)):
             group = [key for key in keys[g * size : (g + 1) * size] if key is not None]
             if len(set(group)) < len(group):
-                return
+                return False
+        return True
+
+    def _check_continuous(self, keys: Sequence[Any], accounts: Sequence[GroupAccount], size: int) -> None:
+        """Warn once when no levels are declared and the reward looks continuous (docs/theory.md §1)."""
+        if "continuous" in self.warned or not self.looks_continuous(keys, accounts, size):
+            return
         self.warned.warn(
             "continuous",
             f"lora_rl_plugins: every group of this batch gave each rollout its own reward, and "

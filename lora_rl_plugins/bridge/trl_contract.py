@@ -16,9 +16,11 @@ from typing import Any
 from ..plugin.grpo import AdvantageSettings, GRPOSettings, SamplingSettings
 
 __all__ = [
+    "ADVANTAGE_METHOD",
     "SUPPORTED_TRL",
     "UnsupportedTRLError",
     "check_informative_sampling",
+    "check_trainer_class",
     "check_trl_grpo_trainer",
     "grpo_settings",
     "trl_contract_problems",
@@ -52,6 +54,26 @@ OUTPUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
 
 class UnsupportedTRLError(RuntimeError):
     """The installed TRL is outside ``SUPPORTED_TRL`` or lacks an internal the callback relies on."""
+
+
+#: The ``GRPOTrainer`` method in which TRL turns rewards into advantages (docs/theory.md §1).
+ADVANTAGE_METHOD = "_generate_and_score_completions"
+
+#: TRL online trainers that score rollouts with reward functions like ``GRPOTrainer`` but are not one, and why the
+#: accounting (built on GRPOTrainer's advantages, docs/theory.md §1) would misdescribe them (TRL 1.16 sources).
+_OTHER_TRAINERS = {
+    "RLOOTrainer": (
+        "RLOO subtracts beta·(Σ over the completion of log π_θ − log π_ref) from each reward before its advantages, "
+        "so with beta > 0 a group of equal rewards still has non-zero advantages; it takes a leave-one-out baseline "
+        "(r_i minus the mean of the other scored rollouts), may clip the rewards (reward_clip_range) and, with "
+        "normalize_advantages=True, normalises the advantages over the whole batch, which moves a constant group "
+        "off zero. bandwidth/zero_info_frac, the bits and sampling='filter' would then misdescribe its updates, and "
+        "its `kl` is the mean of log π_θ − log π_ref (first order, can be negative), not GRPO's k3"
+    ),
+    "OnlineDPOTrainer": "Online DPO learns from preferences between pairs of completions, not group advantages",
+    "SDPOTrainer": "SDPO computes its own advantages (self-distillation), not GRPO's group-normalised ones",
+    "A2POTrainer": "A2PO computes its own advantages, not GRPO's group-normalised ones",
+}
 
 
 def _release(version: str) -> tuple[int, int] | None:
@@ -116,6 +138,60 @@ def check_trl_grpo_trainer(trainer: Any, trl_version: str) -> None:
             + "; ".join(problems)
             + f". Install a supported TRL: pip install 'trl{SUPPORTED_TRL}'."
         )
+
+
+def _defining_class(cls: type, name: str) -> type | None:
+    """The class in ``cls``'s MRO whose own ``__dict__`` defines ``name``."""
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _calls_super(method: Any, name: str) -> bool:
+    """Whether ``method``'s source delegates to ``super().<name>`` (keeps the parent's computation)."""
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+    return re.search(r"super\(\s*(\w+\s*,\s*\w+)?\s*\)\s*\.\s*" + re.escape(name) + r"\b", source) is not None
+
+
+def check_trainer_class(trainer: Any, grpo_classes: tuple[type, ...]) -> None:
+    """Accept ``trainer`` by class: a ``GRPOTrainer`` (any of ``grpo_classes``, e.g. ``trl.GRPOTrainer`` as bound
+    now, which Unsloth replaces with its patched copy, and ``trl.trainer.grpo_trainer.GRPOTrainer``) or a subclass
+    that keeps GRPOTrainer's advantage model: it inherits ``ADVANTAGE_METHOD`` from one of ``grpo_classes`` (or
+    their bases: TRL's GMPOTrainer changes only the loss) or overrides it with a method that calls
+    ``super().{ADVANTAGE_METHOD}``.
+
+    Raises:
+        TypeError: not a GRPOTrainer (RLOOTrainer and the other TRL online trainers that look alike get the reason
+            their advantages differ), or a subclass that replaces the method computing the advantages.
+    """
+    cls = type(trainer)
+    name = cls.__name__
+    if not isinstance(trainer, grpo_classes):
+        reason = _OTHER_TRAINERS.get(name)
+        if reason is None:
+            reason = next(
+                (why for other, why in _OTHER_TRAINERS.items() if any(k.__name__ == other for k in cls.__mro__)), None
+            )
+        detail = f": {reason}" if reason else ""
+        raise TypeError(
+            f"LoraRLCallback needs a trl.GRPOTrainer (or a subclass that keeps its advantages, such as "
+            f"trl.experimental.gmpo.GMPOTrainer), got {name}{detail}. Train with GRPOTrainer to use the callback, "
+            "or leave the callback out for this trainer. Create the trainer first, then: "
+            "trainer.add_callback(LoraRLCallback(trainer))."
+        )
+    owner = _defining_class(cls, ADVANTAGE_METHOD)
+    grpo_lineage = {klass for base in grpo_classes for klass in base.__mro__}
+    if owner is None or owner in grpo_lineage:
+        return
+    if _calls_super(vars(owner)[ADVANTAGE_METHOD], ADVANTAGE_METHOD):
+        return
+    raise TypeError(
+        f"{owner.__name__} overrides GRPOTrainer.{ADVANTAGE_METHOD}, where TRL turns rewards into advantages, without "
+        f"calling super().{ADVANTAGE_METHOD}: LoraRLCallback counts information from GRPOTrainer's advantages "
+        "(docs/theory.md §1) and cannot tell whether yours are the same. Keep GRPOTrainer's advantage computation "
+        f"(call super().{ADVANTAGE_METHOD}(inputs) and change its output only after), or leave the callback out."
+    )
 
 
 def check_informative_sampling(trainer: Any) -> None:

@@ -25,7 +25,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
 from lora_rl_plugins.bridge.session import RunSession, StepDecision
-from lora_rl_plugins.bridge.trl_contract import check_trl_grpo_trainer, grpo_settings
+from lora_rl_plugins.bridge.trl_contract import check_trainer_class, check_trl_grpo_trainer, grpo_settings
 from lora_rl_plugins.integrations.trl_generation import filter_groups, install_prompt_sampler
 from lora_rl_plugins.kl.kl_free import check_kl_free
 from lora_rl_plugins.plugin.collective import TensorCollective
@@ -72,7 +72,9 @@ class LoraRLCallback(TrainerCallback):
         **options: the options below (``lora_rl_plugins.bridge.options.PluginOptions``).
 
     Raises:
-        TypeError: ``trainer`` is not a ``GRPOTrainer``, or an option is unknown.
+        TypeError: ``trainer`` is not a ``GRPOTrainer`` or a subclass that keeps its advantages (RLOOTrainer and
+            the other TRL online trainers are refused with the reason: ``bridge.trl_contract.check_trainer_class``),
+            or an option is unknown.
         UnsupportedTRLError: the installed TRL is outside ``SUPPORTED_TRL`` (">=1.6,<2") or its
             ``GRPOTrainer`` lacks an internal the callback relies on (the message lists them).
         ValueError: an option's value is invalid (the message names it).
@@ -80,13 +82,10 @@ class LoraRLCallback(TrainerCallback):
     """
 
     def __init__(self, trainer: Any, *, live_view: bool = True, **options: Any) -> None:
-        if not hasattr(trainer, "_calculate_rewards") or not hasattr(trainer, "num_generations"):
-            raise TypeError(
-                f"LoraRLCallback needs a trl.GRPOTrainer, got {type(trainer).__name__}. "
-                "Create the trainer first, then: trainer.add_callback(LoraRLCallback(trainer))."
-            )
         import trl
+        from trl.trainer.grpo_trainer import GRPOTrainer
 
+        check_trainer_class(trainer, (trl.GRPOTrainer, GRPOTrainer))  # trl.GRPOTrainer: Unsloth's patched one too
         check_trl_grpo_trainer(trainer, trl.__version__)
         self.trainer, self.live_view = trainer, live_view
         self.options = PluginOptions(**options)

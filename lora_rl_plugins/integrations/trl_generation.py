@@ -80,18 +80,19 @@ def filter_groups(
     scored: Callable[[], RolloutsScored | None],
     collective: Collective,
 ) -> dict[str, Any]:
-    """``sampling="filter"``: while the filter has slots without information and rounds left, generate the same
+    """``sampling="filter"``: while the filter has slots without information that may still get some and rounds
+    left, generate the same
     inputs again (``generate()``; TRL refills by resampling the dropped prompts), then take each local row from
     the round the filter chose for its group. ``scored()`` is the latest round's scored batch (its advantages
     decide). Every process runs the same rounds: the decisions come from the gathered rewards."""
     group_size = trainer.num_generations
     batch = service.begin()
-    batch.offer(service.zero_information(scored().advantages))  # type: ignore[union-attr]
+    service.offer_round(batch, scored())  # type: ignore[arg-type]
     started = time.perf_counter()
     outputs = [output]
     while batch.needs_refill():
         outputs.append(generate())
-        batch.offer(service.zero_information(scored().advantages))  # type: ignore[union-attr]
+        service.offer_round(batch, scored())  # type: ignore[arg-type]
     rows = len(output["advantages"])
     rounds = batch.row_rounds(trainer.accelerator.process_index * rows, rows, group_size)
     if batch.extra_rounds:  # global (not this process's rows): every process makes the same gather

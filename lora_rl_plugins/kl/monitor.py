@@ -38,6 +38,7 @@ __all__ = [
     "KLMonitorConfig",
     "KLMonitorPlugin",
     "comparability_notes",
+    "precision_note",
 ]
 
 #: Generation batches between measurements by default: keeps the monitor's cost under 5 % of a
@@ -88,20 +89,28 @@ def comparability_notes(grpo: GRPOSettings | Mapping[str, Any], dropout: Sequenc
             "on those tokens (the trainer's `kl`, kl_monitor/k3_mean) then estimates a different quantity and may "
             "differ from kl_mean by more than kl_monitor/k3_stderr"
         )
-    if grpo.beta > 0:
-        if dropout:
-            shown = ", ".join(list(dropout)[:3]) + (", ..." if len(dropout) > 3 else "")
-            notes.append(
-                f"dropout is active in the trainer's train-mode forward ({len(dropout)} modules with p > 0: {shown}), "
-                "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
-                "lora_dropout=0 to compare)"
-            )
-        if grpo.precision:
-            notes.append(
-                f"the trainer computes its log-probabilities under {grpo.precision} autocast; the monitor uses the "
-                "model's own dtype and float64 after the logits (set bf16=False/fp16=False to compare)"
-            )
+    if grpo.beta > 0 and dropout:
+        shown = ", ".join(list(dropout)[:3]) + (", ..." if len(dropout) > 3 else "")
+        notes.append(
+            f"dropout is active in the trainer's train-mode forward ({len(dropout)} modules with p > 0: {shown}), "
+            "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
+            "lora_dropout=0 to compare)"
+        )
     return notes
+
+
+def precision_note(grpo: GRPOSettings | Mapping[str, Any]) -> str | None:
+    """Why the trainer's k3 ``kl`` carries rounding the monitor's values do not: ``beta`` > 0 under ``bf16``/``fp16``
+    autocast (TRL's default: bf16 unless fp16). Rounding, not another quantity: said once as an info, not warned
+    (a healthy default run prints no library warning). None when it does not apply."""
+    if isinstance(grpo, Mapping):
+        grpo = GRPOSettings.from_options(grpo)
+    if not (grpo.beta > 0 and grpo.precision):
+        return None
+    return (
+        f"the trainer computes its log-probabilities (and its `kl`) under {grpo.precision} autocast; the monitor uses "
+        "the model's own dtype and float64 after the logits (set bf16=False/fp16=False to compare them exactly)"
+    )
 
 
 def _active_dropout(model: Any) -> list[str]:
@@ -118,6 +127,12 @@ def _active_dropout(model: Any) -> list[str]:
 _m = metric_family("kl_monitor")
 
 
+#: How a measured KL value reaches a log line (TRL, Lightning, the run log): published only at the step of a new
+#: measurement, averaged like the trainer's own per-step metrics (TRL's `kl` is the logging window's mean of its
+#: per-step k3), so one log line holds the mean of the measurements taken within its window; a window without a
+#: measurement has no kl_monitor/* values (kl_monitor/measured_step says which step was measured last).
+WINDOW = " (a log line: the mean over the measurements in its logging window, like TRL's `kl`)"
+
 KL_METRICS: tuple[MetricInfo, ...] = (
     _m(
         "kl_mean",
@@ -125,29 +140,54 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "nats/token",
         "full-vocabulary KL(π_θ‖π_ref) at each measured completion token, from the model's own logits at the "
         "sampling temperature (full distributions, no top_k/top_p; eval mode; float64 after the logits), averaged "
-        "over tokens",
+        "over tokens" + WINDOW,
+        reduce="mean",
         short="KL",
     ),
     _m(
         "kl_seq_mean",
         "exact",
         "nats/sequence",
-        "Σ over a sequence's completion tokens of the per-token KL, averaged over sequences",
+        "Σ over a sequence's completion tokens of the per-token KL, averaged over sequences" + WINDOW,
+        reduce="mean",
     ),
-    _m("kl_max", "exact", "nats/token", "largest per-token KL(π_θ‖π_ref) among the measured tokens"),
-    _m("reverse_kl_mean", "exact", "nats/token", "full-vocabulary KL(π_ref‖π_θ), averaged over tokens"),
+    _m(
+        "kl_max",
+        "exact",
+        "nats/token",
+        "largest per-token KL(π_θ‖π_ref) among a measurement's tokens" + WINDOW,
+        reduce="mean",
+    ),
+    _m(
+        "reverse_kl_mean",
+        "exact",
+        "nats/token",
+        "full-vocabulary KL(π_ref‖π_θ), averaged over tokens" + WINDOW,
+        reduce="mean",
+    ),
     _m(
         "k3_mean",
         "estimate",
         "nats/token",
-        "TRL's k3 estimator exp(ref−logp)−(ref−logp)−1 on the sampled tokens; comparable to TRL's `kl`",
+        "TRL's k3 estimator exp(ref−logp)−(ref−logp)−1 on the sampled tokens, averaged over tokens; comparable to "
+        "TRL's `kl`" + WINDOW,
+        reduce="mean",
+    ),
+    _m(
+        "k3_stderr",
+        "estimate",
+        "nats/token",
+        "standard error of a measurement's k3_mean, sqrt((E[k3²] − E[k3]²)/tokens); a log line's mean of these is "
+        ">= the standard error of the window's mean k3 (independent measurements)",
+        reduce="mean",
     ),
     _m(
         "certificate",
         "bound",
         "nats/token",
         "mean over tokens of (max δ − min δ)²/8, δ the log-probability shift: "
-        ">= kl_mean and >= reverse_kl_mean (Hoeffding)",
+        ">= kl_mean and >= reverse_kl_mean (Hoeffding)" + WINDOW,
+        reduce="mean",
     ),
     _m(
         "bound",
@@ -155,7 +195,8 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "nats/token",
         "single-layer bound (γ‖BA‖₂)²H²/(4T²) on every token's KL, H the largest feature norm measured; reported "
         "only when the output layer is the only adapted module and its output (soft-capped or not) is the model's "
-        "logits",
+        "logits" + WINDOW,
+        reduce="mean",
     ),
     _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
     _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
@@ -168,7 +209,12 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "(<module>[e]), when kl_module_norms allows",
         detail=True,
     ),
-    _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
+    _m(
+        "measured_step",
+        "exact",
+        "step",
+        "the optimizer step of the latest measurement (in a log line only when its window holds one)",
+    ),
     _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
 )
 
@@ -231,7 +277,7 @@ class KLMonitorPlugin:
     Args:
         config: the monitor's options.
         required: the user asked for the monitor (KL-free mode, a budget, a cadence): a model
-            without LoRA is then a ``NotALoraModelError`` instead of a warning.
+            without LoRA is then a ``NotALoraModelError`` instead of a one-time info (logger ``lora_rl_plugins``).
     """
 
     fail_fast = True  # a built-in: its faults are bugs to see, not plugins to disable
@@ -246,6 +292,7 @@ class KLMonitorPlugin:
         # run state (get_state)
         self.batches_seen = 0
         self.values: dict[str, float] = {}
+        self._fresh = False  # a measurement not yet collected: only then are its values published (WINDOW)
         self.module_norms: dict[str, dict[str, float]] = {}
         self.penalty_beta = 0.0
         self.over_budget = False
@@ -270,15 +317,17 @@ class KLMonitorPlugin:
             if self.required:
                 ReferencePolicy.require_lora(adapter.model)
             self.active = False
-            warnings.warn(
+            # an info, not a warning: nobody asked for the monitor (``required`` would have refused above)
+            logger.info(
                 "lora_rl_plugins: the KL monitor is off: it measures drift through the model's LoRA adapter and "
-                "this model has none.",
-                UserWarning,
-                stacklevel=2,
+                "this model has none."
             )
             return
         self.engine_model = adapter.engine_model
         self.reference = choose_reference(self.config.kl_reference, adapter.model, adapter.engine_model)
+        note = precision_note(self.grpo)
+        if note:
+            logger.info("lora_rl_plugins: %s.", note)
         notes = comparability_notes(self.grpo, _active_dropout(adapter.model) if adapter.model else ())
         if notes:
             warnings.warn(
@@ -304,13 +353,16 @@ class KLMonitorPlugin:
 
     @hookimpl
     def collect_metrics(self) -> Mapping[str, float]:
-        values = dict(self.values)
+        """The latest measurement's values once, at the first collection after it (``WINDOW``: the trainer's
+        store averages them over its logging window), and the settings at every collection."""
+        fresh, self._fresh = self._fresh, False
+        values = dict(self.values) if fresh else {}
         if self.config.kl_budget is not None:
             values["budget"] = self.config.kl_budget
         if self.values:
             values["penalty_beta"] = self.penalty_beta
         metrics = {f"kl_monitor/{name}": value for name, value in values.items()}
-        if self._log_module_norms():
+        if fresh and self._log_module_norms():
             for module, norms in self.module_norms.items():
                 for kind, value in norms.items():
                     metrics[f"kl_monitor/norms/{module}/{kind}"] = value
@@ -384,6 +436,7 @@ class KLMonitorPlugin:
             self._update_bounds(sample.model, total.feature_norm_max, sample.temperature, sample.engine_model)
         )
         self.values = values
+        self._fresh = True
         self._check_budget(values["kl_mean"], sample.step)
 
     def _update_bounds(

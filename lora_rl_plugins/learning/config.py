@@ -102,7 +102,8 @@ LEARNING_METRICS: tuple[MetricInfo, ...] = (
         "filter_unfilled_groups",
         "exact",
         "groups",
-        'sampling="filter": groups the batches kept without information because `filter_max_rounds` ran out, '
+        'sampling="filter": groups the batches kept without information (`filter_max_rounds` ran out, or the group '
+        "could not become informative: no scored rollout, or a prompt that never varied over `skip_after` visits), "
         "over the run",
     ),
     _m(
@@ -158,7 +159,11 @@ class LearningConfig:
         doc='`sampling="filter"`: extra generation rounds per batch at most; slots still without an informative '
         "group keep their zero-information group (`learning/filter_unfilled_groups`, warned)",
     )
-    skip_after: int = option(2, doc="k: visits without signal after which informative sampling skips a prompt")
+    skip_after: int = option(
+        2,
+        doc='k: visits without signal after which informative sampling skips a prompt; sampling="filter" stops '
+        "refilling a prompt visited k times or more without any signal",
+    )
     revisit: float = option(0.1, doc="probability of drawing a prompt informative sampling would skip")
     skip_unsolved: bool = option(
         False,

@@ -11,6 +11,14 @@ informative. After ``max_rounds`` extra rounds the slots still empty keep their 
 zero-information group: the batch stays full, ``filter/unfilled_groups`` counts them). Every decision
 depends only on the gathered rewards, so every process takes the same decisions and makes the same
 collective calls.
+
+Refilling stops early when no empty slot can become informative (``hopeless_groups``): a slot is
+*hopeless* when its group had no scored rollout (every reward function returned None/NaN for all K:
+the reward functions do not score this prompt, and regenerating the same prompt asks them again), or
+when its prompt has never varied over its visits (the per-prompt ledger: at least ``min_visits``
+visits, refills included, and no signal at any of them: a prompt every rollout of which gets the same
+reward, visit after visit). The empty slots' causes are counted (``GroupFilter.causes``) so the
+warning states them.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from dataclasses import dataclass, field
 
 from ..bandwidth.advantages import AdvantageSettings, grpo_advantages
 
-__all__ = ["GroupFilter", "check_filterable", "zero_information_groups"]
+__all__ = ["HOPELESS_CAUSES", "GroupFilter", "check_filterable", "hopeless_groups", "zero_information_groups"]
+
+#: Why an empty slot cannot become informative (``hopeless_groups``); None: it still may.
+HOPELESS_CAUSES = ("unscored", "never_varied")
 
 
 def zero_information_groups(
@@ -45,6 +56,47 @@ def zero_information_groups(
         ValueError: as ``grpo_advantages`` (N not a multiple of K, mismatched weights).
     """
     return grpo_advantages(rewards, group_size, weights, settings).zero_groups()
+
+
+def hopeless_groups(
+    rewards: Sequence[Sequence[float | None]],
+    group_size: int,
+    never_varied: Sequence[bool] | None = None,
+) -> list[str | None]:
+    """Per group: why regenerating its prompt cannot make it informative, or None when it may.
+
+    Args:
+        rewards: [N][F] each reward function's value per rollout (gathered, groups of ``group_size`` rows).
+        group_size: K.
+        never_varied: [N // K] per group, whether its prompt has had no signal at any of at least ``min_visits``
+            visits (the ledger's judgement; None: unknown, no group is judged so).
+
+    Returns:
+        [N // K]: "unscored" (no rollout of the group has a reward: every function returned None/NaN),
+        "never_varied", or None.
+
+    Raises:
+        ValueError: N not a multiple of K, or ``never_varied`` of the wrong length.
+    """
+    if group_size < 1 or len(rewards) % group_size:
+        raise ValueError(f"{len(rewards)} rollouts do not split into groups of {group_size}")
+    groups = len(rewards) // group_size
+    if never_varied is not None and len(never_varied) != groups:
+        raise ValueError(f"{len(never_varied)} never_varied flags for {groups} groups")
+
+    def scored(row: Sequence[float | None]) -> bool:
+        return any(value is not None and value == value for value in row)  # NaN != NaN
+
+    causes: list[str | None] = []
+    for g in range(groups):
+        rows = rewards[g * group_size : (g + 1) * group_size]
+        if not any(scored(row) for row in rows):
+            causes.append("unscored")
+        elif never_varied is not None and never_varied[g]:
+            causes.append("never_varied")
+        else:
+            causes.append(None)
+    return causes
 
 
 def check_filterable(settings: AdvantageSettings) -> None:
@@ -89,6 +141,8 @@ class GroupFilter:
     """Rounds offered so far (round 0 included)."""
     zero_generated: int = 0
     """Zero-information groups generated over all rounds."""
+    hopeless: list[str | None] = field(default_factory=list)
+    """Per slot, from the latest round: why it cannot become informative (``hopeless_groups``), or None."""
 
     def __post_init__(self) -> None:
         if self.max_rounds < 0:
@@ -99,19 +153,24 @@ class GroupFilter:
         """Rounds generated after the first."""
         return max(0, self.offered - 1)
 
-    def offer(self, zero_info: Sequence[bool]) -> None:
-        """The next round: the zero-information flags of a freshly generated batch (same slots, same order).
+    def offer(self, zero_info: Sequence[bool], hopeless: Sequence[str | None] | None = None) -> None:
+        """The next round: the zero-information flags of a freshly generated batch (same slots, same order), and
+        per slot why it cannot become informative (``hopeless_groups``; None: no slot is judged hopeless).
 
         Raises:
-            ValueError: a later round with a different number of groups than round 0.
+            ValueError: a later round with a different number of groups than round 0, or ``hopeless`` of
+                another length than ``zero_info``.
         """
         if self.offered and len(zero_info) != len(self.rounds):
             raise ValueError(f"a round with {len(zero_info)} groups, the batch has {len(self.rounds)}")
+        if hopeless is not None and len(hopeless) != len(zero_info):
+            raise ValueError(f"{len(hopeless)} hopeless flags for {len(zero_info)} groups")
         if not self.offered:
             self.rounds = [None] * len(zero_info)
         for g, zero in enumerate(zero_info):
             if not zero and self.rounds[g] is None:
                 self.rounds[g] = self.offered
+        self.hopeless = list(hopeless) if hopeless is not None else [None] * len(zero_info)
         self.zero_generated += sum(bool(z) for z in zero_info)
         self.offered += 1
 
@@ -120,9 +179,21 @@ class GroupFilter:
         """Slots no informative group has filled yet."""
         return sum(r is None for r in self.rounds)
 
+    def causes(self) -> dict[str, int]:
+        """The empty slots by cause: ``HOPELESS_CAUSES`` (from the latest round) and "capped" (could still have
+        become informative: the rounds ran out). Only non-zero counts."""
+        counts: dict[str, int] = {}
+        for g, round_ in enumerate(self.rounds):
+            if round_ is None:
+                cause = self.hopeless[g] if g < len(self.hopeless) and self.hopeless[g] else "capped"
+                counts[cause] = counts.get(cause, 0) + 1
+        return counts
+
     def needs_refill(self) -> bool:
-        """Whether another round should be generated (empty slots and rounds left)."""
-        return self.empty > 0 and self.extra_rounds < self.max_rounds
+        """Whether another round should be generated: rounds left and an empty slot that is not hopeless."""
+        if self.extra_rounds >= self.max_rounds:
+            return False
+        return any(r is None and not (g < len(self.hopeless) and self.hopeless[g]) for g, r in enumerate(self.rounds))
 
     def row_rounds(self, first_row: int, rows: int, group_size: int) -> list[int]:
         """The round each of a process's rows comes from: rows ``first_row`` .. ``first_row + rows - 1`` of

@@ -53,7 +53,7 @@ class LearningPlugin:
         self.group_size = 0
         self.warned = WarnOnce()
         self.sampler = InformativeSampling(self.ledger, self.config)
-        self.filter = GroupFiltering(self.config, self.warned)
+        self.filter = GroupFiltering(self.config, self.warned, self.ledger)
         # run state (get_state)
         self.window: list[tuple[int, int]] = []
         """(informative groups, groups) of each of the last ``signal_window`` steps."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+from ..bandwidth.advantages import batch_advantages
 from ..plugin.base import WarnOnce
 from ..plugin.collective import Collective
-from ..plugin.grpo import Advantages, AdvantageSettings
+from ..plugin.events import RolloutsScored
+from ..plugin.grpo import AdvantageSettings
 from .config import FILTER_TOTALS, LearningConfig
-from .filtering import GroupFilter, check_filterable
+from .filtering import GroupFilter, check_filterable, hopeless_groups
 from .ledger import PromptLedger
 from .sampling import InformativeSelector
 
@@ -89,12 +91,16 @@ class InformativeSampling:
 
 class GroupFiltering:
     """A ``BatchFilter``: per generation batch a ``GroupFilter`` (``filter_max_rounds`` extra rounds at most),
-    and the run totals of what filtering cost (``learning/filter_*``)."""
+    and the run totals of what filtering cost (``learning/filter_*``).
 
-    def __init__(self, config: LearningConfig, warned: WarnOnce) -> None:
-        self.config, self.warned = config, warned
+    Refilling stops early for slots that cannot become informative (``filtering.hopeless_groups``): no
+    scored rollout, or a prompt the shared ledger has seen at least ``skip_after`` times without signal."""
+
+    def __init__(self, config: LearningConfig, warned: WarnOnce, ledger: PromptLedger) -> None:
+        self.config, self.warned, self.ledger = config, warned, ledger
         self.advantage_settings = AdvantageSettings()
         self.totals = dict.fromkeys(FILTER_TOTALS, 0.0)
+        self._keys: list[Hashable] = []
 
     def begin(self) -> GroupFilter:
         """A fresh filter for one generation batch.
@@ -105,12 +111,34 @@ class GroupFiltering:
         check_filterable(self.advantage_settings)
         return GroupFilter(self.config.filter_max_rounds)
 
-    def zero_information(self, advantages: Advantages) -> list[bool]:
-        """Per group of one round: whether the trainer's advantages are all zero."""
-        return advantages.zero_groups()
+    def offer_round(self, batch: GroupFilter, scored: RolloutsScored) -> None:
+        """Offer one freshly generated and scored round to ``batch``: its zero-information groups (the trainer's
+        advantages) and, per group, why it cannot become informative (``filtering.hopeless_groups``). Call after
+        the round's ``on_rollouts_scored`` (the ledger then holds its visit).
+
+        Raises:
+            ValueError: a round with another number of groups than the batch's first.
+        """
+        zero = batch_advantages(scored, self.advantage_settings).zero_groups()
+        self._keys = list(scored.prompt_keys) if scored.prompt_keys is not None else []
+        never_varied = self._never_varied(scored.group_size, len(zero))
+        batch.offer(zero, hopeless_groups(scored.rewards, scored.group_size, never_varied))
+
+    def _never_varied(self, group_size: int, groups: int) -> list[bool] | None:
+        """Per group of the latest round: whether its prompt has had no signal at any of at least ``skip_after``
+        visits (refill rounds included) in the ledger; None without prompt keys for every rollout."""
+        keys = self._keys
+        if len(keys) != groups * group_size:
+            return None  # no keys (or another batch's): judge by the rewards only
+        flags = []
+        for first in range(0, len(keys), group_size):
+            entry = self.ledger.get(keys[first])
+            flags.append(entry is not None and entry.visits >= self.config.skip_after and entry.signal_bits == 0.0)
+        return flags
 
     def done(self, batch: GroupFilter, group_size: int, seconds: float, collective: Collective | None = None) -> None:
-        """Add one batch's filter counts to the run totals; warn once when slots stayed without information.
+        """Add one batch's filter counts to the run totals; warn once per cause when slots stayed without
+        information (no scored rollout, a prompt that never varied, the round cap).
 
         ``seconds``: this process's wall seconds in refill rounds; with ``collective`` (every process must
         call this once per batch) the slowest process's, so the totals are the same on every process."""
@@ -119,11 +147,40 @@ class GroupFiltering:
         if collective is not None:
             seconds = collective.max([float(seconds)])[0]
         self.totals["seconds"] += seconds
-        if batch.empty:
+        causes = batch.causes()
+        rounds = f"after {batch.extra_rounds} refill round(s)"
+        if causes.get("unscored"):
+            self.warned.warn(
+                "filter_unscored",
+                f"lora_rl_plugins: sampling='filter' kept {causes['unscored']} group(s) in which no rollout has a "
+                f"reward (every reward function returned None/NaN) and stopped refilling them {rounds}: regenerating "
+                "the same prompt asks the same reward functions again. Check that the reward functions score these "
+                "prompts (counted in learning/filter_unfilled_groups and bandwidth/missing_rewards).",
+            )
+        if causes.get("never_varied"):
+            self.warned.warn(
+                "filter_never_varied",
+                f"lora_rl_plugins: sampling='filter' kept {causes['never_varied']} group(s) whose prompts have never "
+                f"varied ({self._never_varied_detail(batch, group_size)}: every rollout got the same reward at each "
+                f"of at least skip_after={self.config.skip_after} visits) and stopped refilling them {rounds}; such "
+                'prompts are better skipped before generation (sampling="informative") or removed from the data '
+                "(counted in learning/filter_unfilled_groups).",
+            )
+        if causes.get("capped"):
             self.warned.warn(
                 "filter_unfilled",
-                f"lora_rl_plugins: sampling='filter' kept {batch.empty} group(s) without information after "
+                f"lora_rl_plugins: sampling='filter' kept {causes['capped']} group(s) without information after "
                 f"filter_max_rounds={self.config.filter_max_rounds} refill rounds (counted in "
-                "learning/filter_unfilled_groups); raise filter_max_rounds, or the prompts are mostly solved or "
-                "unsolved (see learning/solved_frac).",
+                "learning/filter_unfilled_groups): their prompts did vary before or are new, so more rounds may fill "
+                "them; raise filter_max_rounds.",
             )
+
+    def _never_varied_detail(self, batch: GroupFilter, group_size: int) -> str:
+        """'3 solved, 1 unsolved' for the never-varied slots' prompts, by their latest outcome in the ledger."""
+        tally: dict[str, int] = {}
+        for g, cause in enumerate(batch.hopeless):
+            if cause == "never_varied" and batch.rounds[g] is None and g * group_size < len(self._keys):
+                entry = self.ledger.get(self._keys[g * group_size])
+                outcome = entry.last if entry is not None else "constant"
+                tally[outcome] = tally.get(outcome, 0) + 1
+        return ", ".join(f"{count} {outcome}" for outcome, count in sorted(tally.items()))

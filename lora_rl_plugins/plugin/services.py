@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .collective import Collective
-from .grpo import Advantages
+from .events import RolloutsScored
 
 __all__ = ["BatchFilter", "FilterBatch", "PromptSampler"]
 
@@ -48,11 +48,12 @@ class FilterBatch(Protocol):
 
     extra_rounds: int
 
-    def offer(self, zero_information: Sequence[bool]) -> None:
-        """One round's groups: True where the group carries no information (its advantages are all zero)."""
+    def offer(self, zero_information: Sequence[bool], hopeless: Sequence[str | None] | None = None) -> None:
+        """One round's groups: True where the group carries no information (its advantages are all zero); per
+        group, why it cannot become informative by regenerating (None: it may; ``filtering.hopeless_groups``)."""
 
     def needs_refill(self) -> bool:
-        """Whether to generate the batch again (slots without information and rounds left)."""
+        """Whether to generate the batch again (rounds left and an empty slot that may still become informative)."""
 
     def row_rounds(self, first_row: int, rows: int, group_size: int) -> list[int]:
         """For the rows [first_row, first_row + rows) of the batch: the round each row is taken from."""
@@ -70,8 +71,9 @@ class BatchFilter(Protocol):
                 names the setting to change).
         """
 
-    def zero_information(self, advantages: Advantages) -> list[bool]:
-        """Per group of one round: whether its advantages are all zero."""
+    def offer_round(self, batch: FilterBatch, scored: RolloutsScored) -> None:
+        """Offer one freshly generated round, already scored (``scored``: its ``RolloutsScored``, advantages
+        included, after every plugin's ``on_rollouts_scored``) to ``batch``."""
 
     def done(self, batch: FilterBatch, group_size: int, seconds: float, collective: Collective | None = None) -> None:
         """Count one batch's filtering in the run totals (every process calls it once per batch)."""

@@ -27,7 +27,9 @@ def main(out_dir: str) -> None:
         return values
 
     trainer = tiny_grpo_trainer(out_dir, reward)
-    callback = LoraRLCallback(trainer, load_entry_points=False, sampling="filter", filter_max_rounds=4)
+    callback = LoraRLCallback(
+        trainer, load_entry_points=False, sampling="filter", filter_max_rounds=4, skip_after=10
+    )  # skip_after=10: no prompt judged "never varied" by chance, every slot gets its rounds
     trainer.add_callback(callback)
     outputs: list[dict] = []
     inner = trainer._generate_and_score_completions
