@@ -359,7 +359,8 @@ class LoraRLCallback(TrainerCallback):
             base = original(dataset)
             data = trainer.train_dataset if dataset is None else dataset
             learning.make_selector(lambda index: prompt_key(data[index]["prompt"]), len(data), trainer.args.seed)
-            return InformativeRepeatSampler(base, learning)
+            at_epoch_end = lambda: float(trainer.state.epoch or 0).is_integer()  # noqa: E731 (transformers' rule)
+            return InformativeRepeatSampler(base, learning, at_epoch_end)
 
         trainer._get_train_sampler = get_train_sampler
 
