@@ -232,50 +232,76 @@ def test_report_lists_the_prompts_that_taught_nothing(tmp_path) -> None:
     assert "<code>3=</code>" in page or "<code>0=</code>" in page or "=</code>" in page
 
 
-@pytest.mark.slow
-def test_trl_informative_sampling_resumes_exactly(tmp_path) -> None:
-    pytest.importorskip("trl")
+def _informative_run(tmp_path, name, reward, *, prompts=None, stop=False, resume=False, **options):
+    """A 6-step TRL run (checkpoint at step 3) recording the prompts of every generation batch."""
     from transformers import TrainerCallback
 
     from lora_rl_plugins.integrations.trl import LoraRLCallback
-
-    def reward(prompts, completions):  # digits 5-9 always solved; 0-4 depend on the completion
-        return [1.0 if int(p[0]) >= 5 else float(c[:1] in "0123") for p, c in zip(prompts, completions, strict=True)]
 
     class StopAt(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.global_step >= 3:
                 control.should_training_stop = True
 
-    def run(name, *, stop=False, resume=False):
-        recorder = RecordingReward(reward)
-        trainer = grpo_trainer(
-            recorder, tmp_path / name, steps=6, learning_rate=5e-2, save_strategy="steps", save_steps=3
-        )
-        seen: list[list[str]] = []
-        original = trainer._calculate_rewards
+    trainer = grpo_trainer(
+        RecordingReward(reward), tmp_path / name, steps=6, learning_rate=5e-2, save_strategy="steps", save_steps=3
+    )
+    if prompts is not None:  # a small dataset: several epochs in 6 steps (4 prompts per generation batch)
+        trainer.train_dataset = trainer.train_dataset.select(range(prompts))
+    seen: list[list[str]] = []
+    original = trainer._calculate_rewards
 
-        def calculate(inputs, prompts, completions, completion_ids_list):
-            seen.append(list(prompts))
-            return original(inputs, prompts, completions, completion_ids_list)
+    def calculate(inputs, prompts, completions, completion_ids_list):  # TRL's names: the contract check reads them
+        seen.append(list(prompts))
+        return original(inputs, prompts, completions, completion_ids_list)
 
-        trainer._calculate_rewards = calculate
-        callback = LoraRLCallback(
-            trainer, informative_sampling=True, skip_after=1, revisit=0.0, load_entry_points=False, live_view=False
-        )
-        trainer.add_callback(callback)
-        if stop:
-            trainer.add_callback(StopAt())
-        trainer.train(resume_from_checkpoint=str(tmp_path / name / "out" / "checkpoint-3") if resume else None)
-        return callback.host.plugin("learning"), seen
+    trainer._calculate_rewards = calculate
+    callback = LoraRLCallback(trainer, load_entry_points=False, live_view=False, **options)
+    trainer.add_callback(callback)
+    if stop:
+        trainer.add_callback(StopAt())
+    trainer.train(resume_from_checkpoint=str(tmp_path / name / "out" / "checkpoint-3") if resume else None)
+    return callback.host.plugin("learning"), seen, trainer.state.log_history
 
-    straight, straight_seen = run("straight")
-    run("resumed", stop=True)
-    resumed, resumed_seen = run("resumed", resume=True)
+
+def _solved_above_four(prompts, completions):  # digits 5-9 always solved; 0-4 depend on the completion
+    return [1.0 if int(p[0]) >= 5 else float(c[:1] in "0123") for p, c in zip(prompts, completions, strict=True)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompts", [None, 12, 10], ids=["mid-epoch", "at-epoch-end", "second-epoch"])
+def test_trl_informative_sampling_resumes_exactly(tmp_path, prompts) -> None:
+    pytest.importorskip("trl")
+    options = dict(informative_sampling=True, skip_after=1, revisit=0.0)
+    straight, straight_seen, _ = _informative_run(tmp_path, "straight", _solved_above_four, prompts=prompts, **options)
+    _informative_run(tmp_path, "resumed", _solved_above_four, prompts=prompts, stop=True, **options)
+    resumed, resumed_seen, _ = _informative_run(
+        tmp_path, "resumed", _solved_above_four, prompts=prompts, resume=True, **options
+    )
     assert straight.skipped_prompts > 0
     assert resumed_seen == straight_seen[3:]  # after the resume the same prompts are drawn
     assert resumed.ledger.get_state() == straight.ledger.get_state()
     assert resumed.skipped_prompts == straight.skipped_prompts
+
+
+@pytest.mark.slow
+def test_trl_informative_sampling_that_skips_nothing_is_trls_own_order(tmp_path) -> None:
+    """With every skippable prompt revisited (revisit=1.0) informative sampling draws TRL's RepeatSampler order:
+    the same prompts in the same order, hence the same TRL metrics, as the plain run at the same seed, over three
+    epochs of a 10-prompt dataset (TRL's per-epoch permutations and its dropped last chunk)."""
+    pytest.importorskip("trl")
+    _, plain_seen, plain_log = _informative_run(tmp_path, "plain", _solved_above_four, prompts=10)
+    informative, seen, log = _informative_run(
+        tmp_path, "informative", _solved_above_four, prompts=10, informative_sampling=True, skip_after=1, revisit=1.0
+    )
+    assert informative.skipped_prompts == 0 and informative.selector is not None
+    assert any(informative.selector.skippable(i) for i in range(10))  # there was something it could have skipped
+    assert seen == plain_seen
+    assert len({tuple(batch) for batch in seen}) > 1
+    timing = ("time", "second", "runtime", "flos")
+    for plain_entry, entry in zip(plain_log, log, strict=True):
+        shared = {k for k in plain_entry.keys() & entry.keys() if not any(t in k for t in timing)}
+        assert {k: plain_entry[k] for k in shared} == {k: entry[k] for k in shared}
 
 
 @pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
@@ -307,3 +333,17 @@ def test_ledger_and_bandwidth_agree_on_zero_information(aggregation) -> None:
     assert informative[0] == (aggregation == "normalize_then_sum")  # equal combined rewards, unequal advantages
     assert informative[1:] == [False, True]
     assert (learning.ledger.get("a").signal_bits > 0) == informative[0]
+
+
+def test_selector_draws_the_trainers_order_and_skips_only_within_it() -> None:
+    ledger = PromptLedger()
+    for _ in range(2):
+        ledger.visit("4", outcome="solved", reward_mean=1.0, bits=0.0, step=1)
+    order = [5, 2, 4, 0, 3, 1]
+    for revisit, expected in ((1.0, [5, 2, 4, 0, 3, 1]), (0.0, [5, 2, 0, 3, 1, 6])):
+        selector = InformativeSelector(ledger, str, 8, skip_after=2, revisit=revisit)
+        selector.use_stream(order)  # TRL's order; 6 and 7 (its dropped last chunk) follow
+        cursor = {"epoch": 0, "position": 0}
+        assert selector.draw(3, cursor) + selector.draw(3, cursor) == expected
+    with pytest.raises(ValueError, match="distinct indices"):
+        selector.use_stream([1, 1])

@@ -122,6 +122,7 @@ def install_prompt_sampler(trainer: Any, sampler: PromptSampler) -> None:
         base = original(dataset)
         data = trainer.train_dataset if dataset is None else dataset
         sampler.bind(lambda index: prompt_key(data[index]["prompt"]), len(data), trainer.args.seed)
-        return InformativeRepeatSampler(base, sampler)
+        at_epoch_end = lambda: float(trainer.state.epoch or 0).is_integer()  # noqa: E731 (transformers' rule)
+        return InformativeRepeatSampler(base, sampler, at_epoch_end)
 
     trainer._get_train_sampler = get_train_sampler

@@ -65,15 +65,37 @@ class InformativeSampling:
         self.cursor["draws"] = (list(self.cursor["draws"]) + chosen)[-4 * self.selector.size :]
         return chosen
 
-    def new_epoch(self) -> None:
+    @property
+    def resuming(self) -> bool:
+        """Whether a restored state (``set_state``) holds draws of an epoch not yet restarted (a fresh run's
+        callback may restore an empty state: nothing to replay)."""
+        return self._resumed and bool(self.cursor["draws"])
+
+    def new_epoch(
+        self, order: list[int] | None = None, *, sampler_state: str | None = None, replay: bool = True
+    ) -> None:
         """A trainer that re-iterates its sampler from the epoch start on resume (TRL) calls this when it
         starts iterating: after a resume the epoch's recorded draws are replayed first (the trainer skips the
-        batches it already trained), else the record starts afresh."""
-        if self._resumed:
+        batches it already trained; ``replay=False`` when the recorded epoch was complete), else the record
+        starts afresh.
+
+        ``order``: the trainer's own order of this epoch (distinct dataset indices): the stream the selector
+        draws from (skipping only within it). ``sampler_state``: the trainer sampler's generator state at the
+        epoch's start (opaque text, saved with the cursor so a resume can restore it).
+        """
+        if order is not None and self.selector is not None:
+            self.selector.use_stream(order)
+        if self.resuming and replay:
             self.cursor["replay"] = list(self.cursor["draws"])
             self._resumed = False
-        else:
-            self.cursor["draws"] = []
+            return
+        self._resumed = False
+        self.cursor["draws"] = []
+        if order is not None:
+            if "sampler_state" in self.cursor:  # not the run's first epoch: the trainer's next epoch starts
+                self.cursor["epoch"] += 1
+                self.cursor["position"] = 0
+            self.cursor["sampler_state"] = sampler_state
 
     def get_state(self) -> dict[str, Any]:
         return {"cursor": {**self.cursor, "draws": list(self.cursor["draws"])}, "skipped_prompts": self.skipped_prompts}
@@ -85,6 +107,8 @@ class InformativeSampling:
             "position": int(cursor["position"]),
             "draws": list(cursor["draws"]),
         }
+        if "sampler_state" in cursor:
+            self.cursor["sampler_state"] = cursor["sampler_state"]
         self.skipped_prompts = int(state["skipped_prompts"])
         self._resumed = True
 

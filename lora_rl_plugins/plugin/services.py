@@ -38,8 +38,13 @@ class PromptSampler(Protocol):
     def draw(self, count: int, shuffle: bool = True) -> list[int]:
         """The indices of the next ``count`` prompts (the same on every process)."""
 
-    def new_epoch(self) -> None:
-        """The trainer starts iterating its sampler (again)."""
+    def new_epoch(
+        self, order: list[int] | None = None, *, sampler_state: str | None = None, replay: bool = True
+    ) -> None:
+        """The trainer starts iterating its sampler (again). ``order``: the trainer's own order of this epoch
+        (the stream to draw from, skipping only within it; None: the sampler's own permutation);
+        ``sampler_state``: the trainer sampler's generator state at the epoch start (opaque, saved for a resume);
+        ``replay=False``: a resumed run's recorded epoch was complete (start the next one)."""
 
 
 @runtime_checkable
