@@ -105,7 +105,12 @@ def test_trl_run_reports_absorbed_bits_and_a_resumable_ledger(tmp_path) -> None:
     )
     trainer.add_callback(callback)
     trainer.train()
-    measured = [e for e in trainer.state.log_history if e.get("learning/probe_step") == e.get("step")]
+    # each log's latest values (the quiet log line repeats an unchanged value, answer_bits here, only once)
+    measured = [
+        latest_logged(trainer.state.log_history[: i + 1])
+        for i, e in enumerate(trainer.state.log_history)
+        if e.get("learning/probe_step") == e.get("step")
+    ]
     assert [e["step"] for e in measured] == [3, 6]
     for entry in measured:
         assert entry["learning/absorbed_bits"] <= entry["learning/answer_bits"]
