@@ -312,3 +312,32 @@ def test_ledger_and_bandwidth_agree_on_zero_information(aggregation) -> None:
     assert informative[0] == (aggregation == "normalize_then_sum")  # equal combined rewards, unequal advantages
     assert informative[1:] == [False, True]
     assert (learning.ledger.get("a").signal_bits > 0) == informative[0]
+
+
+@pytest.mark.parametrize("kl_reference", ["auto", "base", "initial_adapter", "auto_with_ref"])
+def test_absorbed_bits_and_kl_monitor_share_the_reference(kl_reference) -> None:
+    """One reference choice (kl.reference.choose_reference) for the KL monitor and learning/absorbed_bits, for
+    every kl_reference: the two plugins evaluate the same reference policy (same mode, adapter, snapshot)."""
+    from peft import LoraConfig, get_peft_model
+
+    from lora_rl_plugins.bridge.options import PluginOptions
+    from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer
+    from lora_rl_plugins.lora.adapters import summarize_adapter
+    from lora_rl_plugins.plugin.events import AdapterReady, RunStarted
+
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(build_tiny_model(), config)
+    option = kl_reference.removesuffix("_with_ref")
+    if kl_reference == "auto_with_ref":
+        model.add_adapter("ref", config)  # TRL's frozen copy of a pre-trained adapter
+    options = PluginOptions(kl_reference=option, reference_answer={"1": "1"}, load_entry_points=False)
+    host = options.build_host()
+    host.on_run_start(RunStarted("test", 2))
+    host.on_adapter_ready(AdapterReady(summarize_adapter(model), model, tokenizer=build_tokenizer()))
+    monitor, probes = host.plugin("kl_monitor").reference, host.plugin("learning_probes").reference
+    expected = {"auto": "disable", "base": "disable", "initial_adapter": "snapshot", "auto_with_ref": "adapter"}
+    assert monitor.mode == probes.mode == expected[kl_reference]
+    assert monitor.adapter_name == probes.adapter_name
+    assert monitor.snapshot.keys() == probes.snapshot.keys()
+    for name, saved in monitor.snapshot.items():
+        assert saved.equal(probes.snapshot[name])
