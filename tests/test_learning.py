@@ -105,7 +105,12 @@ def test_trl_run_reports_absorbed_bits_and_a_resumable_ledger(tmp_path) -> None:
     )
     trainer.add_callback(callback)
     trainer.train()
-    measured = [e for e in trainer.state.log_history if e.get("learning/probe_step") == e.get("step")]
+    # each log's latest values (the quiet log line repeats an unchanged value, answer_bits here, only once)
+    measured = [
+        latest_logged(trainer.state.log_history[: i + 1])
+        for i, e in enumerate(trainer.state.log_history)
+        if e.get("learning/probe_step") == e.get("step")
+    ]
     assert [e["step"] for e in measured] == [3, 6]
     for entry in measured:
         assert entry["learning/absorbed_bits"] <= entry["learning/answer_bits"]
@@ -294,8 +299,9 @@ def test_trl_informative_sampling_that_skips_nothing_is_trls_own_order(tmp_path)
     informative, seen, log = _informative_run(
         tmp_path, "informative", _solved_above_four, prompts=10, informative_sampling=True, skip_after=1, revisit=1.0
     )
-    assert informative.skipped_prompts == 0 and informative.selector is not None
-    assert any(informative.selector.skippable(i) for i in range(10))  # there was something it could have skipped
+    selector = informative.sampler.selector  # the PromptSampler service the learning plugin offers
+    assert informative.skipped_prompts == 0 and selector is not None
+    assert any(selector.skippable(i) for i in range(10))  # there was something it could have skipped
     assert seen == plain_seen
     assert len({tuple(batch) for batch in seen}) > 1
     timing = ("time", "second", "runtime", "flos")
@@ -347,3 +353,32 @@ def test_selector_draws_the_trainers_order_and_skips_only_within_it() -> None:
         assert selector.draw(3, cursor) + selector.draw(3, cursor) == expected
     with pytest.raises(ValueError, match="distinct indices"):
         selector.use_stream([1, 1])
+
+
+@pytest.mark.parametrize("kl_reference", ["auto", "base", "initial_adapter", "auto_with_ref"])
+def test_absorbed_bits_and_kl_monitor_share_the_reference(kl_reference) -> None:
+    """One reference choice (kl.reference.choose_reference) for the KL monitor and learning/absorbed_bits, for
+    every kl_reference: the two plugins evaluate the same reference policy (same mode, adapter, snapshot)."""
+    from peft import LoraConfig, get_peft_model
+
+    from lora_rl_plugins.bridge.options import PluginOptions
+    from lora_rl_plugins.demo.model import build_tiny_model, build_tokenizer
+    from lora_rl_plugins.lora.adapters import summarize_adapter
+    from lora_rl_plugins.plugin.events import AdapterReady, RunStarted
+
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(build_tiny_model(), config)
+    option = kl_reference.removesuffix("_with_ref")
+    if kl_reference == "auto_with_ref":
+        model.add_adapter("ref", config)  # TRL's frozen copy of a pre-trained adapter
+    options = PluginOptions(kl_reference=option, reference_answer={"1": "1"}, load_entry_points=False)
+    host = options.build_host()
+    host.on_run_start(RunStarted("test", 2))
+    host.on_adapter_ready(AdapterReady(summarize_adapter(model), model, tokenizer=build_tokenizer()))
+    monitor, probes = host.plugin("kl_monitor").reference, host.plugin("learning_probes").reference
+    expected = {"auto": "disable", "base": "disable", "initial_adapter": "snapshot", "auto_with_ref": "adapter"}
+    assert monitor.mode == probes.mode == expected[kl_reference]
+    assert monitor.adapter_name == probes.adapter_name
+    assert monitor.snapshot.keys() == probes.snapshot.keys()
+    for name, saved in monitor.snapshot.items():
+        assert saved.equal(probes.snapshot[name])

@@ -11,10 +11,9 @@ process::
 null. A metric whose ``MetricInfo.reduce`` is "last" (a running total, a setting, the latest KL
 measurement, a module's norm) is written when its value changes, so the file grows with what
 happens, not with the number of logs; per-step metrics and the trainer's are written at every log.
-A described metric's first line (once per opening of the file) also carries the rest of its
-description under ``info``::
+After a described metric's first value (once per opening of the file) a description line follows::
 
-    {"step": 1, "name": "bandwidth/bits_total", "value": 41.5, "kind": "estimate", "unit": "bits",
+    {"step": 1, "name": "lora_rl_plugins/description", "value": null, "kind": "estimate", "unit": "bits",
      "source": "lora_rl_plugins", "info": {"name": "bandwidth/bits_total", "reduce": "last",
      "detail": false, "short": "signal", "definition": "signal summed over the run: ..."}}
 
@@ -42,6 +41,8 @@ __all__ = ["RUN_LOG_NAME", "RunLogWriter", "describe_record", "match_metric", "r
 
 RUN_LOG_NAME = "lora_rl_metrics.jsonl"
 SOURCE = "lora_rl_plugins"
+#: The ``name`` of a description line (no metric is named so).
+DESCRIPTION = "lora_rl_plugins/description"
 
 
 def _pattern(name: str) -> re.Pattern[str]:
@@ -80,14 +81,22 @@ def split_detail(
     return console, detail
 
 
-def describe_record(info: MetricInfo) -> dict[str, Any]:
-    """The ``info`` a run-log line carries for ``info`` (kind and unit are on every line)."""
+def describe_record(info: MetricInfo, step: int) -> dict[str, Any]:
+    """The run log's description line of ``info``, written at ``step`` after that step's values."""
     return {
-        "name": info.name,
-        "reduce": info.reduce,
-        "detail": info.detail,
-        "short": info.short,
-        "definition": info.definition,
+        "step": step,
+        "name": DESCRIPTION,
+        "value": None,
+        "kind": info.kind,
+        "unit": info.unit,
+        "source": SOURCE,
+        "info": {
+            "name": info.name,
+            "reduce": info.reduce,
+            "detail": info.detail,
+            "short": info.short,
+            "definition": info.definition,
+        },
     }
 
 
@@ -160,7 +169,7 @@ class RunLogWriter:
                 self.open()
             else:  # closed after a run: append
                 self._handle = self.path.open("a")
-        lines = []
+        lines, described = [], []
         for name, value in metrics.items():
             if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # a scalar tensor a trainer logged
                 value = value.item()
@@ -172,7 +181,7 @@ class RunLogWriter:
                 if self._written.get(name, ()) == number:  # written again only when it changes
                     continue
                 self._written[name] = number
-            record: dict[str, Any] = {
+            record = {
                 "step": int(step),
                 "name": name,
                 "value": number,
@@ -182,8 +191,9 @@ class RunLogWriter:
             }
             if info is not None and info.name not in self._described:
                 self._described.add(info.name)
-                record["info"] = describe_record(info)
+                described.append(describe_record(info, int(step)))
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        lines += [json.dumps(record, ensure_ascii=False) + "\n" for record in described]
         if lines:
             self._handle.write("".join(lines))  # type: ignore[union-attr]
             self._handle.flush()  # type: ignore[union-attr]

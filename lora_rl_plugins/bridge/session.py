@@ -35,7 +35,7 @@ Detail metrics go to the run log only, unless ``console_detail=True``.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -156,25 +156,11 @@ class RunSession:
             self._run_log.close()
 
     # -- per generation batch ----------------------------------------------------------------
-    def rollouts_scored(
-        self,
-        collective: Collective,
-        *,
-        step: int,
-        rewards: Sequence[Sequence[float]],
-        reward_names: Sequence[str],
-        reward_weights: Sequence[float],
-        group_size: int,
-        completions: Sequence[Any] | None = None,
-        answers: Sequence[Hashable] | None = None,
-        token_rewards: Sequence[Sequence[float]] | None = None,
-        rewards_gathered: bool = False,
-        prompts: Sequence[Any] | None = None,
-        prompt_keys: Sequence[Hashable] | None = None,
-        generation_seconds: float | None = None,
-    ) -> RolloutsScored:
-        """Build the batch's event (gathered over the processes, ``bridge.translate.rollouts_scored``), compute
-        its advantages once with the run's ``grpo.advantage`` settings, and call ``on_rollouts_scored``.
+    def rollouts_scored(self, collective: Collective, **fields: Any) -> RolloutsScored:
+        """Build the batch's event from ``fields`` (those of ``bridge.translate.rollouts_scored``: ``step``,
+        ``rewards``, ``reward_names``, ``reward_weights``, ``group_size``, optional per-rollout lists, gathered over
+        the processes there), compute its advantages once with the run's ``grpo.advantage`` settings, and call
+        ``on_rollouts_scored``.
 
         Returns:
             The event, ``advantages`` included (the group filter reads them).
@@ -182,21 +168,7 @@ class RunSession:
         Raises:
             ValueError: rewards that do not split into groups of ``group_size`` (``grpo_advantages``).
         """
-        batch = rollouts_scored(
-            collective,
-            step=step,
-            rewards=rewards,
-            reward_names=reward_names,
-            reward_weights=reward_weights,
-            group_size=group_size,
-            completions=completions,
-            answers=answers,
-            token_rewards=token_rewards,
-            rewards_gathered=rewards_gathered,
-            prompts=prompts,
-            prompt_keys=prompt_keys,
-            generation_seconds=generation_seconds,
-        )
+        batch = rollouts_scored(collective, **fields)
         settings = self.run.grpo.advantage if self.run is not None else None
         advantages = grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, settings)
         object.__setattr__(batch, "advantages", advantages)  # the frozen event, completed before anyone sees it

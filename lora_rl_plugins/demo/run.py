@@ -142,9 +142,10 @@ def run_demo(
             result.reward.append(float(entry["reward"]))
             result.bits_step.append(float(entry["bandwidth/bits_step"]))
             result.zero_info_frac.append(float(entry.get("bandwidth/zero_info_frac", float("nan"))))
-            result.final = {
-                k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/", "learning/"))
-            }
+        # the quiet log line publishes an unchanged value once: carry each metric's latest value forward
+        result.final.update(
+            {k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/", "learning/"))}
+        )
         if "learning/absorbed_bits" in entry and entry.get("learning/probe_step") == entry.get("step"):
             result.absorbed.append((int(entry["step"]), float(entry["learning/absorbed_bits"])))
     result.seconds = time.perf_counter() - started

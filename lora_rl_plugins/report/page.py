@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..plugin.metrics import format_percent
 from .figures import build_figures, capacity_ranks, describe_figures
-from .runlog import RunLog, load_run
+from .runlog import RunLog, builtin_metric_infos, load_run
 
 __all__ = ["learning_section", "rank_advice", "write_report"]
 
@@ -112,14 +112,9 @@ def _png(figure) -> bytes:
 
 
 def _summary_rows(run: RunLog) -> str:
-    from ..bandwidth.plugin import BANDWIDTH_METRICS
-    from ..kl.monitor import KL_METRICS
-    from ..learning.plugin import LEARNING_METRICS, PROBE_METRICS
-
     # what the run log describes (every plugin's metrics, a third party's included), in the built-ins' order
     # first; a framework log carries no descriptions, so the built-in tables describe its metrics
-    builtin = {info.name: info for info in (*BANDWIDTH_METRICS, *KL_METRICS, *PROBE_METRICS, *LEARNING_METRICS)}
-    infos = {**builtin, **run.infos}
+    infos = {**builtin_metric_infos(), **run.infos}
     rows = []
     for info in infos.values():
         value = run.last(info.name)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..bridge.runlog import RUN_LOG_NAME, read_description
 from ..plugin.metrics import MetricInfo
 
-__all__ = ["RunLog", "load_run"]
+__all__ = ["RunLog", "builtin_metric_infos", "load_run"]
 
 
 @dataclass
@@ -85,20 +85,39 @@ class RunLog:
         return self
 
 
+def builtin_metric_infos() -> dict[str, MetricInfo]:
+    """The built-in plugins' metric descriptions (for a framework log, which carries none)."""
+    from ..bandwidth.plugin import BANDWIDTH_METRICS
+    from ..kl.monitor import KL_METRICS
+    from ..learning.config import LEARNING_METRICS, PROBE_METRICS
+
+    return {info.name: info for info in (*BANDWIDTH_METRICS, *KL_METRICS, *PROBE_METRICS, *LEARNING_METRICS)}
+
+
 def _newest(paths: list[Path], key) -> Path | None:
     return max(paths, key=key) if paths else None
 
 
 def _trl(path: Path) -> RunLog:
+    """TRL's ``log_history``; a plugin metric that only changes (``reduce="last"``) is logged there only when it
+    changed (the quiet log line), so each log carries its latest value forward, as the run log's reader does."""
+    from ..bridge.runlog import match_metric
+
+    infos = builtin_metric_infos()
     state = json.loads(path.read_text())
     run = RunLog(path, "trl")
+    latest: dict[str, float] = {}
     for entry in state.get("log_history", []):
         step = entry.get("step")
         if step is None or "train_runtime" in entry:
             continue
-        for name, value in entry.items():
-            if isinstance(value, (int, float)) and name not in ("step", "epoch"):
+        values = {**latest, **{k: v for k, v in entry.items() if isinstance(v, (int, float))}}
+        for name, value in values.items():
+            if name not in ("step", "epoch"):
                 run.add(name, step, value)
+                info = match_metric(name, infos)
+                if info is not None and info.reduce == "last":
+                    latest[name] = value
     return run.finish()
 
 
@@ -111,6 +130,7 @@ def _jsonl(path: Path) -> RunLog:
                 info = read_description(record)
                 if info is not None:
                     run.infos[info.name] = info
+                    continue
                 run.add(record["name"], int(record["step"]), record["value"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line being written by a run still in progress
