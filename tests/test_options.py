@@ -10,7 +10,6 @@ import pytest
 
 from lora_rl_plugins.bridge.options import PluginOptions
 
-
 #: (options, exception, the exact message or a regex over it)
 REFUSALS = [
     (

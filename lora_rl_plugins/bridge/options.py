@@ -20,8 +20,8 @@ from ..bandwidth.plugin import BandwidthConfig
 from ..kl.monitor import KLMonitorConfig
 from ..learning.plugin import LearningConfig
 from ..plugin.config import OptionDoc, check_option_types, option, option_docs
-from ..plugin.host import PluginHost
 from ..plugin.events import AdapterReady
+from ..plugin.host import PluginHost
 from ..serving.plugin import ServingConfig, VLLMServing, VLLMServingCheck
 from .builtin import default_builtins, make_plugin_manager
 
