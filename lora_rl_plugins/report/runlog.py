@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..bridge.runlog import RUN_LOG_NAME
 
-__all__ = ["RunLog", "load_run"]
+__all__ = ["RunLog", "load_run", "trl_history"]
 
 
 @dataclass
@@ -87,9 +87,14 @@ def _newest(paths: list[Path], key) -> Path | None:
 
 
 def _trl(path: Path) -> RunLog:
-    state = json.loads(path.read_text())
-    run = RunLog(path, "trl")
-    for entry in state.get("log_history", []):
+    return trl_history(json.loads(path.read_text()).get("log_history", []), path)
+
+
+def trl_history(entries: list[dict], source: str | Path = "log_history") -> RunLog:
+    """A ``RunLog`` of TRL's ``trainer.state.log_history`` (the list ``trainer_state.json`` saves); the
+    end-of-training summary entry (``train_runtime``) is left out."""
+    run = RunLog(Path(source), "trl")
+    for entry in entries:
         step = entry.get("step")
         if step is None or "train_runtime" in entry:
             continue
