@@ -247,7 +247,7 @@ def _explain_rank(
     lines += [
         "why larger:   capacity is a floor, not a target. A larger rank can still train better: with lora_alpha",
         "              fixed the update scale α/r shrinks as r grows (retune the learning rate, or use rsLoRA).",
-        "              As measured on the demo's task (lora-rl demo --rank R --seed S, 300 steps, lr 2e-3): final",
+        "              Measured on the demo's task (`lora-rl demo --rank R --seed S`, 300 steps, lr 2e-3): final",
         "              reward at seeds 0/1/2 "
         + ", ".join(f"r={r}: {'/'.join(f'{v:.2f}' for v in values)}" for r, values in measured.items())
         + ".",

@@ -297,7 +297,8 @@ def select_rank(
 #: What a rank sweep measured on the demo's own task (issue #25; the demo's defaults otherwise): final reward
 #: (mean over the last tenth of the steps) at seeds 0, 1, 2, per rank. Quoted as measured; not a law.
 MEASURED_LOWER_RANKS = {
-    "command": "lora-rl demo --rank R --seed S (300 steps, lora_alpha = 2r, learning rate 2e-3 held fixed)",
+    "command": "lora-rl demo --rank R --seed S",
+    "settings": "300 steps, lora_alpha = 2r, lr 2e-3 held fixed",
     "reward": {1: (0.37, 0.68, 0.69), 8: (0.79, 0.85, 0.81), 32: (0.73, 0.98, 0.82)},
 }
 
@@ -389,9 +390,10 @@ def advise_rank(
                 f"r={rank_sufficient} would hold the {signal_bits:,.0f} bits of signal "
                 f"({per_rank * rank_sufficient / max(signal_bits, 1.0):,.0f}x; capacity is a floor, the signal an "
                 "upper estimate of what is stored)",
-                "but a lower rank learns less at the same learning rate, as measured on the demo's task ("
-                f"{MEASURED_LOWER_RANKS['command']}): final reward at seeds 0/1/2 "
+                "but a lower rank learned less at the same learning rate on the demo's codebook task: final reward "
+                "at seeds 0/1/2 "
                 + ", ".join(f"r={r}: {'/'.join(f'{v:.2f}' for v in values)}" for r, values in measured.items())
+                + f" (`{MEASURED_LOWER_RANKS['command']}`: {MEASURED_LOWER_RANKS['settings']})"
                 + f"; keep r={rank}, or retune the learning rate before lowering it",
             ]
     if max_lora_rank is not None:
