@@ -101,3 +101,23 @@ def test_kl_option_on_a_model_without_lora_is_refused_when_built(tmp_path) -> No
     with pytest.raises(TypeError, match="option kl_budget expects a number"):
         LoraRLCallback(trainer, kl_budget="0.1", load_entry_points=False)
     assert reward.calls == []
+
+
+def test_check_model_on_real_models() -> None:
+    """``PluginOptions.check_model`` on the tiny model without LoRA and with a real PEFT adapter."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from lora_rl_plugins import NotALoraModelError, VLLMLoRAError
+    from lora_rl_plugins.demo.model import build_tiny_model
+
+    plain = build_tiny_model()
+    PluginOptions().check_model(plain)  # nothing asked for the monitor: a warning later, not an error
+    with pytest.raises(NotALoraModelError, match=r"^kl_reference='base' asks for the KL monitor"):
+        PluginOptions(kl_reference="base").check_model(plain)
+    PluginOptions(kl_every=1, block=["kl_monitor"]).check_model(plain)  # the monitor is blocked: nothing to refuse
+    lora = get_peft_model(build_tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    PluginOptions(kl_every=1, vllm_serving={"max_lora_rank": 8}).check_model(lora)
+    with pytest.raises(VLLMLoRAError, match=r"LoRA rank 4 \(r\) is greater than max_lora_rank 1"):
+        PluginOptions(vllm_serving={"max_lora_rank": 1}).check_model(lora)
+    PluginOptions(vllm_serving={"max_lora_rank": 1}, block=["vllm_serving"]).check_model(lora)

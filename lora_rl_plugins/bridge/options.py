@@ -21,7 +21,7 @@ from ..kl.monitor import KLMonitorConfig
 from ..learning.plugin import LearningConfig
 from ..plugin.config import OptionDoc, check_option_types, option, option_docs
 from ..plugin.events import AdapterReady
-from ..plugin.host import PluginHost
+from ..plugin.host import PluginHost, _blocked_names
 from ..serving.plugin import ServingConfig, VLLMServing, VLLMServingCheck
 from .builtin import default_builtins, make_plugin_manager
 
@@ -157,9 +157,10 @@ class PluginOptions:
         from ..lora.adapters import NotALoraModelError, summarize_adapter
 
         adapter = summarize_adapter(model)
+        blocked = _blocked_names(self.host.block)  # the plugins the host will not load (option and environment)
         if not adapter.is_lora:
             asked = self.kl_requested_by
-            if asked and "kl_monitor" not in self.host.block:
+            if asked and "kl_monitor" not in blocked:
                 raise NotALoraModelError(
                     f"{', '.join(asked)} asks for the KL monitor, which measures drift through the model's LoRA "
                     "adapter (adapters disabled = the reference), and this model has none; it does not make a silent "
@@ -168,7 +169,7 @@ class PluginOptions:
                     f"{', '.join(a.split('=')[0] for a in asked)} from the callback's options."
                 )
             return
-        if self.serving.vllm_serving is not None:  # the serving check itself, now instead of at the first step
+        if self.serving.vllm_serving is not None and "vllm_serving" not in blocked:  # the check itself, run now
             VLLMServingCheck(self.serving.vllm_serving).on_adapter_ready(AdapterReady(adapter, model))
 
     def build_host(self) -> PluginHost:
