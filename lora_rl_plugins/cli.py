@@ -144,11 +144,6 @@ def _rank(args: argparse.Namespace) -> int:
 
     if (args.hidden_size is None) == (args.model_config is None):
         raise _UsageError("give exactly one of --hidden-size (seed rule) or --model-config (adapter rule)")
-    if args.bits is None and args.episodes is None and args.dataset_size is None and args.steps is None:
-        raise _UsageError(
-            "give the bits to hold: --bits, or a run plan (--episodes, --dataset-size with "
-            "--generations, or --steps with --rollouts-per-step)"
-        )
     if args.max_lora_rank is not None and not args.vllm:
         args.vllm = True  # a server's max_lora_rank means the adapter is served with vLLM
     plan = _plan(args)

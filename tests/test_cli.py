@@ -38,7 +38,7 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
         (["demo", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
         (["demo", "--rank", "eight"], "argument --rank: expected a positive integer, got 'eight'"),
         (["rank"], "give exactly one of --hidden-size (seed rule) or --model-config (adapter rule)"),
-        (["rank", "--hidden-size", "576"], "give the bits to hold: --bits, or a run plan"),
+        (["rank", "--hidden-size", "576"], "lora-rl rank: the plan needs --episodes"),
         (["rank", "--hidden-size", "0", "--bits", "600"], "argument --hidden-size: must be a positive integer"),
         (["rank", "--hidden-size", "576", "--bits", "-5"], "argument --bits: must be a number of bits >= 0, got -5"),
         (["rank", "--hidden-size", "576", "--bits", "600", "--margin", "0.5"], "argument --margin: must be a safety"),

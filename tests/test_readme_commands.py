@@ -46,6 +46,7 @@ WALKED = {
     "python -m benchmarks.informative_sampling": "test_benchmarks_start",
     "python -m benchmarks": "test_benchmarks_start",
     "python -m pytest": "CI (.ci/run)",
+    'python -m pytest -m "not slow"': "CI runs the whole suite, this subset included",
 }
 
 
