@@ -1,6 +1,6 @@
 """Does policy drift grow with LoRA rank?  A KL-free GRPO sweep over ranks ([Rottman]'s claim, docs/theory.md §3).
 
-    python examples/kl_vs_rank.py [--steps 60] [--ranks 1,2,4,8,16,32,64] [--out kl_vs_rank.png]
+    python examples/kl_vs_rank.py [--steps 60] [--ranks 1,2,4,8,16,32,64] [--out runs/kl_vs_rank.png]
 
 The tiny local model (no download) learns the codebook task with LoRA on its output layer only
 (with the Lightning reference module of examples/lightning_grpo.py: TRL refuses a LoRA on lm_head):
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--ranks", default="1,2,4,8,16,32,64")
     parser.add_argument("--alpha", type=float, default=16.0, help="lora_alpha when fixed; α = alpha·r/8 when ∝ r")
-    parser.add_argument("--out", default="kl_vs_rank.png")
+    parser.add_argument("--out", default="runs/kl_vs_rank.png", help="the figure (runs/ is git-ignored)")
     args = parser.parse_args()
     ranks = [int(r) for r in args.ranks.split(",")]
     results: dict[str, list[dict[str, float]]] = {"alpha fixed": [], "alpha ∝ r": []}
@@ -105,6 +105,7 @@ def main() -> None:
     axes[0].set_ylabel("KL(π_θ ‖ π_base), nats per token")
     axes[0].legend()
     figure.tight_layout()
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     figure.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
 

@@ -1,6 +1,6 @@
 """GRPO with LoRA in PyTorch Lightning: a complete, readable reference module, with the callback on.
 
-    python examples/lightning_grpo.py [--steps 150] [--kl-free] [--beta 0.04] [--logdir lightning_logs]
+    python examples/lightning_grpo.py [--steps 150] [--kl-free] [--beta 0.04] [--logdir runs/lightning_grpo]
 
 Trains the tiny local model (no download) on the codebook task on CPU and shows reward rising.
 Copy ``GRPOModule`` for your own model: it samples K completions per prompt, scores them,
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--kl-free", action="store_true", help="no KL term; the callback's monitor is the guard rail")
     parser.add_argument("--beta", type=float, default=0.0)
-    parser.add_argument("--logdir", default="lightning_logs")
+    parser.add_argument("--logdir", default="runs/lightning_grpo", help="where the logs go (runs/ is git-ignored)")
     parser.add_argument(
         "--sampling",
         default="plain",

@@ -27,3 +27,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def deepspeed_ops_built() -> None:
+    """DeepSpeed's CPU shared-memory op (``deepspeed_shm_comm``), built once per machine (~30 s, cached in
+    ``~/.cache/torch_extensions``) before the first test that launches DeepSpeed, so that the build never
+    runs inside a test's timeout (a ZeRO-3 run hit its 240 s limit that way at load ~7: issue 25 item 5).
+    A no-op without DeepSpeed, or where DeepSpeed does not use the op."""
+    try:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+    except ImportError:
+        return
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        builder.load(verbose=False)

@@ -31,7 +31,8 @@ pytest.importorskip("peft")
 from lora_rl_plugins import PluginHost, RolloutsScored, StepEnded, make_plugin_manager
 from lora_rl_plugins.bandwidth import BandwidthPlugin
 
-pytestmark = pytest.mark.slow
+# slow; DeepSpeed's C++ op is built (once, conftest.py) before the first timed launch
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ops_built")]
 WORKERS = Path(__file__).parent / "distributed"
 #: engine -> (launch config, GRPOConfig(use_cpu=...), also resume from a step-2 checkpoint)
 ENGINES = {

@@ -142,9 +142,8 @@ def test_kl_free_without_lora_is_a_clear_error(tmp_path) -> None:
     from lora_rl_plugins.lora.adapters import NotALoraModelError
 
     trainer = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=1, peft=False)
-    trainer.add_callback(LoraRLCallback(trainer, kl_free=True, load_entry_points=False))
-    with pytest.raises(NotALoraModelError, match="does not make a silent full copy"):
-        trainer.train()
+    with pytest.raises(NotALoraModelError, match=r"kl_free=True asks .* does not make a silent full copy"):
+        LoraRLCallback(trainer, kl_free=True, load_entry_points=False)  # when built, naming the option
 
 
 def test_initial_adapter_reference_for_a_pretrained_adapter(tmp_path) -> None:

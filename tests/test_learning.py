@@ -205,7 +205,7 @@ def test_demo_absorbed_bits_rise_with_reward_and_stay_below_the_codebook(tmp_pat
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"reference_answer": "7"}, "reference_answer must be"),
+        ({"reference_answer": "7"}, "option reference_answer expects a callable or a Mapping or None, got '7'"),
         ({"reference_answer": lambda p: "1"}, "needs probe_prompts"),
         ({"probe_every": 0}, "probe_every"),
         ({"on_signal_exhausted": "panic"}, "on_signal_exhausted"),

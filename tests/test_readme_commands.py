@@ -28,10 +28,12 @@ WALKED = {
     "lora-rl report runs/trl_grpo": "test_trl_example_and_its_report",
     "lora-rl report": "test_trl_example_and_its_report",
     "python examples/lightning_grpo.py --kl-free": "test_lightning_example_and_its_report",
-    "lora-rl report lightning_logs": "test_lightning_example_and_its_report",
+    "lora-rl report runs/lightning_grpo": "test_lightning_example_and_its_report",
     "lora-rl rank --model-config llama-3.1-8b/config.json --episodes 320000 --reward-levels 2": "test_rank",
     "lora-rl rank --hidden-size 4096 --episodes 320000 --reward-levels 2": "test_rank",
     "lora-rl rank": "test_rank",
+    "lora-rl rank --hidden-size 576 --bits 600 --vllm --max-lora-rank 16": "test_cli.py (the vLLM note)",
+    "lora-rl --help": "test_cli.py (the exit codes in --help)",
     "lora-rl check-vllm runs/adapter --max-lora-rank 16": "test_check_vllm",
     "lora-rl check-vllm runs/adapter --max-lora-rank 16 --model-config base/config.json": "test_check_vllm",
     "lora-rl check-vllm": "test_check_vllm",
@@ -44,6 +46,7 @@ WALKED = {
     "python -m benchmarks.informative_sampling": "test_benchmarks_start",
     "python -m benchmarks": "test_benchmarks_start",
     "python -m pytest": "CI (.ci/run)",
+    'python -m pytest -m "not slow"': "CI runs the whole suite, this subset included",
 }
 
 
@@ -138,9 +141,10 @@ def test_lightning_example_and_its_report(tmp_path) -> None:
     pytest.importorskip("lightning")
     pytest.importorskip("matplotlib")
     out = run("python examples/lightning_grpo.py --kl-free --steps 3", tmp_path)
-    assert "lora-rl report lightning_logs" in out
+    assert "lora-rl report runs/lightning_grpo" in out
+    assert (tmp_path / "runs" / "lightning_grpo").is_dir() and not (tmp_path / "lightning_logs").exists()
     assert "Epoch 0/-" not in out
-    assert_report("lora-rl report lightning_logs", tmp_path)
+    assert_report("lora-rl report runs/lightning_grpo", tmp_path)
 
 
 @pytest.mark.slow

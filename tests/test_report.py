@@ -50,7 +50,7 @@ def test_figures_carry_the_right_series(trl_run) -> None:
     run = load_run(trl_run)
     assert run.kind == "run log"  # lora_rl_metrics.jsonl, read before trainer_state.json
     figures = build_figures(run)
-    assert set(figures) == {"bits", "per_step", "reward", "kl", "ledger"}
+    assert set(figures) == {"bits", "per_step", "zero_info", "reward", "kl", "ledger"}
     bits = lines_of(figures["bits"])
     assert list(bits["signal, summed over steps (estimate)"].get_ydata()) == run.through_end("bandwidth/bits_total")[1]
     assert list(bits["upper bound on the signal"].get_ydata()) == run.through_end("bandwidth/bound_total")[1]
@@ -68,7 +68,7 @@ def test_figures_carry_the_right_series(trl_run) -> None:
     assert end_labels == {f"r={r}" + (" (this run)" if r == rank else "") for r in capacity_ranks(run)}
     assert all(text.xy[0] == 1.0 for text in figures["bits"].axes[0].texts)  # at the axis' right edge
     kl = lines_of(figures["kl"])
-    mean_label = "KL(π_θ‖π_ref), mean per token (exact)"
+    mean_label = "exact KL(π_θ‖π_ref), mean per token (the budget applies to this)"
     certificate = "certificate (max δ − min δ)²/8, δ = log-prob shift: bounds the mean"
     # one point per measurement (every 2nd batch: steps 1, 3, ...; the exact 0 of the fresh adapter left off the log
     # scale), not one per log
@@ -111,7 +111,7 @@ def test_report_is_written_and_deterministic(trl_run, tmp_path) -> None:
     for name in ("bits", "per_step", "reward", "kl"):
         assert (tmp_path / "a" / f"{name}.png").read_bytes() == (tmp_path / "b" / f"{name}.png").read_bytes()
     page = first.read_text()
-    assert page.count("data:image/png;base64,") == 5  # self-contained
+    assert page.count("data:image/png;base64,") == 6  # self-contained
     assert "Rank advice" in page and "bandwidth/bits_total" in page and "estimate" in page
     assert "learning/informative_frac" in page
     ledger = build_figures(load_run(trl_run))["ledger"]
@@ -228,3 +228,47 @@ def test_live_view_in_the_progress_bar_and_the_printed_log(tmp_path, capsys) -> 
     printed.train()
     out = capsys.readouterr().out
     assert out.count("lora-rl step") == 1 and "lora-rl step 3: signal" in out  # at the logging interval only
+
+
+def test_figures_are_readable_and_each_axis_holds_one_quantity(trl_run) -> None:
+    """Text >= 9 pt, no twin axes, captions naming only what is drawn (faint lines only where drawn), and
+    k3 and the exact KL labelled as what they are (issue 25 item 4)."""
+    run = load_run(trl_run)
+    figures, captions = build_figures(run), describe_figures(run)
+    for name, figure in figures.items():
+        assert len(figure.axes) == (2 if name == "kl" else 1), name  # no twinx: one quantity per axis
+        figure.canvas.draw()
+        for text in figure.findobj(lambda artist: hasattr(artist, "get_fontsize") and hasattr(artist, "get_text")):
+            if text.get_text():
+                assert text.get_fontsize() >= 9, (name, text.get_text(), text.get_fontsize())
+        faint = any(line.get_alpha() is not None and line.get_alpha() < 1 for line in lines_of(figure).values())
+        assert ("Faint" in captions.get(name, "")) == faint, (name, captions.get(name))
+    labels = lines_of(figures["kl"])
+    assert "k3: TRL's sampled estimate of the KL (its `kl`), not the exact KL" in labels
+    assert "the budget does not apply to it" in captions["kl"]
+
+
+def test_report_opens_with_the_runs_events(trl_run, tmp_path) -> None:
+    """The report names the budget crossing, from the same list the demo's summary prints."""
+    from lora_rl_plugins.report.events import run_events
+
+    run = load_run(trl_run)
+    events = run_events(run)
+    crossed = [event for event in events if event.kind == "kl_budget"]
+    steps, values = measurements(run, "kl_monitor/kl_mean")
+    first = next(((s, v) for s, v in zip(steps, values, strict=True) if v > 5.0), None)
+    if first is None:  # this run stayed under its budget of 5: a tighter one is crossed at the first positive KL
+        events = run_events(run, kl_budget=0.0)
+        crossed = [event for event in events if event.kind == "kl_budget"]
+        first = next((s, v) for s, v in zip(steps, values, strict=True) if v > 0.0)
+    assert crossed and crossed[0].step == first[0] and crossed[0].value == first[1]
+    page = write_report(trl_run, tmp_path / "r").read_text()
+    events_html = page[page.index("What happened.") : page.index("Rank advice.")]
+    for event in run_events(run):
+        assert html_escape(event.text) in events_html
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

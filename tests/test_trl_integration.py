@@ -185,9 +185,8 @@ def test_vllm_serving_settings_checked_before_training(tmp_path) -> None:
 
     reward = RecordingReward(first_char_reward)
     trainer = grpo_trainer(reward, tmp_path, steps=2)  # LoRA r = 4
-    trainer.add_callback(LoraRLCallback(trainer, vllm_serving={"max_lora_rank": 1}, load_entry_points=False))
     with pytest.raises(VLLMLoRAError, match="LoRA rank 4 \\(r\\) is greater than max_lora_rank 1"):
-        trainer.train()
+        LoraRLCallback(trainer, vllm_serving={"max_lora_rank": 1}, load_entry_points=False)  # when built
     assert reward.calls == []  # failed before the first generation
 
     fits = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=1)

@@ -187,8 +187,9 @@ def test_cli_check_vllm_exit_codes(tmp_path, capsys) -> None:
     assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "16"]) == 1
     out = capsys.readouterr().out
     assert "LoRA rank 32 (r) is greater than max_lora_rank 16" in out
-    assert main(["check-vllm", str(tmp_path / "missing"), "--max-lora-rank", "16"]) == 1
-    assert "no adapter config" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # bad input (exit 2), not vLLM's "no" (exit 1)
+        main(["check-vllm", str(tmp_path / "missing"), "--max-lora-rank", "16"])
+    assert exited.value.code == 2 and "missing does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..bandwidth.plugin import BandwidthConfig
 from ..kl.monitor import KLMonitorConfig
 from ..learning.plugin import LearningConfig
-from ..plugin.config import OptionDoc, option, option_docs
-from ..plugin.host import PluginHost
-from ..serving.plugin import ServingConfig
+from ..plugin.config import OptionDoc, check_option_types, option, option_docs
+from ..plugin.events import AdapterReady
+from ..plugin.host import PluginHost, _blocked_names
+from ..serving.plugin import ServingConfig, VLLMServing, VLLMServingCheck
 from .builtin import default_builtins, make_plugin_manager
 from .entry_options import entry_point_option_groups
 
@@ -90,7 +91,9 @@ class PluginOptions:
         **options: any option of ``option_documentation()``.
 
     Raises:
-        TypeError: an unknown option name (the message names the closest known one).
+        TypeError: an unknown option name (the message names the closest known one), or a value of the
+            wrong type (the message names the option, the type it expects and the value given; numeric
+            strings are refused, with the number to pass).
         ValueError: an invalid value, from the config class that owns the option.
     """
 
@@ -114,6 +117,12 @@ class PluginOptions:
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise TypeError(f"unknown lora_rl_plugins option {name!r}.{hint} Known: {', '.join(owners)}")
             by_group[owners[name]][name] = value
+        # Types first, named: `kl_budget="0.1"` is refused as a string, not a comparison error inside a class.
+        for group, config_class in OPTION_GROUPS:
+            check_option_types(config_class, by_group[group])
+        serving = options.get("vllm_serving")
+        if isinstance(serving, Mapping):
+            check_option_types(VLLMServing, serving, prefix="vllm_serving.")
         self.explicit = frozenset(options)
         """The options the user set explicitly."""
         self.bandwidth = BandwidthConfig(**by_group["bandwidth"])
@@ -132,8 +141,50 @@ class PluginOptions:
     @property
     def kl_requested(self) -> bool:
         """The user asked for the KL monitor (KL-free mode, a budget, a cadence): no LoRA is then an error."""
-        cadence = self.explicit & {"kl_every", "kl_max_sequences", "kl_reference"}
-        return self.kl_free or self.kl_monitor.kl_budget is not None or bool(cadence)
+        return bool(self.kl_requested_by)
+
+    @property
+    def kl_requested_by(self) -> list[str]:
+        """The options, as set, that ask for the KL monitor (``["kl_every=1"]``); empty when none does."""
+        asked = [f"kl_free={self.kl_free!r}"] if self.kl_free else []
+        if self.kl_monitor.kl_budget is not None:
+            asked.append(f"kl_budget={self.kl_monitor.kl_budget!r}")
+        for name in ("kl_every", "kl_max_sequences", "kl_reference"):
+            if name in self.explicit:
+                asked.append(f"{name}={getattr(self.kl_monitor, name)!r}")
+        return asked
+
+    def check_model(self, model: Any) -> None:
+        """The refusals that need the model, raised when an integration is built (before any step).
+
+        ``model``: the trained model, unwrapped (a PEFT model where LoRA is used). The serving check
+        is ``VLLMServingCheck``'s own, run here so that a refusal comes from the constructor (a short
+        traceback, before the first step) rather than from a hook.
+
+        Raises:
+            NotALoraModelError: an option that asks for the KL monitor (``kl_free``, ``kl_budget``,
+                ``kl_every``, ``kl_max_sequences``, ``kl_reference``) on a model without LoRA; the
+                message names the option(s) as set.
+            VLLMLoRAError: ``vllm_serving`` is set and vLLM would refuse the adapter's config (a rank
+                above ``max_lora_rank``, DoRA, bias, ...), every problem with its fix.
+        """
+        from ..lora.adapters import NotALoraModelError, summarize_adapter
+
+        adapter = summarize_adapter(model)
+        blocked = _blocked_names(self.host.block)  # the plugins the host will not load (option and environment)
+        if not adapter.is_lora:
+            asked = self.kl_requested_by
+            if asked and "kl_monitor" not in blocked:
+                raise NotALoraModelError(
+                    f"{', '.join(asked)} asks for the KL monitor, which measures drift through the model's LoRA "
+                    "adapter (adapters disabled = the reference), and this model has none; it does not make a silent "
+                    "full copy. Train with LoRA "
+                    f"(peft_config=LoraConfig(...) or peft.get_peft_model), or remove "
+                    f"{', '.join(a.split('=')[0] for a in asked)} from the callback's options."
+                )
+            return
+        if self.serving.vllm_serving is not None and "vllm_serving" not in blocked:  # the check itself, run now
+            VLLMServingCheck(self.serving.vllm_serving).on_adapter_ready(AdapterReady(adapter, model))
 
     def build_host(self) -> PluginHost:
         """A plugin host with the configured built-ins, ``plugins`` and entry-point plugins."""

@@ -50,6 +50,13 @@ class DemoResult:
     """(step, measured KL) of the first measurement over ``kl_budget``, or None."""
     clipped_ratio: float | None = None
     """TRL's ``completions/clipped_ratio`` at the last step: 1.0 means no completion ended with <eos>."""
+    planned_steps: int = 0
+    stopped: bool = False
+    """The run ended before ``planned_steps`` (a budget with ``on_budget="stop"`` or a plugin stopped it)."""
+    train_seconds: float | None = None
+    """Training alone (transformers' ``train_runtime``); ``seconds`` includes setup (model, trainer, callback)."""
+    events: list[str] = field(default_factory=list)
+    """The run's events in words (``lora_rl_plugins.report.events.run_events``): what the report opens with."""
 
 
 def run_demo(
@@ -133,10 +140,6 @@ def run_demo(
     for entry in trainer.state.log_history:
         if "completions/clipped_ratio" in entry:
             result.clipped_ratio = float(entry["completions/clipped_ratio"])
-        kl = entry.get("kl_monitor/kl_mean")
-        over = kl is not None and result.kl_budget is not None and kl > result.kl_budget
-        if over and result.budget_crossed is None:
-            result.budget_crossed = (int(entry.get("kl_monitor/measured_step", entry["step"])), float(kl))
         if "reward" in entry and "bandwidth/bits_step" in entry:
             result.steps.append(int(entry["step"]))
             result.reward.append(float(entry["reward"]))
@@ -148,6 +151,18 @@ def run_demo(
         )
         if "learning/absorbed_bits" in entry and entry.get("learning/probe_step") == entry.get("step"):
             result.absorbed.append((int(entry["step"]), float(entry["learning/absorbed_bits"])))
+        if "train_runtime" in entry:  # transformers' end-of-training entry: training alone, setup excluded
+            result.train_seconds = float(entry["train_runtime"])
+    # The events in words: the same function (and list) the report opens with.
+    from ..report.events import run_events
+    from ..report.runlog import trl_history
+
+    history = trl_history(trainer.state.log_history)
+    events = run_events(history, kl_budget=result.kl_budget)
+    result.events = [event.text for event in events]
+    crossed = next((event for event in events if event.kind == "kl_budget"), None)
+    result.budget_crossed = (crossed.step, crossed.value) if crossed else None  # type: ignore[assignment]
+    result.planned_steps, result.stopped = steps, trainer.state.global_step < steps
     result.seconds = time.perf_counter() - started
     return result
 
@@ -206,19 +221,21 @@ def _trend(values: list[float], spec: str) -> str:
     return f"{sum(first) / len(first):{spec}} -> {sum(last) / len(last):{spec}}"
 
 
-def _margin(final: dict[str, float], rank: int) -> float:
-    """Capacity at the advised rank / the projected signal."""
-    advised = final["bandwidth/capacity_bits"] * final["bandwidth/rank_sufficient"] / max(rank, 1)
-    return advised / max(final["bandwidth/projected_bits"], 1.0)
+def format_summary(result: DemoResult, width: int | None = None) -> str:
+    """A readable report of the demo run, wrapped to ``width`` columns (default: the terminal's,
+    ``shutil.get_terminal_size``, 100 when it is unknown)."""
+    import shutil
 
-
-def format_summary(result: DemoResult) -> str:
-    """A readable report of the demo run."""
+    width = width or shutil.get_terminal_size((100, 24)).columns
     final = result.final
+    timing = f"in {result.seconds:.0f} s"
+    if result.train_seconds is not None:  # training apart from setup (model, trainer, callback)
+        timing = (
+            f"training {result.train_seconds:.0f} s (+ {max(result.seconds - result.train_seconds, 0):.0f} s setup)"
+        )
     lines = [
         "",
-        f"lora-rl demo: GRPO + LoRA r={result.rank} on {result.task}, {len(result.steps)} steps "
-        f"in {result.seconds:.0f} s",
+        f"lora-rl demo: GRPO + LoRA r={result.rank} on {result.task}, {len(result.steps)} steps, {timing}",
         "",
         f"  reward          {_trend(result.reward, '.2f')}   {sparkline(result.reward, low=0.0, high=1.0)}",
         f"  signal per step {_trend(result.bits_step, '.1f')}   {sparkline(result.bits_step, low=0.0)}   "
@@ -251,22 +268,58 @@ def format_summary(result: DemoResult) -> str:
             f"(of {final['learning/prompts_seen']:.0f} seen, at their latest visit)"
         )
     if "bandwidth/capacity_bits" in final:
-        lines += [
+        lines.append(
             f"  adapter         {final['bandwidth/capacity_bits']:,.0f} bits of capacity at r={result.rank} "
-            f"(32 bits/parameter); the signal fills {format_percent(final['bandwidth/capacity_used'])} of it",
-            f"  rank advice     r={int(final['bandwidth/rank_sufficient'])} would hold the "
-            f"{final['bandwidth/projected_bits']:,.0f} bits of signal with a margin of "
-            f"{_margin(final, result.rank):,.0f}x (capacity at that rank / signal); the signal is an upper "
-            "estimate of what is stored",
-        ]
+            f"(32 bits/parameter); the signal fills {format_percent(final['bandwidth/capacity_used'])} of it"
+        )
+        lines += [f"  {'rank advice' if i == 0 else '':<15} {line}" for i, line in enumerate(_advice(result).lines)]
     if "kl_monitor/kl_mean" in final:
         lines.append(
             f"  policy drift    KL(policy || base) {final['kl_monitor/kl_mean']:.2f} nats/token at step "
             f"{int(final['kl_monitor/measured_step'])} (exact, measured every 10 batches; no KL penalty was used)"
         )
     lines += _budget_lines(result)
+    lines += [f"  {'events' if i == 0 else '':<15} {event}" for i, event in enumerate(result.events)]
     lines += ["", f"  the run's logs are in {result.output_dir}: `lora-rl report {result.output_dir}` draws them"]
-    return "\n".join(lines)
+    return "\n".join(_fit(lines, width))
+
+
+def _advice(result: DemoResult):  # -> RankAdvice
+    """The rank advice for the run (``planning.rank.advise_rank``): what limits it, from its own numbers."""
+    from ..planning.rank import advise_rank
+
+    final = result.final
+    window = max(1, len(result.reward) // 10)
+    first = sum(result.reward[:window]) / window if result.reward else None
+    last = sum(result.reward[-window:]) / window if result.reward else None
+    return advise_rank(
+        rank=result.rank,
+        capacity_bits=final["bandwidth/capacity_bits"],
+        signal_bits=final["bandwidth/projected_bits"],
+        rank_sufficient=int(final["bandwidth/rank_sufficient"]),
+        reward_first=first,
+        reward_last=last,
+        absorbed_bits=final.get("learning/absorbed_bits"),
+    )
+
+
+def _fit(lines: list[str], width: int) -> list[str]:
+    """Each line wrapped to ``width`` columns, continuation lines indented to the line's value column (after its
+    label), so that the summary reads in a terminal of that width; sparklines are never split."""
+    import re
+    import textwrap
+
+    fitted = []
+    for line in lines:
+        if len(line) <= width:
+            fitted.append(line)
+            continue
+        label = re.match(r"^( +\S(?:\S| (?! ))*\s{2,}|\s+)", line)
+        indent = " " * min(len(label.group(1)) if label else 0, width // 3)
+        fitted += textwrap.wrap(
+            line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+        ) or [line]
+    return fitted
 
 
 def _budget_lines(result: DemoResult) -> list[str]:
@@ -275,17 +328,10 @@ def _budget_lines(result: DemoResult) -> list[str]:
         return []
     if result.budget_crossed is None:
         return [f"  KL budget       {result.kl_budget:g} nats/token: held"]
-    step, kl = result.budget_crossed
-    clipped = (
-        f"; completions/clipped_ratio {result.clipped_ratio:.2f}: the policy stopped emitting <eos>"
-        if result.clipped_ratio is not None and result.clipped_ratio > 0.5
-        else ""
-    )
+    step, _ = result.budget_crossed  # the crossing's sentence is among the events below
     return [
-        f"  KL budget       CROSSED at step {step}: KL {kl:.2f} > budget {result.kl_budget:g} nats/token "
-        f"(the KLBudgetWarning above: the guard rail){clipped}",
-        "                  to hold the policy near its base: on_budget='penalize' (a KL penalty from then on) or "
-        "'stop',",
-        "                  a lower learning rate, or a reward for ending the answer; `lora-rl demo --kl-budget 0` "
-        "turns the budget off",
+        f"  KL budget       {result.kl_budget:g} nats/token: CROSSED at step {step} (the KLBudgetWarning above: the "
+        "guard rail). To hold the policy near its base: on_budget='penalize' (a KL penalty from then on) or "
+        "'stop', a lower learning rate, or a reward for ending the answer; `lora-rl demo --kl-budget 0` turns "
+        "the budget off",
     ]

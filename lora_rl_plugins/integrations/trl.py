@@ -77,8 +77,9 @@ class LoraRLCallback(TrainerCallback):
             or an option is unknown.
         UnsupportedTRLError: the installed TRL is outside ``SUPPORTED_TRL`` (">=1.6,<2") or its
             ``GRPOTrainer`` lacks an internal the callback relies on (the message lists them).
-        ValueError: an option's value is invalid (the message names it).
+        ValueError: an option's value is invalid (the message names it); TypeError for a wrong type.
         KLFreeError: ``kl_free=True`` with settings that contradict it.
+        NotALoraModelError, VLLMLoRAError: see ``PluginOptions.check_model`` (raised here, not at ``train()``).
     """
 
     def __init__(self, trainer: Any, *, live_view: bool = True, **options: Any) -> None:
@@ -98,6 +99,7 @@ class LoraRLCallback(TrainerCallback):
                 reference_model=getattr(trainer, "ref_model", None),
                 reference_adapter="ref" in peft_config,
             )
+        self.options.check_model(trainer.accelerator.unwrap_model(trainer.model))  # refusals now, not at train()
         self.session = RunSession(self.options, source="trl")
         self.checkpoint_state = LoraRLCheckpointState()
         self.checkpoint_state.owner = self

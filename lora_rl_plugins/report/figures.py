@@ -8,10 +8,19 @@ from .runlog import RunLog
 
 __all__ = ["build_figures", "capacity_ranks", "describe_figures", "ledger_figure", "measurements"]
 
+#: The smallest text in a figure (points): legends, labels, ticks; readable at normal zoom.
+FONT = 9
+
 #: Series of the KL figure's left panel: the mean per token and what bounds it.
 KL_MEAN_SERIES = (
-    ("kl_monitor/kl_mean", "KL(π_θ‖π_ref), mean per token (exact)", "-", "o", "tab:blue"),
-    ("kl_monitor/k3_mean", "k3 estimate of the mean (TRL's estimator)", ":", "x", "tab:green"),
+    ("kl_monitor/kl_mean", "exact KL(π_θ‖π_ref), mean per token (the budget applies to this)", "-", "o", "tab:blue"),
+    (
+        "kl_monitor/k3_mean",
+        "k3: TRL's sampled estimate of the KL (its `kl`), not the exact KL",
+        ":",
+        "x",
+        "tab:green",
+    ),
     (
         "kl_monitor/certificate",
         "certificate (max δ − min δ)²/8, δ = log-prob shift: bounds the mean",
@@ -65,9 +74,15 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def smoothing_window(count: int) -> int:
+    """The moving-average window over ``count`` points (a twentieth of the run); 1 means no smoothing, and then no
+    faint raw line is drawn (captions say "faint" only when this is > 1)."""
+    return max(1, count // 20)
+
+
 def _noisy(axis: Any, steps: list[int], values: list[float], label: str, **style: Any) -> None:
-    """Raw values faint, a moving average over a twentieth of the run on top."""
-    window = max(1, len(values) // 20)
+    """Raw values faint, a moving average over a twentieth of the run on top (raw values alone when short)."""
+    window = smoothing_window(len(values))
     if window > 1:
         axis.plot(steps, values, alpha=0.25, linewidth=0.8, **style)
         axis.plot(steps, _smooth(values, window), label=f"{label}, moving average of {window}", **style)
@@ -82,7 +97,8 @@ def _figure(title: str) -> tuple[Any, Any]:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7.5, 3.6), dpi=100)
-    axis.set_title(title, fontsize=11)
+    axis.set_title(title, fontsize=FONT + 2)
+    axis.tick_params(labelsize=FONT)
     axis.grid(True, alpha=0.3)
     axis.set_xlabel("optimizer step")
     return figure, axis
@@ -90,7 +106,7 @@ def _figure(title: str) -> tuple[Any, Any]:
 
 def _legend_below(axis: Any, columns: int = 2, **kwargs: Any) -> None:
     """The legend under the axis, outside the data."""
-    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns, frameon=False, **kwargs)
+    axis.legend(fontsize=FONT, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=columns, frameon=False, **kwargs)
 
 
 #: Capacity lines, smallest rank first: distinct from each other and from the bits series (blue, orange).
@@ -145,7 +161,7 @@ def build_figures(run: RunLog) -> dict[str, Any]:
                 xytext=(4, 0),
                 textcoords="offset points",
                 va="center",
-                fontsize=8,
+                fontsize=FONT,
                 color=color,
                 fontweight="bold" if this_run else "normal",
             )
@@ -153,30 +169,24 @@ def build_figures(run: RunLog) -> dict[str, Any]:
         axis.set_ylabel("bits (log scale)")
         _legend_below(axis, handles=handles)
         figures["bits"] = figure
-    if run.series.get("bandwidth/bits_step"):
-        figure, axis = _figure("Signal per step and zero-information groups")
+    if run.series.get("bandwidth/bits_step"):  # one quantity per axis: bits here, the fraction of groups below
+        figure, axis = _figure("Signal per step")
         steps = run.steps("bandwidth/bits_step")
         _noisy(axis, steps, run.values("bandwidth/bits_step"), "signal per step (estimate)", color="tab:blue")
         if run.series.get("bandwidth/bound_step"):
             bound = run.values("bandwidth/bound_step")
             _noisy(axis, run.steps("bandwidth/bound_step"), bound, "bound per step", color="tab:orange", linestyle="--")
-        axis.set_ylabel("bits")
-        handles = [line for line in axis.get_lines() if not line.get_label().startswith("_")]
-        if run.series.get("bandwidth/zero_info_frac"):
-            twin = axis.twinx()
-            zero = run.values("bandwidth/zero_info_frac")
-            _noisy(
-                twin,
-                run.steps("bandwidth/zero_info_frac"),
-                zero,
-                "zero-information groups (right axis)",
-                color="tab:red",
-            )
-            twin.set_ylim(0, 1.05)
-            twin.set_ylabel("fraction of groups")
-            handles += [line for line in twin.get_lines() if not line.get_label().startswith("_")]
-        _legend_below(axis, handles=handles)
+        axis.set_ylabel("bits", fontsize=FONT)
+        _legend_below(axis)
         figures["per_step"] = figure
+    if run.series.get("bandwidth/zero_info_frac"):
+        figure, axis = _figure("Zero-information groups")
+        zero = run.values("bandwidth/zero_info_frac")
+        _noisy(axis, run.steps("bandwidth/zero_info_frac"), zero, "zero-information groups", color="tab:red")
+        axis.set_ylim(0, 1.05)
+        axis.set_ylabel("fraction of groups", fontsize=FONT)
+        _legend_below(axis)
+        figures["zero_info"] = figure
     if run.series.get("reward"):
         figure, axis = _figure("Reward")
         _noisy(axis, run.steps("reward"), run.values("reward"), "mean reward", color="tab:green")
@@ -196,14 +206,14 @@ def _kl_figure(run: RunLog) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (mean_axis, max_axis) = plt.subplots(1, 2, figsize=(7.5, 4.4), dpi=100)
+    figure, (mean_axis, max_axis) = plt.subplots(1, 2, figsize=(9.5, 5.0), dpi=100)
     figure.suptitle("Policy drift: measured KL and its bounds", fontsize=11)
     panels = (
         (mean_axis, KL_MEAN_SERIES, "mean per token"),
         (max_axis, KL_MAX_SERIES, "largest per token"),
     )
     for axis, series, title in panels:
-        axis.set_title(title, fontsize=9)
+        axis.set_title(title, fontsize=FONT + 1)
         axis.grid(True, alpha=0.3)
         axis.set_xlabel("optimizer step")
         for name, label, style, marker, color in series:
@@ -216,7 +226,7 @@ def _kl_figure(run: RunLog) -> Any:
         if any(len(line.get_ydata()) for line in axis.get_lines()):
             axis.set_yscale("log")
         axis.set_ylabel("nats per token (log scale)")
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+        axis.legend(fontsize=FONT, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
     figure.tight_layout()
     return figure
 
@@ -241,18 +251,21 @@ def describe_figures(run: RunLog) -> dict[str, str]:
         text = "Signal per optimizer step (bits, estimate)"
         if run.series.get("bandwidth/bound_step"):
             text += " and its bound"
-        if run.series.get("bandwidth/zero_info_frac"):
-            text += (
-                "; right axis: the fraction of groups whose advantages, as the trainer computes them, were all "
-                "zero (groups of equal rewards under the default settings), so they teach nothing"
-            )
-        captions["per_step"] = text + ". Faint: raw values; solid: moving average."
+        captions["per_step"] = text + _smoothing(run, "bandwidth/bits_step")
+    if run.series.get("bandwidth/zero_info_frac"):
+        captions["zero_info"] = (
+            "The fraction of groups whose advantages, as the trainer computes them, were all zero (groups of equal "
+            "rewards under the default settings), so they teach nothing" + _smoothing(run, "bandwidth/zero_info_frac")
+        )
     if run.series.get("reward"):
-        captions["reward"] = "Mean reward per step, as the trainer logged it."
+        captions["reward"] = "Mean reward per step, as the trainer logged it" + _smoothing(run, "reward")
     if run.series.get("kl_monitor/kl_mean"):
-        left = ["the exact KL(π_θ‖π_ref) averaged over the measured tokens"]
+        left = ["the exact KL(π_θ‖π_ref) averaged over the measured tokens (the quantity the budget is held to)"]
         if run.series.get("kl_monitor/k3_mean"):
-            left.append("TRL's k3 estimate of it")
+            left.append(
+                "k3, TRL's sampled estimate of it (TRL's own `kl`: it can stand above or below the exact value, "
+                "and the budget does not apply to it)"
+            )
         if run.series.get("kl_monitor/certificate"):
             left.append("the Hoeffding certificate, a bound on that mean")
         if run.last("kl_monitor/budget") is not None:
@@ -276,6 +289,14 @@ def describe_figures(run: RunLog) -> dict[str, str]:
             "and unsolved prompts teach nothing."
         )
     return captions
+
+
+def _smoothing(run: RunLog, name: str) -> str:
+    """The caption's end for a series drawn by ``_noisy``: what the faint and solid lines are, only when drawn."""
+    window = smoothing_window(len(run.values(name)))
+    if window > 1:
+        return f". Faint: raw values; solid: moving average of {window} steps."
+    return ". One point per logged step (raw values)."
 
 
 LEDGER_SERIES = (

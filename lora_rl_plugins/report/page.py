@@ -7,11 +7,25 @@ import html
 import io
 from pathlib import Path
 
+from ..planning.rank import advise_rank
 from ..plugin.metrics import format_percent
+from .events import run_events
 from .figures import build_figures, capacity_ranks, describe_figures
 from .runlog import RunLog, builtin_metric_infos, load_run
 
-__all__ = ["learning_section", "rank_advice", "write_report"]
+__all__ = ["events_section", "learning_section", "rank_advice", "write_report"]
+
+
+def events_section(run: RunLog) -> str:
+    """HTML: the run's events in words (``run_events``: the list ``lora-rl demo`` prints), first on the page."""
+    events = run_events(run)
+    if not events:
+        return (
+            "<div class='events'><strong>What happened.</strong><p>No event: no budget crossed, no "
+            "<code>&lt;eos&gt;</code> drift, no prompts exhausted, no filter action.</p></div>"
+        )
+    items = "".join(f"<li>{html.escape(event.text)}</li>" for event in events)
+    return f"<div class='events'><strong>What happened.</strong><ul>{items}</ul></div>"
 
 
 def rank_advice(run: RunLog) -> list[str]:
@@ -36,15 +50,19 @@ def rank_advice(run: RunLog) -> list[str]:
         f"Projected over the planned steps: {projected:,.0f} bits. The smallest rank whose capacity holds "
         f"that is r = {sufficient} (capacity {capacity * sufficient / max(rank, 1):,.0f} bits)."
     )
-    if sufficient < rank:
-        lines.append(
-            f"Rank {rank} has {capacity / max(projected, 1):,.0f}× the capacity the signal needs: the "
-            "bottleneck is the reward signal, not the adapter. A lower rank would do, on this evidence."
-        )
-    elif sufficient > rank:
-        lines.append(
-            f"Rank {rank} is below what the projected signal needs: consider r ≥ {sufficient}, or adapt more modules."
-        )
+    # What limits the run (the same advice as the demo's summary): the signal, the capacity, or the rule.
+    rewards = run.values("reward")
+    window = max(1, len(rewards) // 10)
+    advice = advise_rank(
+        rank=max(rank, 1),
+        capacity_bits=capacity,
+        signal_bits=projected,
+        rank_sufficient=sufficient,
+        reward_first=sum(rewards[:window]) / window if rewards else None,
+        reward_last=sum(rewards[-window:]) / window if rewards else None,
+        absorbed_bits=run.last("learning/absorbed_bits"),
+    )
+    lines += [line[:1].upper() + line[1:] + "." for line in advice.lines]
     zero = run.values("bandwidth/zero_info_frac")
     if zero:
         tail = zero[-max(1, len(zero) // 10) :]
@@ -131,9 +149,10 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;color:#222;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em} .meta{color:#666;font-size:.9em}
 .advice{background:#f3f7ff;border-left:4px solid #3b6fd8;padding:.6em 1em;margin:1em 0}
+.events{background:#fff7ed;border-left:4px solid #b35900;padding:.6em 1em;margin:1em 0}
 .grid{display:grid;grid-template-columns:1fr;gap:1.5em} figure{margin:0}
-figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
-table{border-collapse:collapse;font-size:.8em;width:100%} td,th{border-bottom:1px solid #eee;padding:3px 6px;
+figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:.9em;color:#555}
+table{border-collapse:collapse;font-size:.9em;width:100%} td,th{border-bottom:1px solid #eee;padding:3px 6px;
 text-align:left;vertical-align:top} .exact{color:#1a7f37} .bound{color:#b35900} .estimate{color:#3b6fd8}
 .setting{color:#666}
 """
@@ -165,6 +184,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
 <body>
 <h1>lora-rl report</h1>
 <p class="meta">read from {html.escape(str(run.source))} ({html.escape(run.kind)}); last step {last_step}</p>
+{events_section(run)}
 <div class="advice"><strong>Rank advice.</strong>{advice}<p class="meta">{html.escape(ranks)}</p></div>
 <div class="grid">
 {chr(10).join(blocks)}

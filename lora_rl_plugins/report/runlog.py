@@ -14,7 +14,7 @@ from pathlib import Path
 from ..bridge.runlog import RUN_LOG_NAME, read_description
 from ..plugin.metrics import MetricInfo
 
-__all__ = ["RunLog", "builtin_metric_infos", "load_run"]
+__all__ = ["RunLog", "builtin_metric_infos", "load_run", "trl_history"]
 
 
 @dataclass
@@ -99,15 +99,20 @@ def _newest(paths: list[Path], key) -> Path | None:
 
 
 def _trl(path: Path) -> RunLog:
-    """TRL's ``log_history``; a plugin metric that only changes (``reduce="last"``) is logged there only when it
-    changed (the quiet log line), so each log carries its latest value forward, as the run log's reader does."""
+    return trl_history(json.loads(path.read_text()).get("log_history", []), path)
+
+
+def trl_history(entries: list[dict], source: str | Path = "log_history") -> RunLog:
+    """A ``RunLog`` of TRL's ``trainer.state.log_history`` (the list ``trainer_state.json`` saves); the
+    end-of-training summary entry (``train_runtime``) is left out. A plugin metric that only changes
+    (``reduce="last"``) is logged there only when it changed (the quiet log line), so each log carries its
+    latest value forward, as the run log's reader does."""
     from ..bridge.runlog import match_metric
 
     infos = builtin_metric_infos()
-    state = json.loads(path.read_text())
-    run = RunLog(path, "trl")
+    run = RunLog(Path(source), "trl")
     latest: dict[str, float] = {}
-    for entry in state.get("log_history", []):
+    for entry in entries:
         step = entry.get("step")
         if step is None or "train_runtime" in entry:
             continue
