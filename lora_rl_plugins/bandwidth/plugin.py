@@ -375,12 +375,12 @@ class BandwidthPlugin:
         config = self.config
         combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
         for name, count in partly_missing(batch.rewards, batch.reward_names).items():
-            self._warn_once(
+            # an info, not a warning: TRL documents None as "this function does not apply" (multi-task rewards)
+            self._inform_once(
                 f"partly_missing:{name}",
                 f"lora_rl_plugins: reward function {name!r} returned None/NaN for {count} of {len(combined)} "
                 "rollouts that other reward functions scored; those rollouts are combined from the other functions "
                 "alone (TRL sums with nansum). Return a number for every rollout if that is not intended.",
-                MissingRewardWarning,
             )
         groups = split_groups(combined, batch.group_size)
         advantages = grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, self.advantage_settings)
@@ -606,6 +606,13 @@ class BandwidthPlugin:
                     f"is r={self.rank_sufficient}.",
                     CapacityWarning,
                 )
+
+    def _inform_once(self, key: str, message: str) -> None:
+        """Log ``message`` once per run (and resume) as an info on the library's logger."""
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        logger.info(message)
 
     def _warn_once(self, key: str, message: str, category: type[Warning]) -> None:
         if key in self.warned:
