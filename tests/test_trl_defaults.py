@@ -4,8 +4,8 @@ raise nothing and warn nothing (no warning of its classes or from its modules, n
 
 Covered: TRL's loss types, beta > 0, a model without PEFT, several / None-returning / weighted reward functions,
 an integer reward with many levels, every ``scale_rewards``, ``normalize_then_sum``, ``num_iterations`` and
-``steps_per_generation`` > 1, conversational prompts and an iterable dataset. Two steps each; the time of the
-whole file is printed by pytest's ``--durations``.
+``steps_per_generation`` > 1, conversational prompts, an iterable dataset and evaluation during training. Two
+steps each (about 2 minutes for the file on 2 shared CPU cores; ``--durations`` shows each case).
 """
 
 from __future__ import annotations
@@ -46,7 +46,15 @@ LIBRARY_WARNINGS = (
 )
 #: This library's metric prefixes, and TRL's wall-clock metrics (the only ones that may differ between runs).
 OURS = ("bandwidth/", "kl_monitor/", "learning/", "plugins/")
-CLOCK = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second")
+CLOCK = (
+    "step_time",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+)
 
 
 def text(completion: Any) -> str:
@@ -82,6 +90,7 @@ CASES: dict[str, dict[str, Any]] = {
     "steps_per_generation": {"steps_per_generation": 2},
     "conversational": {"conversational": True},
     "iterable": {"iterable": True},
+    "evaluation": {"evaluation": True, "eval_strategy": "steps", "eval_steps": 2, "per_device_eval_batch_size": 8},
 }
 
 
@@ -100,6 +109,7 @@ def build(tmp_path: Path, case: dict[str, Any]) -> Any:
         case.pop("conversational", False),
         case.pop("iterable", False),
     )
+    evaluation = case.pop("evaluation", False)
     tokenizer = build_tokenizer()
     prompts = CodebookTask().prompts(32)
     if conversational:
@@ -130,6 +140,7 @@ def build(tmp_path: Path, case: dict[str, Any]) -> Any:
         reward_funcs=rewards,
         args=args,
         train_dataset=dataset,
+        eval_dataset=Dataset.from_dict({"prompt": CodebookTask().prompts(8, seed=1)}) if evaluation else None,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if peft else None,
     )
 
@@ -167,7 +178,7 @@ def test_trl_metrics_identical_and_nothing_warned_at_defaults(tmp_path, caplog, 
     assert ours(caught) == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("lora_rl_plugins")] == []
     expected, got = trl_metrics(plain), trl_metrics(trainer)
-    assert len(expected) == len(got) == 3  # 2 steps and the end-of-training summary
+    assert len(expected) == len(got) == 3 + ("eval_loss" in str(expected))  # 2 steps, the summary (, an evaluation)
     for before, after in zip(expected, got, strict=True):
         assert before.keys() == after.keys()
         differing = {k: (before[k], after[k]) for k in before if not same(before[k], after[k])}
