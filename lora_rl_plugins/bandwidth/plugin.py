@@ -567,7 +567,11 @@ class BandwidthPlugin:
                 self.levels_saturated = True
                 self._warn_once(
                     "levels_saturated",
-                    f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen; the reward looks "
+                    f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen (integer or grid values: "
+                    "levels, not a continuous reward); the count stops here, so L may undercount the levels. "
+                    "Declare reward_levels (the number of values the reward can take), or quantise with reward_range."
+                    if self.grids and all(self.grids.values())
+                    else f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen; the reward looks "
                     "continuous, so every distinct float counts as a level and the bound is loose. Set "
                     "reward_levels and reward_range to quantise it (e.g. reward_levels=8, reward_range=(0, 1)).",
                     RewardLevelsWarning,
