@@ -375,12 +375,12 @@ class BandwidthPlugin:
         config = self.config
         combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
         for name, count in partly_missing(batch.rewards, batch.reward_names).items():
-            self.warned.warn(
+            # an info, not a warning: TRL documents None as "this function does not apply" (multi-task rewards)
+            self.warned.inform(
                 f"partly_missing:{name}",
                 f"lora_rl_plugins: reward function {name!r} returned None/NaN for {count} of {len(combined)} "
                 "rollouts that other reward functions scored; those rollouts are combined from the other functions "
                 "alone (TRL sums with nansum). Return a number for every rollout if that is not intended.",
-                MissingRewardWarning,
             )
         groups = split_groups(combined, batch.group_size)
         advantages = batch_advantages(batch, self.advantage_settings)
@@ -567,7 +567,11 @@ class BandwidthPlugin:
                 self.levels_saturated = True
                 self.warned.warn(
                     "levels_saturated",
-                    f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen; the reward looks "
+                    f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen (integer or grid values: "
+                    "levels, not a continuous reward); the count stops here, so L may undercount the levels. "
+                    "Declare reward_levels (the number of values the reward can take), or quantise with reward_range."
+                    if self.grids and all(self.grids.values())
+                    else f"lora_rl_plugins: {MAX_TRACKED_LEVELS} distinct reward values seen; the reward looks "
                     "continuous, so every distinct float counts as a level and the bound is loose. Set "
                     "reward_levels and reward_range to quantise it (e.g. reward_levels=8, reward_range=(0, 1)).",
                     RewardLevelsWarning,

@@ -29,3 +29,14 @@ class WarnOnce(set):
         self.add(key)
         warnings.warn(message, category, stacklevel=stacklevel)
         return True
+
+    def inform(self, key: str, message: str) -> bool:
+        """Log ``message`` as an info on the library's logger (``plugin.log.logger``) unless ``key`` was given
+        already: for what a healthy run may meet (no warning for it); True when it was logged now."""
+        from .log import logger
+
+        if key in self:
+            return False
+        self.add(key)
+        logger.info(message)
+        return True
