@@ -74,15 +74,47 @@ def run_demo(
     it (the KL-free policy stops emitting <eos>), and the monitor's ``KLBudgetWarning`` says so.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
-
     from lora_rl_plugins.integrations.trl import LoraRLCallback
 
     started = time.perf_counter()
     setup = setup or tiny_setup(seed)
-    model, tokenizer, task = setup.model, setup.tokenizer, setup.task
+    task = setup.task
     steps, rank = steps or setup.default_steps, rank or setup.default_rank
+    trainer = _demo_trainer(setup, steps, rank, learning_rate, seed, output_dir)
+    args = trainer.args
+    options = {**setup.callback_options, **(callback_options or {})}
+    if kl_budget is not None:
+        options.setdefault("kl_budget", kl_budget)
+    callback = LoraRLCallback(trainer, **options)
+    trainer.add_callback(callback)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # one log dict per step would bury the summary
+    if progress:
+        trainer.add_callback(_ProgressBar(callback))
+    with _library_warnings_on_their_own_line():
+        trainer.train()
+    trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
+    result = DemoResult(
+        rank=rank,
+        bits_to_learn=task.bits_to_learn,
+        output_dir=args.output_dir,
+        task=setup.description,
+        kl_budget=options.get("kl_budget"),
+    )
+    _read_history(result, trainer.state.log_history)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _demo_trainer(
+    setup: DemoSetup, steps: int, rank: int, learning_rate: float | None, seed: int, output_dir: str | None
+) -> Any:
+    """The demo's ``GRPOTrainer``: the setup's model, tokenizer and task, a LoRA of rank ``rank`` on every linear."""
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer, task = setup.model, setup.tokenizer, setup.task
     settings = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="lora-rl-demo-"),
         per_device_train_batch_size=32,
@@ -110,27 +142,12 @@ def run_demo(
         train_dataset=task.dataset(steps * args.generation_batch_size // args.num_generations, seed=seed),
         peft_config=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    options = {**setup.callback_options, **(callback_options or {})}
-    if kl_budget is not None:
-        options.setdefault("kl_budget", kl_budget)
-    callback = LoraRLCallback(trainer, **options)
-    trainer.add_callback(callback)
-    from transformers.trainer_callback import PrinterCallback
+    return trainer
 
-    trainer.remove_callback(PrinterCallback)  # one log dict per step would bury the summary
-    if progress:
-        trainer.add_callback(_ProgressBar(callback))
-    with _library_warnings_on_their_own_line():
-        trainer.train()
-    trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
-    result = DemoResult(
-        rank=rank,
-        bits_to_learn=task.bits_to_learn,
-        output_dir=args.output_dir,
-        task=setup.description,
-        kl_budget=options.get("kl_budget"),
-    )
-    for entry in trainer.state.log_history:
+
+def _read_history(result: DemoResult, history: list[dict[str, Any]]) -> None:
+    """Fill ``result``'s curves and latest values from TRL's ``log_history``."""
+    for entry in history:
         if "completions/clipped_ratio" in entry:
             result.clipped_ratio = float(entry["completions/clipped_ratio"])
         kl = entry.get("kl_monitor/kl_mean")
@@ -142,13 +159,12 @@ def run_demo(
             result.reward.append(float(entry["reward"]))
             result.bits_step.append(float(entry["bandwidth/bits_step"]))
             result.zero_info_frac.append(float(entry.get("bandwidth/zero_info_frac", float("nan"))))
-            result.final = {
-                k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/", "learning/"))
+            result.final = {  # the quiet log line repeats an unchanged value only once: carry the latest forward
+                **result.final,
+                **{k: float(v) for k, v in entry.items() if k.startswith(("bandwidth/", "kl_monitor/", "learning/"))},
             }
         if "learning/absorbed_bits" in entry and entry.get("learning/probe_step") == entry.get("step"):
             result.absorbed.append((int(entry["step"]), float(entry["learning/absorbed_bits"])))
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 @contextlib.contextmanager
