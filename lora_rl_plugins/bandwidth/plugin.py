@@ -12,7 +12,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from ..lora.capacity import adapter_capacity_bits, smallest_rank
-from ..plugin.base import WarnOnce
+from ..plugin.base import SavedState, WarnOnce, float_values
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
 from ..plugin.metrics import MetricInfo, format_percent
@@ -43,6 +43,22 @@ __all__ = [
 MAX_TRACKED_LEVELS = 4096
 #: Capacity fractions at which a one-time warning is given.
 CAPACITY_THRESHOLDS = (0.5, 1.0)
+
+
+#: What the plugin keeps across a resume.
+STATE = SavedState(
+    steps=int,
+    bits_total=float,
+    bound_total=float,
+    rollouts_total=int,
+    missing_total=int,
+    small_groups_total=int,
+    uniform_prior_total=float,
+    seen_levels=lambda saved: {v if isinstance(v, str) else float(v) for v in saved},
+    levels_saturated=bool,
+    warned=WarnOnce,
+    last_step=float_values,
+)
 
 
 class BandwidthPlugin:
@@ -158,33 +174,11 @@ class BandwidthPlugin:
 
     @hookimpl
     def get_state(self) -> Mapping[str, Any]:
-        return {
-            "steps": self.steps,
-            "bits_total": self.bits_total,
-            "bound_total": self.bound_total,
-            "rollouts_total": self.rollouts_total,
-            "missing_total": self.missing_total,
-            "small_groups_total": self.small_groups_total,
-            "uniform_prior_total": self.uniform_prior_total,
-            "seen_levels": sorted(self.seen_levels, key=str),
-            "levels_saturated": self.levels_saturated,
-            "warned": sorted(self.warned),
-            "last_step": dict(self.last_step),
-        }
+        return STATE.save(self)
 
     @hookimpl
     def set_state(self, state: Mapping[str, Any]) -> None:
-        self.steps = int(state["steps"])
-        self.bits_total = float(state["bits_total"])
-        self.bound_total = float(state["bound_total"])
-        self.rollouts_total = int(state["rollouts_total"])
-        self.missing_total = int(state["missing_total"])
-        self.small_groups_total = int(state["small_groups_total"])
-        self.uniform_prior_total = float(state.get("uniform_prior_total", 0.0))
-        self.seen_levels = {v if isinstance(v, str) else float(v) for v in state["seen_levels"]}
-        self.levels_saturated = bool(state["levels_saturated"])
-        self.warned = WarnOnce(state["warned"])
-        self.last_step = {k: float(v) for k, v in state["last_step"].items()}
+        STATE.load(self, state)
         self._pending = self._empty_pending()
 
     # -- accounting -------------------------------------------------------------------------

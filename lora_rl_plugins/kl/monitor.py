@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..lora.layers import lora_layers
 from ..lora.sharding import gathered_lora_layers
+from ..plugin.base import SavedState, float_values
 from ..plugin.config import option
 from ..plugin.events import (
     AdapterReady,
@@ -169,6 +170,17 @@ class KLMonitorConfig:
             raise ValueError(f"kl_module_norms must be True, False or 'auto', got {self.kl_module_norms!r}")
 
 
+#: What the monitor keeps across a resume.
+STATE = SavedState(
+    batches_seen=int,
+    values=float_values,
+    module_norms=lambda saved: {k: float_values(v) for k, v in saved.items()},
+    penalty_beta=float,
+    over_budget=bool,
+    budget_actions=int,
+)
+
+
 class KLMonitorPlugin:
     """Measures KL(π_θ‖π_ref) on generated completions and enforces a budget.
 
@@ -275,24 +287,11 @@ class KLMonitorPlugin:
 
     @hookimpl
     def get_state(self) -> Mapping[str, Any]:
-        return {
-            "batches_seen": self.batches_seen,
-            "values": dict(self.values),
-            "module_norms": {k: dict(v) for k, v in self.module_norms.items()},
-            "penalty_beta": self.penalty_beta,
-            "over_budget": self.over_budget,
-            "budget_actions": self.budget_actions,
-            "config": asdict(self.config),
-        }
+        return {**STATE.save(self), "config": asdict(self.config)}
 
     @hookimpl
     def set_state(self, state: Mapping[str, Any]) -> None:
-        self.batches_seen = int(state["batches_seen"])
-        self.values = {k: float(v) for k, v in state["values"].items()}
-        self.module_norms = {k: {n: float(x) for n, x in v.items()} for k, v in state["module_norms"].items()}
-        self.penalty_beta = float(state["penalty_beta"])
-        self.over_budget = bool(state["over_budget"])
-        self.budget_actions = int(state["budget_actions"])
+        STATE.load(self, state)
 
     # -- measurement ------------------------------------------------------------------------
     def measure(self, sample: PolicySample) -> None:

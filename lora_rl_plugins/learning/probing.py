@@ -15,12 +15,17 @@ from typing import Any
 
 from ..kl.measure import LogitsSource
 from ..kl.reference import ReferencePolicy, choose_reference
+from ..plugin.base import SavedState, float_values
 from ..plugin.events import AdapterReady, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
 from ..plugin.metrics import MetricInfo
 from .config import PROBE_METRICS, LearningConfig
 
 __all__ = ["ProbePlugin"]
+
+
+#: What the probe plugin keeps across a resume: its latest measurement.
+STATE = SavedState(values=float_values)
 
 
 class ProbePlugin:
@@ -93,11 +98,11 @@ class ProbePlugin:
 
     @hookimpl
     def get_state(self) -> Mapping[str, Any]:
-        return {"values": dict(self.values)}
+        return STATE.save(self)
 
     @hookimpl
     def set_state(self, state: Mapping[str, Any]) -> None:
-        self.values = {k: float(v) for k, v in state["values"].items()}
+        STATE.load(self, state)
 
     def measure(self, step: int) -> None:
         """Measure absorbed and answer bits on the probe set with the model in hand."""
