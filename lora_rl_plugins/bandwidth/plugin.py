@@ -12,7 +12,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from ..lora.capacity import adapter_capacity_bits, smallest_rank
-from ..plugin.base import SavedState, WarnOnce, float_values
+from ..plugin.base import SavedState, Stateful, WarnOnce, float_values
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
 from ..plugin.metrics import MetricInfo, format_percent
@@ -46,7 +46,7 @@ CAPACITY_THRESHOLDS = (0.5, 1.0)
 
 
 #: What the plugin keeps across a resume.
-STATE = SavedState(
+BANDWIDTH_STATE = SavedState(
     steps=int,
     bits_total=float,
     bound_total=float,
@@ -61,8 +61,10 @@ STATE = SavedState(
 )
 
 
-class BandwidthPlugin:
+class BandwidthPlugin(Stateful):
     """Counts the bits each generation batch delivers and compares the run's total with capacity."""
+
+    STATE = BANDWIDTH_STATE
 
     fail_fast = True  # a built-in: its faults are bugs to see, not plugins to disable
 
@@ -172,13 +174,7 @@ class BandwidthPlugin:
             line += f", capacity used {format_percent(self.bits_total / capacity)}"
         return line
 
-    @hookimpl
-    def get_state(self) -> Mapping[str, Any]:
-        return STATE.save(self)
-
-    @hookimpl
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        STATE.load(self, state)
+    def restored(self) -> None:
         self._pending = self._empty_pending()
 
     # -- accounting -------------------------------------------------------------------------

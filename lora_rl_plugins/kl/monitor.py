@@ -171,7 +171,7 @@ class KLMonitorConfig:
 
 
 #: What the monitor keeps across a resume.
-STATE = SavedState(
+KL_STATE = SavedState(
     batches_seen=int,
     values=float_values,
     module_norms=lambda saved: {k: float_values(v) for k, v in saved.items()},
@@ -287,11 +287,11 @@ class KLMonitorPlugin:
 
     @hookimpl
     def get_state(self) -> Mapping[str, Any]:
-        return {**STATE.save(self), "config": asdict(self.config)}
+        return {**KL_STATE.save(self), "config": asdict(self.config)}
 
     @hookimpl
     def set_state(self, state: Mapping[str, Any]) -> None:
-        STATE.load(self, state)
+        KL_STATE.load(self, state)
 
     # -- measurement ------------------------------------------------------------------------
     def measure(self, sample: PolicySample) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["SavedState", "WarnOnce", "float_values"]
+from .hookspecs import hookimpl
+
+__all__ = ["SavedState", "Stateful", "WarnOnce", "float_values"]
 
 
 class WarnOnce(set):
@@ -79,3 +81,22 @@ class SavedState:
 def float_values(saved: Mapping[str, Any]) -> dict[str, float]:
     """A saved mapping name -> number, rebuilt with float values (a ``SavedState`` rebuild function)."""
     return {str(k): float(v) for k, v in saved.items()}
+
+
+class Stateful:
+    """A plugin base whose ``get_state``/``set_state`` hooks save and restore its class's ``STATE``
+    (a ``SavedState``); ``restored`` runs after a restore (reset what a resume must not carry)."""
+
+    STATE: ClassVar[SavedState]
+
+    @hookimpl
+    def get_state(self) -> Mapping[str, Any]:
+        return self.STATE.save(self)
+
+    @hookimpl
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.STATE.load(self, state)
+        self.restored()
+
+    def restored(self) -> None:
+        """Called after ``set_state`` (nothing by default)."""
