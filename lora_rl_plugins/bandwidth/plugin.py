@@ -182,7 +182,7 @@ class BandwidthPlugin(Stateful):
         """Account every group of ``batch`` (updates the inferred reward levels).
 
         Zero-information groups and the estimate follow the advantages the trainer computes with its
-        settings (``AdvantageSettings`` from ``RunStarted.options``); the bound counts reward levels
+        settings (``RunStarted.grpo.advantage``); the bound counts reward levels
         separately: the quantised combined reward with ``reward_range``, the vector of reward-function
         values under ``normalize_then_sum``, else the combined reward.
 

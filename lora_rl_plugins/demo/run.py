@@ -189,7 +189,7 @@ def _library_warnings_on_their_own_line() -> Iterator[None]:
 
 
 class _ProgressBar:
-    """A tqdm bar over the steps whose postfix is the reward and the plugins' summary line."""
+    """A tqdm bar over the steps whose postfix is the reward and the run session's short postfix."""
 
     def __new__(cls, callback: Any) -> Any:
         from tqdm.auto import tqdm
@@ -201,7 +201,7 @@ class _ProgressBar:
 
             def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
                 if logs and "reward" in logs:
-                    self.bar.set_postfix_str(f"reward {logs['reward']:.2f} | {callback.host.summary_line()}")
+                    self.bar.set_postfix_str(f"reward {logs['reward']:.2f} | {callback.session.postfix()}")
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 self.bar.update(state.global_step - self.bar.n)
