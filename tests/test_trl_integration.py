@@ -232,3 +232,22 @@ def test_trl_outside_the_supported_range_or_with_changed_internals_is_refused(tm
     assert any("'reward_func_names'" in p for p in problems), problems
     with pytest.raises(UnsupportedTRLError, match="reward_func_names"):
         LoraRLCallback(trainer, load_entry_points=False)
+
+
+def test_quiet_log_line_constants_once_per_step_metrics_every_log(tmp_path, capsys) -> None:
+    """TRL's log line carries a per-step metric at every log and a setting or an unchanged total only when it
+    changes (constants once, at the start); the run log has them all; the printed live view is short."""
+    import json
+
+    trainer = grpo_trainer(RecordingReward(first_char_reward), tmp_path, steps=4)
+    trainer.add_callback(LoraRLCallback(trainer, load_entry_points=False))
+    trainer.train()
+    history = [e for e in trainer.state.log_history if "train_runtime" not in e]
+    assert len(history) == 4  # logging_steps=1
+    assert all("bandwidth/bits_step" in e for e in history)  # per-step: every log
+    for constant in ("bandwidth/adapter_rank", "bandwidth/params_per_rank", "bandwidth/capacity_bits"):
+        assert [constant in e for e in history] == [True, False, False, False], constant
+    records = [json.loads(line) for line in (tmp_path / "out" / "lora_rl_metrics.jsonl").read_text().splitlines()]
+    assert [r["value"] for r in records if r["name"] == "bandwidth/adapter_rank"] == [4.0]  # once, in the run log
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lora-rl step")]
+    assert printed and all(len(line) <= 100 for line in printed), printed

@@ -7,19 +7,25 @@ table in ``BANDWIDTH_METRICS`` for what each reported number is.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, smallest_rank
-from ..plugin.base import WarnOnce
-from ..plugin.config import option
+from ..lora.capacity import adapter_capacity_bits, smallest_rank
+from ..plugin.base import SavedState, Stateful, WarnOnce, float_values
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
 from ..plugin.log import logger
-from ..plugin.metrics import MetricInfo, format_percent, metric_family
+from ..plugin.metrics import MetricInfo, format_percent
 from .accounting import GroupAccount, account_group, account_token_group
 from .advantages import AdvantageSettings, batch_advantages
+from .config import (
+    BANDWIDTH_METRICS,
+    BandwidthConfig,
+    CapacityWarning,
+    ContinuousRewardWarning,
+    MissingRewardWarning,
+    RewardLevelsWarning,
+)
 from .information import quantise
 from .rewards import combine_rewards, partly_missing, split_groups
 
@@ -44,178 +50,27 @@ LEVEL_GRID_DENOMINATORS = 100
 FEW_LEVELS = 16
 
 
-class CapacityWarning(UserWarning):
-    """The run's signal estimate approaches or exceeds the adapter's capacity."""
-
-
-class RewardLevelsWarning(UserWarning):
-    """The reward levels declared or inferred look wrong for the rewards seen."""
-
-
-class MissingRewardWarning(UserWarning):
-    """Some rollouts or whole groups have no reward."""
-
-
-class ContinuousRewardWarning(UserWarning):
-    """The reward looks continuous and no levels are declared: every group's estimate is K·log2 K
-    whatever the rewards, and the bound grows with every new value (declare reward_levels and
-    reward_range).
-
-    "Looks continuous" (docs/theory.md §1, "Levels or a continuous reward"): no ``reward_levels`` declared, no
-    per-token rewards, and at one generation batch all of: (1) some reward function has returned a value off every
-    grid (1/m)·ℤ with m = 1 .. ``LEVEL_GRID_DENOMINATORS`` (integer rewards such as ``len(completion)``, halves,
-    two-decimal values are levels); (2) more than max(K, ``FEW_LEVELS``) distinct rewards have been seen (a
-    few-valued reward is levels); (3) a group has >= 3 scored rollouts and every group gave each scored rollout
-    its own reward."""
-
-
-_m = metric_family("bandwidth")
-
-
-BANDWIDTH_METRICS: tuple[MetricInfo, ...] = (
-    _m(
-        "bits_step",
-        "estimate",
-        "bits",
-        "signal rate: Σ over this step's groups with non-zero advantages of min(n·H(pattern of the trainer's "
-        "advantages), group bound), what the rewards could distinguish this step; not information the policy "
-        "absorbed (that is learning/absorbed_bits); with a continuous reward and no declared levels every rollout "
-        "is its own class, so each group scores K·log2 K whatever the rewards (ContinuousRewardWarning)",
-        "mean",
-    ),
-    _m(
-        "bound_step",
-        "bound",
-        "bits",
-        "Σ over this step's groups of the group bound: D·log2 L, or log2(M+1) for binary rewards with answers",
-        "mean",
-    ),
-    _m(
-        "bits_total",
-        "estimate",
-        "bits",
-        "signal summed over the run: a lesson repeated at every step is counted at every step, so it can exceed "
-        "what there was to learn; not task information",
-        short="signal",
-    ),
-    _m(
-        "bound_total",
-        "bound",
-        "bits",
-        "bound_step summed over the run (a bound: later episodes may repeat earlier information)",
-    ),
-    _m("bits_per_rollout", "estimate", "bits", "bits_step / rollouts scored this step", "mean"),
-    _m(
-        "uniform_prior_step",
-        "estimate",
-        "bits",
-        "with answer_space_size: Σ over this step's groups of log2 V − ((V−M)/V)·log2(V−M), each group's "
-        "information if the policy's prior over the V answers were uniform; exact only under that prior, not a "
-        "bound (after learning the true information can exceed it)",
-        "mean",
-    ),
-    _m("uniform_prior_total", "estimate", "bits", "uniform_prior_step summed over the run"),
-    _m(
-        "zero_info_frac",
-        "exact",
-        "fraction",
-        "groups whose advantages, computed with the trainer's settings from its rewards, are all zero (this "
-        "includes groups with < 2 scored rollouts) / groups this step; differs from TRL's frac_reward_zero_std "
-        "where docs/theory.md §1 says",
-        "mean",
-    ),
-    _m(
-        "missing_rewards",
-        "exact",
-        "rollouts",
-        "rollouts with no reward (every function returned None/NaN), excluded, over the run",
-    ),
-    _m("small_groups", "exact", "groups", "groups with fewer than 2 scored rollouts (0 bits), over the run"),
-    _m(
-        "reward_levels",
-        "setting",
-        "levels",
-        "L used in the bounds: declared, or inferred as the distinct reward values seen so far",
-    ),
-    _m(
-        "reward_levels_inferred",
-        "setting",
-        "flag",
-        "1 when reward_levels was inferred from the rewards, 0 when declared",
-    ),
-    _m(
-        "capacity_bits",
-        "bound",
-        "bits",
-        "bits_per_param × trainable LoRA parameters Σ_m E_m·r_m·(d_in,m+d_out,m) (each matrix at its own rank r_m, "
-        "E_m experts)",
-    ),
-    _m("capacity_used", "estimate", "fraction", "bits_total / capacity_bits", short="capacity"),
-    _m("projected_bits", "estimate", "bits", "bits_total / steps done × planned steps"),
-    _m(
-        "rank_sufficient",
-        "estimate",
-        "rank",
-        "smallest adapter rank r with bits_per_param·r·params_per_rank >= projected_bits (every matrix keeping "
-        "its rank ratio r_m/r)",
-    ),
-    _m("adapter_rank", "setting", "rank", "the largest LoRA rank among the adapted matrices"),
-    _m(
-        "params_per_rank",
-        "exact",
-        "parameters",
-        "Σ_m E_m·(d_in,m+d_out,m)·r_m/r over the adapted matrices (r the adapter's configured rank, r_m each "
-        "matrix's own, E_m its experts) = trainable LoRA parameters / r",
-    ),
+#: What the plugin keeps across a resume.
+BANDWIDTH_STATE = SavedState(
+    steps=int,
+    bits_total=float,
+    bound_total=float,
+    rollouts_total=int,
+    missing_total=int,
+    small_groups_total=int,
+    uniform_prior_total=float,
+    seen_levels=lambda saved: {v if isinstance(v, str) else float(v) for v in saved},
+    levels_saturated=bool,
+    grids=lambda saved: {str(name): [int(m) for m in grid] for name, grid in saved.items()},
+    warned=WarnOnce,
+    last_step=float_values,
 )
 
 
-@dataclass
-class BandwidthConfig:
-    """Options of the bandwidth plugin (all optional); each field's ``doc`` is its documentation."""
-
-    reward_levels: int | None = option(
-        doc="L, the number of values the combined reward takes (with multi_objective_aggregation="
-        '"normalize_then_sum": the vector of reward-function values). Unset: inferred as the distinct values seen so '
-        "far (the metrics say so); without quantisation every distinct float of a continuous reward counts as a "
-        "level, which makes the bound loose and the estimate K·log2 K per group"
-    )
-    reward_range: tuple[float, float] | None = option(
-        doc="(low, high): quantise the combined reward to `reward_levels` evenly spaced levels over the range "
-        "before counting levels for the bound (b-bit quantisation); zero-information groups and the estimate still "
-        "follow the trainer's advantages of the raw rewards"
-    )
-    answer_extractor: Callable[[Any], Hashable | None] | None = option(
-        doc="completion -> final answer (or None); with binary rewards the group bound tightens to log2(M+1), "
-        "M the distinct answers in the group"
-    )
-    answer_space_size: int | None = option(
-        doc="V, with `answer_extractor`: also report the uniform-prior group value log2 V − ((V−M)/V)·log2(V−M) "
-        "(bandwidth/uniform_prior_*; exact only under a uniform prior, not a bound)"
-    )
-    token_reward_levels: int | None = option(doc="A, for per-token rewards: the alphabet size in Σ_t log2 A")
-    bits_per_param: float = option(
-        DEFAULT_BITS_PER_PARAM,
-        doc="capacity convention: 32 (FP32 storage, the seed rule 64·r·d) or 2 (knowledge capacity)",
-    )
-
-    def __post_init__(self) -> None:
-        if self.reward_levels is not None and self.reward_levels < 1:
-            raise ValueError(f"reward_levels must be >= 1, got {self.reward_levels}")
-        if self.reward_range is not None:
-            if self.reward_levels is None or self.reward_levels < 2:
-                raise ValueError("reward_range quantises the reward: also set reward_levels >= 2")
-            low, high = self.reward_range
-            if not high > low:
-                raise ValueError(f"reward_range must be (low, high) with low < high, got {self.reward_range}")
-        if self.answer_space_size is not None and self.answer_space_size < 1:
-            raise ValueError(f"answer_space_size must be >= 1, got {self.answer_space_size}")
-        if self.bits_per_param <= 0:
-            raise ValueError(f"bits_per_param must be positive, got {self.bits_per_param}")
-
-
-class BandwidthPlugin:
+class BandwidthPlugin(Stateful):
     """Counts the bits each generation batch delivers and compares the run's total with capacity."""
+
+    STATE = BANDWIDTH_STATE
 
     fail_fast = True  # a built-in: its faults are bugs to see, not plugins to disable
 
@@ -326,37 +181,7 @@ class BandwidthPlugin:
             line += f", capacity used {format_percent(self.bits_total / capacity)}"
         return line
 
-    @hookimpl
-    def get_state(self) -> Mapping[str, Any]:
-        return {
-            "steps": self.steps,
-            "bits_total": self.bits_total,
-            "bound_total": self.bound_total,
-            "rollouts_total": self.rollouts_total,
-            "missing_total": self.missing_total,
-            "small_groups_total": self.small_groups_total,
-            "uniform_prior_total": self.uniform_prior_total,
-            "seen_levels": sorted(self.seen_levels, key=str),
-            "levels_saturated": self.levels_saturated,
-            "grids": {name: list(grid) for name, grid in self.grids.items()},
-            "warned": sorted(self.warned),
-            "last_step": dict(self.last_step),
-        }
-
-    @hookimpl
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        self.steps = int(state["steps"])
-        self.bits_total = float(state["bits_total"])
-        self.bound_total = float(state["bound_total"])
-        self.rollouts_total = int(state["rollouts_total"])
-        self.missing_total = int(state["missing_total"])
-        self.small_groups_total = int(state["small_groups_total"])
-        self.uniform_prior_total = float(state.get("uniform_prior_total", 0.0))
-        self.seen_levels = {v if isinstance(v, str) else float(v) for v in state["seen_levels"]}
-        self.levels_saturated = bool(state["levels_saturated"])
-        self.grids = {str(name): [int(m) for m in grid] for name, grid in state.get("grids", {}).items()}
-        self.warned = WarnOnce(state["warned"])
-        self.last_step = {k: float(v) for k, v in state["last_step"].items()}
+    def restored(self) -> None:
         self._pending = self._empty_pending()
 
     # -- accounting -------------------------------------------------------------------------
@@ -364,7 +189,7 @@ class BandwidthPlugin:
         """Account every group of ``batch`` (updates the inferred reward levels).
 
         Zero-information groups and the estimate follow the advantages the trainer computes with its
-        settings (``AdvantageSettings`` from ``RunStarted.options``); the bound counts reward levels
+        settings (``RunStarted.grpo.advantage``); the bound counts reward levels
         separately: the quantised combined reward with ``reward_range``, the vector of reward-function
         values under ``normalize_then_sum``, else the combined reward.
 

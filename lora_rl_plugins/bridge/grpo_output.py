@@ -204,7 +204,8 @@ def parse_grpo_output(outputs: Any) -> GRPOReport:
 
 def advantage_options(module: Any) -> dict[str, Any]:
     """The advantage settings a GRPO module declares (``ADVANTAGE_ATTRIBUTES`` it has and sets), as
-    ``RunStarted.options`` entries; the bandwidth plugin validates them (a ValueError names a bad one)."""
+    a mapping in ``GRPOConfig``'s names (``AdvantageSettings.from_options`` validates them: a ValueError names a bad
+    one; ``grpo_settings`` turns them into ``RunStarted.grpo``)."""
     return {name: getattr(module, name) for name in ADVANTAGE_ATTRIBUTES if getattr(module, name, None) is not None}
 
 

@@ -81,15 +81,48 @@ def run_demo(
     it (the KL-free policy stops emitting <eos>), and the monitor's ``KLBudgetWarning`` says so.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
-
     from lora_rl_plugins.integrations.trl import LoraRLCallback
 
     started = time.perf_counter()
     setup = setup or tiny_setup(seed)
-    model, tokenizer, task = setup.model, setup.tokenizer, setup.task
+    task = setup.task
     steps, rank = steps or setup.default_steps, rank or setup.default_rank
+    trainer = _demo_trainer(setup, steps, rank, learning_rate, seed, output_dir)
+    args = trainer.args
+    options = {**setup.callback_options, **(callback_options or {})}
+    if kl_budget is not None:
+        options.setdefault("kl_budget", kl_budget)
+    callback = LoraRLCallback(trainer, **options)
+    trainer.add_callback(callback)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # one log dict per step would bury the summary
+    if progress:
+        trainer.add_callback(_ProgressBar(callback))
+    with _library_warnings_on_their_own_line():
+        trainer.train()
+    trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
+    result = DemoResult(
+        rank=rank,
+        bits_to_learn=task.bits_to_learn,
+        output_dir=args.output_dir,
+        task=setup.description,
+        kl_budget=options.get("kl_budget"),
+    )
+    _read_history(result, trainer.state.log_history)
+    result.planned_steps, result.stopped = steps, trainer.state.global_step < steps
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _demo_trainer(
+    setup: DemoSetup, steps: int, rank: int, learning_rate: float | None, seed: int, output_dir: str | None
+) -> Any:
+    """The demo's ``GRPOTrainer``: the setup's model, tokenizer and task, a LoRA of rank ``rank`` on every linear."""
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer, task = setup.model, setup.tokenizer, setup.task
     settings = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="lora-rl-demo-"),
         per_device_train_batch_size=32,
@@ -117,27 +150,12 @@ def run_demo(
         train_dataset=task.dataset(steps * args.generation_batch_size // args.num_generations, seed=seed),
         peft_config=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    options = {**setup.callback_options, **(callback_options or {})}
-    if kl_budget is not None:
-        options.setdefault("kl_budget", kl_budget)
-    callback = LoraRLCallback(trainer, **options)
-    trainer.add_callback(callback)
-    from transformers.trainer_callback import PrinterCallback
+    return trainer
 
-    trainer.remove_callback(PrinterCallback)  # one log dict per step would bury the summary
-    if progress:
-        trainer.add_callback(_ProgressBar(callback))
-    with _library_warnings_on_their_own_line():
-        trainer.train()
-    trainer.save_state()  # trainer_state.json: what `lora-rl report` reads
-    result = DemoResult(
-        rank=rank,
-        bits_to_learn=task.bits_to_learn,
-        output_dir=args.output_dir,
-        task=setup.description,
-        kl_budget=options.get("kl_budget"),
-    )
-    for entry in trainer.state.log_history:
+
+def _read_history(result: DemoResult, history: list[dict[str, Any]]) -> None:
+    """Fill ``result``'s curves and latest values from TRL's ``log_history``."""
+    for entry in history:
         if "completions/clipped_ratio" in entry:
             result.clipped_ratio = float(entry["completions/clipped_ratio"])
         if "reward" in entry and "bandwidth/bits_step" in entry:
@@ -157,14 +175,10 @@ def run_demo(
     from ..report.events import run_events
     from ..report.runlog import trl_history
 
-    history = trl_history(trainer.state.log_history)
-    events = run_events(history, kl_budget=result.kl_budget)
+    events = run_events(trl_history(history), kl_budget=result.kl_budget)
     result.events = [event.text for event in events]
     crossed = next((event for event in events if event.kind == "kl_budget"), None)
     result.budget_crossed = (crossed.step, crossed.value) if crossed else None  # type: ignore[assignment]
-    result.planned_steps, result.stopped = steps, trainer.state.global_step < steps
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 @contextlib.contextmanager
@@ -189,7 +203,7 @@ def _library_warnings_on_their_own_line() -> Iterator[None]:
 
 
 class _ProgressBar:
-    """A tqdm bar over the steps whose postfix is the reward and the plugins' summary line."""
+    """A tqdm bar over the steps whose postfix is the reward and the run session's short postfix."""
 
     def __new__(cls, callback: Any) -> Any:
         from tqdm.auto import tqdm
@@ -201,7 +215,7 @@ class _ProgressBar:
 
             def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
                 if logs and "reward" in logs:
-                    self.bar.set_postfix_str(f"reward {logs['reward']:.2f} | {callback.host.summary_line()}")
+                    self.bar.set_postfix_str(f"reward {logs['reward']:.2f} | {callback.session.postfix()}")
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 self.bar.update(state.global_step - self.bar.n)

@@ -105,6 +105,7 @@ class LoraRLCallback(TrainerCallback):
         self.checkpoint_state.owner = self
         trainer.add_callback(self.checkpoint_state)
         self._scored: RolloutsScored | None = None
+        self._filter: BatchFilter | None = None
         self._generation_started: float | None = None
         self._wrap_reward_calculation(trainer)
         self._wrap_generation(trainer)

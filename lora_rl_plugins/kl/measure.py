@@ -26,15 +26,14 @@ same collective calls whatever its local batch.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..lora.sharding import is_sharded
-from ..plugin.log import logger
 from .bounds import hoeffding_certificate
-from .engine import forward_target, hidden_states, nonempty_batch, output_logits
+from .engine import hidden_states, nonempty_batch, output_logits
+from .logits import LogitsSource, LogitsSourceError, accepts_logits_to_keep, body_and_head, own_logits
 from .reference import ReferencePolicy
 
 __all__ = [
@@ -49,8 +48,6 @@ __all__ = [
 #: Upper limit on B x positions x vocabulary values per float64 tensor of one chunk (64 MiB each; a
 #: chunk holds about four such tensors at once, plus the model-dtype logits of both policies).
 DEFAULT_MAX_CHUNK_ELEMENTS = 2**23
-#: Positions of one sequence on which the head path is checked against the model's own logits.
-CHECK_POSITIONS = 4
 
 
 @dataclass
@@ -81,136 +78,6 @@ class KLSums:
         for name, value in zip(self._maxima, maxima, strict=True):
             setattr(reduced, name, value)
         return reduced
-
-
-class LogitsSourceError(RuntimeError):
-    """The model's logits cannot be obtained in a form the KL measurement can check."""
-
-
-def _body_and_head(model: Any) -> tuple[Any, Any, Any]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = base.get_decoder() if hasattr(base, "get_decoder") else None
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    return base, body, head
-
-
-def _accepts_logits_to_keep(base: Any) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _own_logits(model: Any, input_ids: Any, attention_mask: Any, first: int, stop: int, keep: bool) -> Any:
-    """The model's own ``forward(...).logits`` at absolute positions [first, stop): [B, stop − first, V]."""
-    import torch
-
-    if keep:
-        positions = torch.arange(first, stop, device=input_ids.device)
-        output = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions, use_cache=False)
-        logits = output.logits
-    else:
-        output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = output.logits[:, first:stop]
-    if logits is None or logits.shape[1] != stop - first:
-        raise LogitsSourceError(
-            f"{type(model).__name__}(...).logits gave {None if logits is None else tuple(logits.shape)} for "
-            f"{stop - first} positions; the KL measurement needs a causal LM returning logits [batch, positions, "
-            "vocabulary]"
-        )
-    return logits
-
-
-class LogitsSource:
-    """Where the measurement takes the logits from, proved against the model's own forward once per run.
-
-    ``mode`` is None until ``resolve`` runs, then "head" (the output layer applied to the body's last
-    hidden state, then ``softcap`` if set: c·tanh(z/c)) or "forward" (the model's own forward, in
-    chunks). The head path is used only when it reproduces ``forward(...).logits`` on the last
-    ``CHECK_POSITIONS`` positions of one sequence within 16 units of the logits' float rounding
-    (16·eps·(1 + max|z|)); any other transform an architecture applies after (or before) its output
-    layer — logit scales, multipliers, softcapping, hidden-state scaling — sends the measurement to
-    the forward path, so no list of architectures is kept. On the head path the logits are an
-    elementwise 1-Lipschitz function of W·h (identity or softcap), the setting of the single-layer
-    bound (``bound_applies``).
-    """
-
-    def __init__(self) -> None:
-        self.mode: str | None = None
-        self.softcap: float | None = None
-        self.deviation: float = 0.0
-        """Largest |head − forward| logit difference of the plain output layer at the check."""
-
-    @property
-    def bound_applies(self) -> bool:
-        """The logits are a 1-Lipschitz elementwise function of the output layer's W·h (head path)."""
-        return self.mode == "head"
-
-    def finish(self, logits: Any) -> Any:
-        """The verified transform after the output layer (head path)."""
-        if self.softcap:
-            import torch
-
-            return torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
-    def resolve(self, model: Any, input_ids: Any, attention_mask: Any, engine_model: Any = None) -> LogitsSource:
-        """Check the head path on one sequence of the batch (once; later calls return at once).
-
-        Args:
-            model: a transformers causal LM (PEFT-wrapped or not), in eval mode.
-            input_ids, attention_mask: [B, L] with B >= 1.
-            engine_model: the engine's wrapper (``trainer.model_wrapped``) under FSDP1; the check then
-                runs through the engine (a collective call: every process makes it on its first
-                measurement).
-
-        Raises:
-            LogitsSourceError: the model returns no logits of shape [batch, positions, vocabulary].
-        """
-        if self.mode is not None:
-            return self
-        import torch
-
-        base, body, head = _body_and_head(model)
-        keep = _accepts_logits_to_keep(base)
-        length = input_ids.shape[1]
-        count = min(CHECK_POSITIONS, length)
-        ids, attention = input_ids[:1], attention_mask[:1]
-        with torch.no_grad():
-            own = _own_logits(forward_target(model, engine_model), ids, attention, length - count, length, keep)
-            if body is None or head is None:
-                self.mode = "forward"
-                logger.info(
-                    "KL measurement: %s has no get_decoder()/get_output_embeddings(): measuring through "
-                    "its own forward",
-                    type(base).__name__,
-                )
-                return self
-            hidden = hidden_states(model, engine_model, body, ids, attention)[:, -count:]
-            with output_logits(model, engine_model, head, ReferencePolicy()) as (policy_head, _, _):
-                plain = policy_head(hidden)
-        eps = torch.finfo(own.dtype).eps if own.dtype.is_floating_point else 0.0
-        tolerance = 16 * eps * (1.0 + float(own.abs().max()))
-        own = own.double()
-        self.deviation = float((plain.double() - own).abs().max()) if plain.shape == own.shape else float("inf")
-        candidates: list[float | None] = [None]
-        softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
-        if softcap:
-            candidates.append(float(softcap))
-        for candidate in candidates:
-            self.softcap = candidate
-            if plain.shape == own.shape and float((self.finish(plain.double()) - own).abs().max()) <= tolerance:
-                self.mode = "head"
-                return self
-        self.softcap = None
-        self.mode = "forward"
-        logger.info(
-            "KL measurement: %s transforms its logits beyond its output layer (largest difference %.3g); measuring "
-            "through the model's own forward in chunks of sequences",
-            type(base).__name__,
-            self.deviation,
-        )
-        return self
 
 
 def _accumulate(
@@ -406,7 +273,7 @@ def _logit_chunks(
         LogitsSourceError: as ``measure_kl``.
     """
     source = logits_source if logits_source is not None else LogitsSource()
-    base, body, head = _body_and_head(model)
+    base, body, head = body_and_head(model)
     source.resolve(model, input_ids, attention_mask, engine_model)
     if source.mode == "head":
         yield from _head_chunks(
@@ -468,10 +335,10 @@ def _forward_chunks(
     """The model's own forward per chunk of sequences (and of positions, for one very long sequence)."""
     rows, length = input_ids.shape
     completion = mask.shape[1]
-    keep = _accepts_logits_to_keep(base)
+    keep = accepts_logits_to_keep(base)
     vocab = getattr(getattr(base, "config", None), "vocab_size", None)
     if not vocab:
-        vocab = _own_logits(model, input_ids[:1], attention_mask[:1], length - 1, length, keep).shape[-1]
+        vocab = own_logits(model, input_ids[:1], attention_mask[:1], length - 1, length, keep).shape[-1]
     if keep:  # one forward materialises logits of the kept positions only
         per_row = completion * vocab
         row_step = max(1, max_chunk_elements // per_row)
@@ -493,12 +360,12 @@ def _forward_chunks(
                     continue
                 captured.clear()
                 ids, attention = input_ids[block], attention_mask[block]
-                logits = _own_logits(model, ids, attention, offset + start, offset + stop, keep)
+                logits = own_logits(model, ids, attention, offset + start, offset + stop, keep)
                 features = captured[-1] if captured else None
                 if features is not None and features.shape[1] != stop - start:
                     features = features[:, offset + start : offset + stop]
                 with reference.activate(model):
-                    ref_logits = _own_logits(model, ids, attention, offset + start, offset + stop, keep)
+                    ref_logits = own_logits(model, ids, attention, offset + start, offset + stop, keep)
                 yield block, start, stop, logits, ref_logits, features
     finally:
         if handle is not None:

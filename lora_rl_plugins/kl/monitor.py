@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..lora.layers import lora_layers
 from ..lora.sharding import gathered_lora_layers
+from ..plugin.base import SavedState, float_values
 from ..plugin.config import option
 from ..plugin.events import (
     AdapterReady,
@@ -29,6 +30,7 @@ from ..plugin.grpo import GRPOSettings
 from ..plugin.hookspecs import hookimpl
 from ..plugin.log import logger
 from ..plugin.metrics import MetricInfo, metric_family
+from .comparability import KLComparabilityWarning, active_dropout, comparability_notes, precision_note
 from .reference import ReferencePolicy, choose_reference
 
 __all__ = [
@@ -57,71 +59,6 @@ def _standard_error(total: float, total_squared: float, count: float) -> float:
 
 class KLBudgetWarning(UserWarning):
     """The measured KL exceeded ``kl_budget``."""
-
-
-class KLComparabilityWarning(UserWarning):
-    """A trainer setting makes the exact KL and the trainer's k3 ``kl`` measure different things."""
-
-
-def comparability_notes(grpo: GRPOSettings | Mapping[str, Any], dropout: Sequence[str] = ()) -> list[str]:
-    """Why ``kl_monitor/kl_mean`` and the trainer's k3 ``kl`` differ beyond sampling noise under these settings.
-
-    The monitor measures the full-vocabulary KL of the temperature-scaled distributions, in eval mode
-    (no dropout), from the model's logits without autocast, in float64 after them (docs/theory.md §3).
-
-    Args:
-        grpo: the trainer's settings (``RunStarted.grpo``; a mapping of version 0.1's option names is
-            converted by ``GRPOSettings.from_options``): truncating sampling settings, β (> 0: the trainer
-            logs k3), the autocast precision of its log-prob forwards.
-        dropout: names of dropout modules with p > 0 that are active in the trainer's train-mode forward.
-
-    Returns:
-        One sentence per setting that makes the two differ; empty when none does.
-    """
-    if isinstance(grpo, Mapping):
-        grpo = GRPOSettings.from_options(grpo)
-    notes: list[str] = []
-    truncated = [f"{name}={value!r}" for name, value in grpo.sampling.effective().items()]
-    if truncated:
-        notes.append(
-            f"sampling with {', '.join(truncated)} draws the completions from a truncated or penalised distribution, "
-            "while kl_monitor/kl_mean is the exact KL of the full temperature-scaled distributions: the k3 estimate "
-            "on those tokens (the trainer's `kl`, kl_monitor/k3_mean) then estimates a different quantity and may "
-            "differ from kl_mean by more than kl_monitor/k3_stderr"
-        )
-    if grpo.beta > 0 and dropout:
-        shown = ", ".join(list(dropout)[:3]) + (", ..." if len(dropout) > 3 else "")
-        notes.append(
-            f"dropout is active in the trainer's train-mode forward ({len(dropout)} modules with p > 0: {shown}), "
-            "so its `kl` carries dropout noise; the monitor measures in eval mode (set disable_dropout=True or "
-            "lora_dropout=0 to compare)"
-        )
-    return notes
-
-
-def precision_note(grpo: GRPOSettings | Mapping[str, Any]) -> str | None:
-    """Why the trainer's k3 ``kl`` carries rounding the monitor's values do not: ``beta`` > 0 under ``bf16``/``fp16``
-    autocast (TRL's default: bf16 unless fp16). Rounding, not another quantity: said once as an info, not warned
-    (a healthy default run prints no library warning). None when it does not apply."""
-    if isinstance(grpo, Mapping):
-        grpo = GRPOSettings.from_options(grpo)
-    if not (grpo.beta > 0 and grpo.precision):
-        return None
-    return (
-        f"the trainer computes its log-probabilities (and its `kl`) under {grpo.precision} autocast; the monitor uses "
-        "the model's own dtype and float64 after the logits (set bf16=False/fp16=False to compare them exactly)"
-    )
-
-
-def _active_dropout(model: Any) -> list[str]:
-    """Names of dropout modules with p > 0 (active whenever the model is in train mode)."""
-    import torch
-
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0
-    ]
 
 
 _m = metric_family("kl_monitor")
@@ -271,6 +208,17 @@ class KLMonitorConfig:
             raise ValueError(f"kl_module_norms must be True, False or 'auto', got {self.kl_module_norms!r}")
 
 
+#: What the monitor keeps across a resume.
+KL_STATE = SavedState(
+    batches_seen=int,
+    values=float_values,
+    module_norms=lambda saved: {k: float_values(v) for k, v in saved.items()},
+    penalty_beta=float,
+    over_budget=bool,
+    budget_actions=int,
+)
+
+
 class KLMonitorPlugin:
     """Measures KL(π_θ‖π_ref) on generated completions and enforces a budget.
 
@@ -328,7 +276,7 @@ class KLMonitorPlugin:
         note = precision_note(self.grpo)
         if note:
             logger.info("lora_rl_plugins: %s.", note)
-        notes = comparability_notes(self.grpo, _active_dropout(adapter.model) if adapter.model else ())
+        notes = comparability_notes(self.grpo, active_dropout(adapter.model) if adapter.model else ())
         if notes:
             warnings.warn(
                 "lora_rl_plugins: the exact KL (kl_monitor/kl_mean) and the trainer's k3 `kl` measure different "
@@ -383,24 +331,11 @@ class KLMonitorPlugin:
 
     @hookimpl
     def get_state(self) -> Mapping[str, Any]:
-        return {
-            "batches_seen": self.batches_seen,
-            "values": dict(self.values),
-            "module_norms": {k: dict(v) for k, v in self.module_norms.items()},
-            "penalty_beta": self.penalty_beta,
-            "over_budget": self.over_budget,
-            "budget_actions": self.budget_actions,
-            "config": asdict(self.config),
-        }
+        return {**KL_STATE.save(self), "config": asdict(self.config)}
 
     @hookimpl
     def set_state(self, state: Mapping[str, Any]) -> None:
-        self.batches_seen = int(state["batches_seen"])
-        self.values = {k: float(v) for k, v in state["values"].items()}
-        self.module_norms = {k: {n: float(x) for n, x in v.items()} for k, v in state["module_norms"].items()}
-        self.penalty_beta = float(state["penalty_beta"])
-        self.over_budget = bool(state["over_budget"])
-        self.budget_actions = int(state["budget_actions"])
+        KL_STATE.load(self, state)
 
     # -- measurement ------------------------------------------------------------------------
     def measure(self, sample: PolicySample) -> None:

@@ -39,9 +39,18 @@ class ReferencePolicy:
                 "peft_config= / peft.get_peft_model, or turn the KL monitor off (block=['kl_monitor'])."
             )
 
-    def take_snapshot(self, model: Any) -> None:
-        """Remember the active adapter's current weights as the reference (a pre-trained adapter)."""
-        self.require_lora(model)
+    def take_snapshot(self, model: Any, *, is_lora: bool | None = None) -> None:
+        """Remember the active adapter's current weights as the reference (a pre-trained adapter).
+
+        ``is_lora``: what the caller already knows (``AdapterReady.adapter.is_lora``); None: checked here.
+
+        Raises:
+            NotALoraModelError: the model has no LoRA adapter.
+        """
+        if is_lora is None:
+            self.require_lora(model)
+        elif not is_lora:
+            raise NotALoraModelError("kl_reference='initial_adapter' needs a LoRA adapter to snapshot")
         self.snapshot = {
             name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters() if "lora_" in name
         }
@@ -84,11 +93,15 @@ class ReferencePolicy:
 KL_REFERENCES = ("auto", "base", "initial_adapter")
 
 
-def choose_reference(kl_reference: str, model: Any, engine_model: Any = None) -> ReferencePolicy:
+def choose_reference(
+    kl_reference: str, model: Any, engine_model: Any = None, *, is_lora: bool = True
+) -> ReferencePolicy:
     """The one reference choice the KL monitor and the probes (``learning/absorbed_bits``) share.
 
     ``kl_reference``: "auto" (TRL's frozen "ref" adapter where the model has one, else adapters
     disabled), "base" (adapters disabled) or "initial_adapter" (a snapshot of the adapter's weights now).
+    ``is_lora``: the model carries a LoRA adapter (the caller knows it from ``AdapterReady.adapter``, summarised
+    once per run).
 
     Raises:
         ValueError: an unknown ``kl_reference``, or "initial_adapter" with parameters sharded by FSDP or
@@ -107,7 +120,7 @@ def choose_reference(kl_reference: str, model: Any, engine_model: Any = None) ->
                 "or load the starting adapter as TRL's frozen 'ref' adapter (kl_reference='auto')."
             )
         reference = ReferencePolicy("snapshot")
-        reference.take_snapshot(model)
+        reference.take_snapshot(model, is_lora=is_lora)
         return reference
     peft_config = getattr(model, "peft_config", {}) or {}
     if kl_reference == "auto" and "ref" in peft_config:

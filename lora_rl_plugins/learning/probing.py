@@ -15,6 +15,7 @@ from typing import Any
 
 from ..kl.measure import LogitsSource
 from ..kl.reference import ReferencePolicy, choose_reference
+from ..plugin.base import SavedState, Stateful, float_values
 from ..plugin.events import AdapterReady, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
 from ..plugin.metrics import MetricInfo
@@ -23,7 +24,11 @@ from .config import PROBE_METRICS, LearningConfig
 __all__ = ["ProbePlugin"]
 
 
-class ProbePlugin:
+#: What the probe plugin keeps across a resume: its latest measurement.
+PROBE_STATE = SavedState(values=float_values)
+
+
+class ProbePlugin(Stateful):
     """Measures what the policy absorbed on the probe set every ``probe_every`` steps and at the last step.
 
     Args:
@@ -33,6 +38,7 @@ class ProbePlugin:
     """
 
     fail_fast = True  # a built-in: its faults are bugs to see, not plugins to disable
+    STATE = PROBE_STATE
 
     def __init__(self, config: LearningConfig | None = None, *, kl_reference: str = "auto") -> None:
         self.config = config or LearningConfig()
@@ -90,14 +96,6 @@ class ProbePlugin:
         if "absorbed_bits" not in self.values:
             return None
         return f"absorbed {self.values['absorbed_bits']:.1f}/{self.values['answer_bits']:.1f} bits"
-
-    @hookimpl
-    def get_state(self) -> Mapping[str, Any]:
-        return {"values": dict(self.values)}
-
-    @hookimpl
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        self.values = {k: float(v) for k, v in state["values"].items()}
 
     def measure(self, step: int) -> None:
         """Measure absorbed and answer bits on the probe set with the model in hand."""

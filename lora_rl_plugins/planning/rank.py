@@ -228,34 +228,11 @@ def select_rank(
     if plan is not None:
         inputs["plan"] = asdict(plan)
         inputs["plan_explained"] = plan.explain()
-    matrices: tuple[AdaptedMatrix, ...] = ()
-    fixed = 0
-    if hidden_size is not None:
-        if model is not None or model_config is not None:
-            raise ValueError("give hidden_size= (seed rule) or model=/model_config= (adapter rule), not both")
-        per_rank, rule = params_per_rank([(hidden_size, hidden_size)]), "seed"
-        inputs["hidden_size"] = hidden_size
-    else:
-        from ..lora.shapes import adapted_matrices
-
-        matrices = adapted_matrices(
-            model=model, model_config=model_config, target_modules=target_modules, **lora_options
-        )
-        summary = AdapterSummary(matrices)
-        per_rank, fixed, rule = summary.params_per_rank, summary.fixed_params, "adapter"
-        inputs["target_modules"] = target_modules if isinstance(target_modules, str) else list(target_modules)
-        if not per_rank > 0:
-            raise ValueError(
-                "every adapted matrix has a rank fixed by rank_pattern, so no choice of r changes the capacity; "
-                "drop the absolute rank_pattern entries or choose the ranks by hand"
-            )
+    matrices, per_rank, fixed, rule = _rank_shape(
+        inputs, hidden_size, model, model_config, target_modules, lora_options
+    )
     rank = smallest_rank(needed, per_rank, bits_per_param, fixed)
-    if hidden_size is not None:
-        beyond, limit = rank > hidden_size, hidden_size
-    else:
-        moving = [m for m in matrices if not m.fixed_rank]
-        beyond = all(m.rank_at(rank) > m.full_rank for m in moving)
-        limit = max(math.floor(m.full_rank / m.rank_ratio) for m in moving)
+    beyond, limit = _beyond_full_rank(rank, hidden_size, matrices)
     inputs["full_rank"] = limit
     if beyond:
         raise RankRefusedError(
@@ -275,22 +252,7 @@ def select_rank(
         fixed_params=fixed,
     )
     if vllm or max_lora_rank is not None:
-        effective = choice.max_effective_rank()
-        serving_rank = smallest_legal_max_lora_rank(effective)
-        inputs["max_lora_rank"] = max_lora_rank
-        where = f"r={rank}" if effective == rank else f"r={rank} (its largest per-matrix rank is {effective})"
-        if serving_rank is None:
-            raise RankRefusedError(
-                f"the adapter at {where} is above vLLM's largest max_lora_rank {LEGAL_MAX_LORA_RANKS[-1]}: the plan "
-                "needs more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge it"
-            )
-        if max_lora_rank is not None and effective > max_lora_rank:
-            raise RankRefusedError(
-                f"the smallest rank that holds {needed:,.0f} bits is {where}, above max_lora_rank={max_lora_rank}; "
-                f"serve with max_lora_rank={serving_rank}, or adapt more modules (target_modules) so that a lower "
-                "rank holds it"
-            )
-        choice = replace(choice, max_lora_rank=serving_rank)
+        choice = _fit_vllm(choice, max_lora_rank)
     return choice
 
 
@@ -426,3 +388,65 @@ def serving_note(rank: int, max_lora_rank: int | None, effective_rank: int | Non
         f"vLLM: serve with max_lora_rank >= {legal} (the smallest legal value >= {effective}); it serves any r up "
         f"to {legal} at the same GPU memory{more}"
     )
+
+
+def _rank_shape(
+    inputs: dict[str, Any],
+    hidden_size: int | None,
+    model: Any,
+    model_config: Any,
+    target_modules: Any,
+    lora_options: dict[str, Any],
+) -> tuple[tuple[AdaptedMatrix, ...], int | float, int, str]:
+    """``select_rank``'s shape: (matrices, parameters per unit of r, fixed parameters, rule), recorded in ``inputs``."""
+    if hidden_size is not None:
+        if model is not None or model_config is not None:
+            raise ValueError("give hidden_size= (seed rule) or model=/model_config= (adapter rule), not both")
+        inputs["hidden_size"] = hidden_size
+        return (), params_per_rank([(hidden_size, hidden_size)]), 0, "seed"
+    from ..lora.shapes import adapted_matrices
+
+    matrices = adapted_matrices(model=model, model_config=model_config, target_modules=target_modules, **lora_options)
+    summary = AdapterSummary(matrices)
+    inputs["target_modules"] = target_modules if isinstance(target_modules, str) else list(target_modules)
+    if not summary.params_per_rank > 0:
+        raise ValueError(
+            "every adapted matrix has a rank fixed by rank_pattern, so no choice of r changes the capacity; "
+            "drop the absolute rank_pattern entries or choose the ranks by hand"
+        )
+    return matrices, summary.params_per_rank, summary.fixed_params, "adapter"
+
+
+def _beyond_full_rank(rank: int, hidden_size: int | None, matrices: tuple[AdaptedMatrix, ...]) -> tuple[bool, int]:
+    """(whether every adapted matrix is already full rank at ``rank``, the rank where that starts)."""
+    if hidden_size is not None:
+        return rank > hidden_size, hidden_size
+    moving = [m for m in matrices if not m.fixed_rank]
+    return all(m.rank_at(rank) > m.full_rank for m in moving), max(
+        math.floor(m.full_rank / m.rank_ratio) for m in moving
+    )
+
+
+def _fit_vllm(choice: RankChoice, max_lora_rank: int | None) -> RankChoice:
+    """``choice`` with the smallest legal vLLM ``max_lora_rank`` for its largest effective rank.
+
+    Raises:
+        RankRefusedError: above vLLM's largest ``max_lora_rank``, or above ``max_lora_rank`` when given.
+    """
+    rank, needed = choice.rank, choice.bits
+    effective = choice.max_effective_rank()
+    serving_rank = smallest_legal_max_lora_rank(effective)
+    choice.inputs["max_lora_rank"] = max_lora_rank
+    where = f"r={rank}" if effective == rank else f"r={rank} (its largest per-matrix rank is {effective})"
+    if serving_rank is None:
+        raise RankRefusedError(
+            f"the adapter at {where} is above vLLM's largest max_lora_rank {LEGAL_MAX_LORA_RANKS[-1]}: the plan "
+            "needs more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge it"
+        )
+    if max_lora_rank is not None and effective > max_lora_rank:
+        raise RankRefusedError(
+            f"the smallest rank that holds {needed:,.0f} bits is {where}, above max_lora_rank={max_lora_rank}; "
+            f"serve with max_lora_rank={serving_rank}, or adapt more modules (target_modules) so that a lower "
+            "rank holds it"
+        )
+    return replace(choice, max_lora_rank=serving_rank)
