@@ -31,26 +31,22 @@ class _UsageError(Exception):
     """A usage error found after parsing (flags that belong together): usage and exit 2, as argparse does."""
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the flag in its error and exits 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
-    return value
+def _integer(low: int):  # -> Callable[[str], int]
+    """argparse type: an integer >= ``low`` (argparse names the flag in its error and exits 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive_int, _non_negative_int = _integer(1), _integer(0)
 
 
 def _number(low: float, *, inclusive: bool, what: str):  # -> Callable[[str], float]
@@ -236,16 +232,20 @@ def _explain_rank(
         )
     elif memory_note:
         lines.append(f"              LoRA buffer memory not estimated: {memory_note}")
-    from .planning.rank import MEASURED_LOWER_RANKS
+    import textwrap
 
-    measured = MEASURED_LOWER_RANKS["reward"]
+    from .planning.rank import measured_lower_ranks
+
     lines += [
         "why larger:   capacity is a floor, not a target. A larger rank can still train better: with lora_alpha",
         "              fixed the update scale α/r shrinks as r grows (retune the learning rate, or use rsLoRA).",
-        "              Measured on the demo's task (`lora-rl demo --rank R --seed S`, 300 steps, lr 2e-3): final",
-        "              reward at seeds 0/1/2 "
-        + ", ".join(f"r={r}: {'/'.join(f'{v:.2f}' for v in values)}" for r, values in measured.items())
-        + ".",
+        *textwrap.wrap(
+            f"Measured on the demo's task, {measured_lower_ranks()}.",
+            104,
+            initial_indent=" " * 14,
+            subsequent_indent=" " * 14,
+            break_on_hyphens=False,
+        ),
     ]
     if not choice.max_lora_rank:
         lines.append("              vLLM sizes its LoRA memory by max_lora_rank, not r (lora-rl rank --vllm).")

@@ -34,6 +34,7 @@ __all__ = [
     "RankRefusedError",
     "RunPlan",
     "advise_rank",
+    "measured_lower_ranks",
     "select_rank",
     "serving_note",
 ]
@@ -274,6 +275,15 @@ NEAR_CAPACITY_FRACTION = 0.5
 FLAT_REWARD = 0.02
 
 
+def measured_lower_ranks() -> str:
+    """``MEASURED_LOWER_RANKS`` in words: "final reward at seeds 0/1/2 r=1: 0.37/0.68/0.69, ... (`command`: ...)"."""
+    rewards = ", ".join(
+        f"r={r}: {'/'.join(f'{v:.2f}' for v in values)}" for r, values in MEASURED_LOWER_RANKS["reward"].items()
+    )
+    command, settings = MEASURED_LOWER_RANKS["command"], MEASURED_LOWER_RANKS["settings"]
+    return f"final reward at seeds 0/1/2 {rewards} (`{command}`: {settings})"
+
+
 @dataclass(frozen=True)
 class RankAdvice:
     """What limits a run, as sentences: ``limit`` is "signal" (too little learned to judge a rank), "capacity"
@@ -347,15 +357,12 @@ def advise_rank(
             ]
         else:
             limit, advised = "rule", rank_sufficient
-            measured = MEASURED_LOWER_RANKS["reward"]
             lines = [
                 f"r={rank_sufficient} would hold the {signal_bits:,.0f} bits of signal "
                 f"({per_rank * rank_sufficient / max(signal_bits, 1.0):,.0f}x; capacity is a floor, the signal an "
                 "upper estimate of what is stored)",
-                "but a lower rank learned less at the same learning rate on the demo's codebook task: final reward "
-                "at seeds 0/1/2 "
-                + ", ".join(f"r={r}: {'/'.join(f'{v:.2f}' for v in values)}" for r, values in measured.items())
-                + f" (`{MEASURED_LOWER_RANKS['command']}`: {MEASURED_LOWER_RANKS['settings']})"
+                "but a lower rank learned less at the same learning rate on the demo's codebook task: "
+                + measured_lower_ranks()
                 + f"; keep r={rank}, or retune the learning rate before lowering it",
             ]
     if max_lora_rank is not None:
