@@ -89,12 +89,23 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
 
     trainer.remove_callback(PrinterCallback)
     callback_seconds = [0.0]
+    timings: list[dict[str, float]] = []  # the host's plugins/<name>/ms_per_step at each collection
     if spec.get("callback"):
         callback = LoraRLCallback(trainer, load_entry_points=False, **spec.get("callback_options", {}))
         # Time everything the callback does per step, the integration's own work included: its trainer
         # hooks and what its wrappers around _calculate_rewards / _generate_and_score_completions add.
         for name in ("on_step_end", "on_log", "_rollouts_scored", "_policy_sampled"):
             setattr(callback, name, _timed(getattr(callback, name), callback_seconds))
+        # The per-plugin timings are detail metrics (run log, not TRL's log history): read them where the host
+        # hands them out.
+        collect = callback.host.collect_metrics
+
+        def collect_metrics() -> dict[str, float]:
+            metrics = collect()
+            timings.append({k: v for k, v in metrics.items() if k.startswith("plugins/")})
+            return metrics
+
+        callback.host.collect_metrics = collect_metrics
         trainer.add_callback(callback)
 
     stamps: list[float] = []
@@ -108,9 +119,9 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     trainer.train()
     warm = spec.get("warmup_steps", 2)
     intervals = [b - a for a, b in zip(stamps[warm - 1 : -1], stamps[warm:], strict=True)] if warm else []
-    # each plugin's own time per step, averaged over every logged step after the warm-up
-    logged = [entry for entry in trainer.state.log_history[warm:] if "train_runtime" not in entry]
-    names = {key for entry in logged for key in entry if key.startswith("plugins/")}
+    # each plugin's own time per step, averaged over every collection after the warm-up (one per logged step)
+    logged = timings[warm:]
+    names = {key for entry in logged for key in entry}
     plugin_ms = {name: statistics.fmean(entry.get(name, 0.0) for entry in logged) for name in sorted(names)}
     return {
         "spec": spec,

@@ -1,27 +1,34 @@
 """Overhead of each plugin, and of all together, on GRPO step time.
 
-    python -m benchmarks.overhead [--sizes tiny,medium]
+    python -m benchmarks.overhead [--sizes tiny,medium] [--steps N] [--repeats 2]
 
 Each configuration runs in a fresh process on the same model, data and seed; configurations are
 alternated over two repeats and the fastest (by median step time) is kept. Two views: the
 step-time ratio against the run without the callback (on a shared 2-core machine run-to-run jitter
 is about ±15 %, far above the effect, so this ratio is noise-dominated), and the time the callback
 itself spends per step, measured inside the run around every callback hook and wrapper (plugins
-and integration together), as a fraction of the step: the precise figure.
+and integration together), as a fraction of the same run's median step: the precise figure (both
+numerator and denominator come from the same process, so machine load inflates both). The 1-minute
+load average before and after each run is recorded beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+from lora_rl_plugins.kl.monitor import DEFAULT_KL_EVERY
 
 from .common import machine, markdown_table, run_isolated
 
 CONFIGS = {
     "no callback": None,
     "bandwidth only": ["kl_monitor", "vllm_serving"],
-    "KL monitor only (every 10 batches)": ["bandwidth", "vllm_serving"],
+    f"KL monitor only (every {DEFAULT_KL_EVERY} batches)": ["bandwidth", "vllm_serving"],
     "all plugins": [],
 }
 STEPS = {"tiny": 60, "medium": 30}
@@ -40,7 +47,9 @@ def measure(size: str, steps: int, repeats: int = 2) -> dict[str, dict]:
                 "callback_options": {"block": block or []},
                 "warmup_steps": 3,
             }
+            load = os.getloadavg()[0]
             result = run_isolated(spec)
+            result["load_average"] = [load, os.getloadavg()[0]]
             if label not in best or result["step_seconds"] < best[label]["step_seconds"]:
                 best[label] = result
     return best
@@ -54,23 +63,39 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             step = result["step_seconds"]
             inside = result["callback_ms_per_step"]
             share = "-" if not result["spec"]["callback"] else f"{inside:.2f} ({inside / 10 / step:.2f} %)"
-            rows.append([size, label, f"{step * 1000:.1f}", f"{step / base:.3f}", share])
-    header = ["model", "configuration", "ms/step (median)", "ratio to no callback", "callback ms/step (% of step)"]
+            load = "/".join(f"{x:.1f}" for x in result.get("load_average", []))
+            rows.append([size, label, f"{step * 1000:.1f}", f"{step / base:.3f}", share, load])
+    header = [
+        "model",
+        "configuration",
+        "ms/step (median)",
+        "ratio to no callback",
+        "callback ms/step (% of step)",
+        "load avg before/after",
+    ]
     return markdown_table(header, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny,medium")
+    parser.add_argument("--steps", type=int, default=None, help=f"steps per run (default {STEPS})")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/overhead.json")
     args = parser.parse_args()
-    results = {size: measure(size, STEPS[size]) for size in args.sizes.split(",")}
+    results = {size: measure(size, args.steps or STEPS[size], args.repeats) for size in args.sizes.split(",")}
     report = f"Machine: {machine()}.\n\n{table(results)}\n"
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"machine": machine(), "results": results, "markdown": report}, indent=2, default=str)
-    )
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    record = {
+        "machine": machine(),
+        "command": "python -m benchmarks.overhead " + " ".join(sys.argv[1:]),
+        "commit": commit,
+        "results": results,
+        "markdown": report,
+    }
+    Path(args.out).write_text(json.dumps(record, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -163,3 +163,20 @@ def test_bound_is_tight_for_small_two_point_shifts() -> None:
     log_new = torch.log_softmax(log_ref + delta, -1)
     kl = float((log_new.exp() * (log_new - log_ref)).sum())
     assert kl / float(hoeffding_certificate(log_new - log_ref)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_batched_update_norms_match_each_modules_matrix_norms() -> None:
+    """The monitor computes every module's norms in one batch per shape: each equals float64 matrix norms of γBA."""
+    from lora_rl_plugins.kl.bounds import many_update_norms
+
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(12, 4, 20), (12, 4, 20), (7, 4, 20), (12, 2, 9), (12, 4, 20)]  # (d_out, r, d_in), repeated shapes
+    factors = [
+        (torch.randn(o, r, generator=generator), torch.randn(r, i, generator=generator), 0.5 + k)
+        for k, (o, r, i) in enumerate(shapes)
+    ]
+    for (b, a, gamma), norms in zip(factors, many_update_norms(factors), strict=True):
+        delta = gamma * b.double() @ a.double()
+        assert norms.spectral == pytest.approx(float(torch.linalg.matrix_norm(delta, ord=2)), rel=1e-9)
+        assert norms.frobenius == pytest.approx(float(torch.linalg.matrix_norm(delta)), rel=1e-9)
+        assert norms.rank == a.shape[0]

@@ -199,7 +199,7 @@ def test_demo_absorbed_bits_rise_with_reward_and_stay_below_the_codebook(tmp_pat
     assert absorbed[-1] > absorbed[0] > 0
     assert sum(result.reward[-10:]) > sum(result.reward[:10])  # reward rose with it
     summary = format_summary(result)
-    assert "absorbed" in summary and "to learn" in summary and "margin" in summary
+    assert "absorbed" in summary and "to learn" in summary and "rank advice" in summary
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,8 @@ WALKED = {
     "python -m benchmarks.kl_memory": "test_benchmarks_start",
     "python -m benchmarks.kl_free": "test_benchmarks_start",
     "python -m benchmarks.informative_sampling": "test_benchmarks_start",
+    "python -m benchmarks.rank_sweep": "test_benchmarks_start",
+    "python -m benchmarks.rank_sweep --quick": "test_benchmarks_start",
     "python -m benchmarks": "test_benchmarks_start",
     "python -m pytest": "CI (.ci/run)",
     'python -m pytest -m "not slow"': "CI runs the whole suite, this subset included",
@@ -195,7 +197,7 @@ def test_unsloth_example(tmp_path) -> None:
 def test_benchmarks_start(tmp_path) -> None:
     """The benchmarks take ~25 minutes in all: here each one starts and explains itself; the throughput
     one runs in full (seconds)."""
-    for name in ("overhead", "kl_memory", "kl_free", "informative_sampling"):
+    for name in ("overhead", "kl_memory", "kl_free", "informative_sampling", "rank_sweep"):
         assert "usage" in run(f"python -m benchmarks.{name} --help", ROOT)
     run(f"python -m benchmarks.throughput --out {tmp_path / 'throughput.json'}", ROOT)
     assert (tmp_path / "throughput.json").exists()

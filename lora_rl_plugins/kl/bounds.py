@@ -16,7 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["UpdateNorms", "expert_update_norms", "hoeffding_certificate", "single_layer_kl_bound", "update_norms"]
+__all__ = [
+    "UpdateNorms",
+    "expert_update_norms",
+    "hoeffding_certificate",
+    "many_update_norms",
+    "single_layer_kl_bound",
+    "update_norms",
+]
 
 
 @dataclass(frozen=True)
@@ -32,15 +39,35 @@ class UpdateNorms:
 
 def update_norms(lora_b: Any, lora_a: Any, scaling: float) -> UpdateNorms:
     """γ‖BA‖₂ and γ‖BA‖_F from B (d_out x r) and A (r x d_in), via r x r products (float64)."""
+    return many_update_norms([(lora_b, lora_a, scaling)])[0]
+
+
+def many_update_norms(factors: list[tuple[Any, Any, float]]) -> list[UpdateNorms]:
+    """``update_norms`` of every (B, A, γ) in ``factors``, in order: the modules whose B and A have the same
+    shapes are stacked and computed in one batched product and one batched eigenvalue call (the same
+    float64 r x r products: ‖BA‖₂² = λ_max((BᵀB)(AAᵀ)), ‖BA‖_F² = tr((BᵀB)(AAᵀ)); the eigenvalues are real and
+    >= 0, a product of two PSD matrices). A model's hundreds of adapted modules fall into a few shapes."""
     import torch
 
-    b = lora_b.detach().to(torch.float64).reshape(lora_b.shape[0], -1)
-    a = lora_a.detach().to(torch.float64).reshape(lora_a.shape[0], -1)
-    product = (b.T @ b) @ (a @ a.T)  # r x r; eigenvalues real and >= 0 (product of two PSD matrices)
-    eigenvalues = torch.linalg.eigvals(product).real.clamp_min(0.0)
-    spectral_sq = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
-    frobenius_sq = max(float(torch.trace(product)), 0.0)
-    return UpdateNorms(abs(scaling) * spectral_sq**0.5, abs(scaling) * frobenius_sq**0.5, int(a.shape[0]))
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for i, (b, a, _) in enumerate(factors):
+        groups.setdefault((tuple(b.shape), tuple(a.shape)), []).append(i)
+    results: list[UpdateNorms | None] = [None] * len(factors)
+    for indices in groups.values():
+        b = torch.stack([factors[i][0].detach().reshape(factors[i][0].shape[0], -1) for i in indices])
+        a = torch.stack([factors[i][1].detach().reshape(factors[i][1].shape[0], -1) for i in indices])
+        b, a = b.to(torch.float64), a.to(torch.float64)
+        product = (b.transpose(-1, -2) @ b) @ (a @ a.transpose(-1, -2))  # (n, r, r)
+        rank = int(a.shape[1])
+        if rank:
+            spectral_sq = torch.linalg.eigvals(product).real.clamp_min(0.0).amax(dim=-1).tolist()
+        else:
+            spectral_sq = [0.0] * len(indices)
+        frobenius_sq = torch.diagonal(product, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0).tolist()
+        for i, s, f in zip(indices, spectral_sq, frobenius_sq, strict=True):
+            gamma = abs(factors[i][2])
+            results[i] = UpdateNorms(gamma * s**0.5, gamma * f**0.5, rank)
+    return [r for r in results if r is not None]
 
 
 def expert_update_norms(lora_b: Any, lora_a: Any, scaling: float, experts: int) -> list[UpdateNorms]:

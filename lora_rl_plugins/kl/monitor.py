@@ -377,7 +377,7 @@ class KLMonitorPlugin:
     def _update_bounds(
         self, model: Any, feature_norm: float, temperature: float, engine_model: Any = None
     ) -> dict[str, float]:
-        from .bounds import expert_update_norms, single_layer_kl_bound, update_norms
+        from .bounds import expert_update_norms, many_update_norms, single_layer_kl_bound
 
         name = self.adapter.adapter_name if self.adapter else None
         norms: dict[str, dict[str, float]] = {}
@@ -385,12 +385,15 @@ class KLMonitorPlugin:
         inner = False
         spectral_max, frobenius_sq = 0.0, 0.0
         full = gathered_lora_layers(model, engine_model, name)  # collective under FSDP/ZeRO-3, else None
-        for view in full if full is not None else lora_layers(model, name, per_expert=False):
+        views = list(full if full is not None else lora_layers(model, name, per_expert=False))
+        plain = [view for view in views if view.kind != "experts"]  # one batched computation per shape
+        computed = iter(many_update_norms([(view.weight_b, view.weight_a, view.scaling) for view in plain]))
+        for view in views:
             if view.kind == "experts":  # fused experts: each expert's own update, batched
                 per = expert_update_norms(view.weight_b, view.weight_a, view.scaling, view.experts)
                 results = [(f"{view.name}[{e}]", result) for e, result in enumerate(per)]
             else:
-                results = [(view.name, update_norms(view.weight_b, view.weight_a, view.scaling))]
+                results = [(view.name, next(computed))]
             for module, result in results:
                 norms[module] = {"spectral": result.spectral, "frobenius": result.frobenius}
                 spectral_max = max(spectral_max, result.spectral)
