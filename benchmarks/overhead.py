@@ -13,10 +13,17 @@ and integration together), as a fraction of the step: the precise figure.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from .common import machine, markdown_table, run_isolated
+from .common import machine, markdown_table, run_isolated, save_result
+
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+MEASURES = (
+    "lora_rl_plugins",
+    ":(exclude)lora_rl_plugins/report",
+    ":(exclude)lora_rl_plugins/cli.py",
+    "benchmarks/common.py",
+    "benchmarks/overhead.py",
+)
 
 CONFIGS = {
     "no callback": None,
@@ -67,10 +74,7 @@ def main() -> None:
     results = {size: measure(size, STEPS[size]) for size in args.sizes.split(",")}
     report = f"Machine: {machine()}.\n\n{table(results)}\n"
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"machine": machine(), "results": results, "markdown": report}, indent=2, default=str)
-    )
+    save_result(args.out, "overhead", MEASURES, {"machine": machine(), "results": results, "markdown": report})
 
 
 if __name__ == "__main__":
