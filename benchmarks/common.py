@@ -204,3 +204,43 @@ def save_result(out: str | Path, name: str, measures: Sequence[str], result: dic
     if payload["stamp"]["uncommitted"]:
         print(f"note: measured with uncommitted changes to {payload['stamp']['uncommitted']}: commit and re-run")
     print(f"wrote {path}")
+
+
+def staleness(stamp: dict[str, Any], root: Path = ROOT) -> tuple[str, str]:
+    """Whether a result still describes the code it measures: ``(verdict, reason)``.
+
+    Verdicts: ``"current"`` (no measured path changed after the stamped commit), ``"stale"`` (one did, or the
+    result was measured with uncommitted changes to them), ``"marked stale"`` (``status`` is ``STALE``: kept
+    until re-run, and the README's table says so), ``"unknown"`` (no git, a shallow clone, or the commit is not
+    in this history: the reason says which). The last change is ``git log -1 -- <measures>``; it must be an
+    ancestor of (or equal to) the stamped commit (``git merge-base --is-ancestor``).
+    """
+    if stamp.get("status") == STALE:
+        return "marked stale", f"{STALE}: {stamp.get('note', '')} (re-run: {stamp['command']})"
+    if stamp.get("uncommitted"):
+        return (
+            "stale",
+            f"measured with uncommitted changes to {stamp['uncommitted']}: commit, then `{stamp['command']}`",
+        )
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60, check=False)
+
+    try:
+        inside = git("rev-parse", "--is-shallow-repository")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "git is not available"
+    if inside.returncode != 0:
+        return "unknown", f"{root} is not a git checkout"
+    if inside.stdout.strip() == "true":
+        return "unknown", "a shallow clone: the history that dates the measured code is missing (git fetch --unshallow)"
+    commit = stamp.get("commit")
+    if not commit or git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        return "unknown", f"the stamped commit {commit} is not in this history"
+    last = git("log", "-1", "--format=%H", "--", *stamp["measures"]).stdout.strip()
+    if not last or git("merge-base", "--is-ancestor", last, commit).returncode == 0:
+        return "current", f"measured at {commit[:10]}; the measured code last changed in {last[:10] or 'no commit'}"
+    return "stale", (
+        f"measured at {commit[:10]}, but {' '.join(stamp['measures'])} changed in {last[:10]} after it: "
+        f"re-run `{stamp['command']}`, or set its stamp's status to {STALE!r} until someone does"
+    )
