@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -100,10 +101,12 @@ def _versions() -> str:
     return ", ".join(found)
 
 
-def run_command(argv: list[str], command: str, timeout: float = 1800) -> Run:
-    """Run ``lora-rl ARGS`` as a user would (a fresh process, one thread, offline) and capture its output.
+def run_command(argv: list[str], command: str, timeout: float = 1800, files: dict[str, Any] | None = None) -> Run:
+    """Run ``lora-rl ARGS`` as a user would (a fresh process, one thread, offline, a 120-column terminal)
+    and capture its output.
 
-    The temporary directory the demo writes into is shown as ``/tmp/lora-rl-demo-x1y2z3``.
+    ``files``: JSON files to write first, relative to the directory it runs in. The temporary directory the
+    demo writes into is shown as ``/tmp/lora-rl-demo-x1y2z3``.
     """
     from benchmarks.common import cpu
 
@@ -115,7 +118,11 @@ def run_command(argv: list[str], command: str, timeout: float = 1800) -> Run:
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
             "TMPDIR": tmp,
+            "COLUMNS": "120",  # a summary that wraps to the terminal wraps the same way in every run
         }
+        for name, content in (files or {}).items():
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / name).write_text(json.dumps(content))
         started = os.times().elapsed
         done = subprocess.run(
             [sys.executable, "-m", "lora_rl_plugins.cli", *argv],
@@ -441,9 +448,22 @@ def _smollm2_blocks() -> dict[str, tuple[str, str | None, str]]:
     return {"smollm2": (summary_block(run), run.key, run.note)}
 
 
+RANK_COMMAND = "lora-rl rank --model-config llama-3.1-8b/config.json --episodes 320000 --reward-levels 2"
+
+
+def _rank_blocks() -> dict[str, tuple[str, str | None, str]]:
+    """``lora-rl rank`` on Llama-3.1-8B's config (the one tests/test_rank_selection.py checks against PEFT)."""
+    spec = importlib.util.spec_from_file_location("_rank_reference", ROOT / "tests" / "test_rank_selection.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    run = run_command(RANK_COMMAND.split()[1:], RANK_COMMAND, files={"llama-3.1-8b/config.json": module.LLAMA_31_8B})
+    return {"rank": (f"```\n$ {RANK_COMMAND}\n{run.stdout.strip()}\n```\n", None, "")}
+
+
 SOURCES: dict[str, Source] = {
     "demo": Source("demo", _demo_blocks, needs_run=True),
     "smollm2": Source("smollm2", _smollm2_blocks, needs_run=True, on_demand=True),
+    "rank": Source("rank", _rank_blocks, needs_run=True),
     "benchmarks": Source("benchmarks", lambda: {f"bench-{n}": (benchmark_block(n), None, "") for n in BENCHMARKS}),
     "options": Source("options", lambda: {"options": (options_block(), None, "")}),
 }
@@ -644,8 +664,8 @@ def check(text: str, sources: Iterable[Source]) -> list[Finding]:
     return findings
 
 
-def write(text: str, sources: Iterable[Source]) -> str:
-    made = generate(sources)
+def write(text: str, made: dict[str, tuple[str, str | None, str]]) -> str:
+    """``text`` with the blocks ``generate`` made and every figure read again from the blocks."""
     for name, (body, key, note) in made.items():
         text = replace_block(text, name, body, key, note)
     readme = Readme.read(text)
@@ -670,8 +690,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = [f for f in findings if f.kind == "differs"]
             print(f"{len(failed)} difference(s)" if failed else "README.md agrees with the program")
             return 1 if failed else 0
-        new = write(text, sources)
-        path.write_text(new)
+        made = generate(sources)  # the runs first: the README is read after them, so edits meanwhile stay
+        path.write_text(write(path.read_text(), made))
         print(f"wrote {path} ({', '.join(s.name for s in sources)})")
         return 0
     except ReadmeError as error:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import STALE, stamp, staleness
+from benchmarks.common import STALE, staleness, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
