@@ -457,7 +457,7 @@ def _rank_blocks() -> dict[str, tuple[str, str | None, str]]:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     run = run_command(RANK_COMMAND.split()[1:], RANK_COMMAND, files={"llama-3.1-8b/config.json": module.LLAMA_31_8B})
-    return {"rank": (f"```\n$ {RANK_COMMAND}\n{run.stdout.strip()}\n```\n", None, "")}
+    return {"rank": (f"```\n$ {RANK_COMMAND}\n{LOG_LINE.sub('', run.stdout).strip()}\n```\n", None, "")}
 
 
 SOURCES: dict[str, Source] = {
