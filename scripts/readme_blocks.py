@@ -515,18 +515,24 @@ def replace_block(text: str, name: str, body: str, key: str | None, note: str) -
     return new
 
 
-def fill_values(text: str, blocks: dict[str, str]) -> str:
-    """Every ``value`` marker with the figure its VALUES entry reads from ``blocks`` (README or new bodies)."""
+def fill_values(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
+    """Every ``value`` marker with the figure its VALUES entry reads from ``blocks`` (README or new bodies);
+    a figure that cannot be read keeps its text and is returned as an error (the blocks are written anyway)."""
     known = {v.name: v for v in VALUES}
+    errors: list[str] = []
 
     def fill(found: re.Match[str]) -> str:
         value = known.get(found["name"])
-        if value is None:
-            raise ReadmeError(f"README.md quotes <!-- value: {found['name']} -->, which VALUES does not define")
-        figure = compute(value, blocks)
+        try:
+            if value is None:
+                raise ReadmeError(f"README.md quotes <!-- value: {found['name']} -->, which VALUES does not define")
+            figure = compute(value, blocks)
+        except ReadmeError as error:
+            errors.append(str(error))
+            return found.group(0)
         return found.group(0) if figure is None else f"<!-- value: {value.name} -->{figure}<!-- /value -->"
 
-    return VALUE.sub(fill, text)
+    return VALUE.sub(fill, text), errors
 
 
 def compute(value: Value, blocks: dict[str, str]) -> str | None:
@@ -664,8 +670,9 @@ def check(text: str, sources: Iterable[Source]) -> list[Finding]:
     return findings
 
 
-def write(text: str, made: dict[str, tuple[str, str | None, str]]) -> str:
-    """``text`` with the blocks ``generate`` made and every figure read again from the blocks."""
+def write(text: str, made: dict[str, tuple[str, str | None, str]]) -> tuple[str, list[str]]:
+    """``text`` with the blocks ``generate`` made and every figure read again from the blocks; and the figures
+    that could not be read (see ``fill_values``)."""
     for name, (body, key, note) in made.items():
         text = replace_block(text, name, body, key, note)
     readme = Readme.read(text)
@@ -691,9 +698,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(failed)} difference(s)" if failed else "README.md agrees with the program")
             return 1 if failed else 0
         made = generate(sources)  # the runs first: the README is read after them, so edits meanwhile stay
-        path.write_text(write(path.read_text(), made))
+        new, errors = write(path.read_text(), made)
+        path.write_text(new)
         print(f"wrote {path} ({', '.join(s.name for s in sources)})")
-        return 0
+        for error in errors:
+            print(f"readme_blocks: not updated: {error}; fix its pattern in VALUES", file=sys.stderr)
+        return 2 if errors else 0
     except ReadmeError as error:
         print(f"readme_blocks: {error}", file=sys.stderr)
         return 2

@@ -123,6 +123,18 @@ def test_comparison_masks_durations_paths_and_compares_structure_across_machines
     assert found.kind == "differs" and "-signal" in found.detail
 
 
+def test_a_new_summary_format_is_written_whole_and_names_the_figures_it_loses() -> None:
+    """Blocks are captured whole: a new format is written as printed; a figure read from a row that is gone
+    keeps its text and is reported by name (exit 2 from the script)."""
+    readme = blocks.Readme.read(README)
+    body, key = readme.blocks["demo"]
+    reformatted = body.replace("    signal        ", "    signal (est.) ")
+    reformatted = reformatted.replace("  absorbed      ", "  learned       ")
+    new, errors = blocks.write(README, {"demo": (reformatted, key, "")})
+    assert blocks.Readme.read(new).blocks["demo"][0] == reformatted
+    assert sorted(e.split(" ")[0] for e in errors) == ["demo.absorbed", "demo.signal"]
+
+
 def test_check_exits_1_with_a_diff_and_write_repairs_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     copy = tmp_path / "README.md"
     copy.write_text(README.replace("| 8 | 23,946 |", "| 8 | 23,947 |", 1))
