@@ -1,15 +1,28 @@
-"""Shared pieces of the benchmarks: GRPO runs in fresh processes, timed per step, peak memory."""
+"""Shared pieces of the benchmarks: GRPO runs in fresh processes, timed per step, peak memory; the stamp
+every result carries (the commit it measured, the date, the load average)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 import multiprocessing
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The stamp's ``status`` of a result measured before the code it measures last changed, kept until it is
+#: re-run: ``tests/test_benchmark_stamps.py`` lets it pass and the README's table says so.
+STALE = "stale, awaiting re-run"
 
 #: "tiny": the demo's model (~80k parameters); "medium": tens of millions of parameters.
 MODEL_SIZES: dict[str, dict[str, int]] = {
@@ -18,12 +31,29 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+def cpu() -> dict[str, str]:
+    """The processor as far as it decides torch's CPU results: its model name (``/proc/cpuinfo``, else the
+    platform's), ``capability``, the instruction set torch's kernels dispatch to (``AVX2``, ``AVX512``, ...;
+    ``ATEN_CPU_CAPABILITY`` lowers it), and torch's version. Sampled runs amplify the rounding differences
+    between instruction sets, so a training run's numbers are reproducible only where these agree."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
 def machine() -> str:
     import torch
 
+    processor = cpu()
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        f"{processor['model']} ({platform.machine()}, {processor['capability']}), {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
     )
 
 
@@ -145,3 +175,83 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def stamp(name: str, measures: Sequence[str]) -> dict[str, Any]:
+    """What a result was measured on, saved beside it as ``"stamp"``.
+
+    ``measures``: git pathspecs of the code the benchmark measures (``tests/test_benchmark_stamps.py``
+    flags the result once any of them changes after ``commit``). ``commit`` is ``HEAD`` (None outside a
+    git checkout); ``uncommitted`` lists measured files that differed from it, so the commit alone does
+    not describe what ran. ``load_average`` is the 1, 5 and 15 minute load when the result was written.
+    """
+    changed = _git("status", "--porcelain", "--", *measures)
+    return {
+        "status": "measured",
+        "command": f"python -m benchmarks.{name}",
+        "commit": (_git("rev-parse", "HEAD") or "").strip() or None,
+        "uncommitted": [line[3:] for line in changed.splitlines()] if changed else [],
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine(),
+        "measures": list(measures),
+    }
+
+
+def save_result(out: str | Path, name: str, measures: Sequence[str], result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON to ``out`` with its ``stamp`` (see ``stamp``), and say where."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"stamp": stamp(name, measures), **result}
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    if payload["stamp"]["uncommitted"]:
+        print(f"note: measured with uncommitted changes to {payload['stamp']['uncommitted']}: commit and re-run")
+    print(f"wrote {path}")
+
+
+def staleness(stamp: dict[str, Any], root: Path = ROOT) -> tuple[str, str]:
+    """Whether a result still describes the code it measures: ``(verdict, reason)``.
+
+    Verdicts: ``"current"`` (no measured path changed after the stamped commit), ``"stale"`` (one did, or the
+    result was measured with uncommitted changes to them), ``"marked stale"`` (``status`` is ``STALE``: kept
+    until re-run, and the README's table says so), ``"unknown"`` (no git, a shallow clone, or the commit is not
+    in this history: the reason says which). The last change is ``git log -1 -- <measures>``; it must be an
+    ancestor of (or equal to) the stamped commit (``git merge-base --is-ancestor``).
+    """
+    if stamp.get("status") == STALE:
+        return "marked stale", f"{STALE}: {stamp.get('note', '')} (re-run: {stamp['command']})"
+    if stamp.get("uncommitted"):
+        return (
+            "stale",
+            f"measured with uncommitted changes to {stamp['uncommitted']}: commit, then `{stamp['command']}`",
+        )
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60, check=False)
+
+    try:
+        inside = git("rev-parse", "--is-shallow-repository")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "git is not available"
+    if inside.returncode != 0:
+        return "unknown", f"{root} is not a git checkout"
+    if inside.stdout.strip() == "true":
+        return "unknown", "a shallow clone: the history that dates the measured code is missing (git fetch --unshallow)"
+    commit = stamp.get("commit")
+    if not commit or git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        return "unknown", f"the stamped commit {commit} is not in this history"
+    last = git("log", "-1", "--format=%H", "--", *stamp["measures"]).stdout.strip()
+    if not last or git("merge-base", "--is-ancestor", last, commit).returncode == 0:
+        return "current", f"measured at {commit[:10]}; the measured code last changed in {last[:10] or 'no commit'}"
+    return "stale", (
+        f"measured at {commit[:10]}, but {' '.join(stamp['measures'])} changed in {last[:10]} after it: "
+        f"re-run `{stamp['command']}`, or set its stamp's status to {STALE!r} until someone does"
+    )

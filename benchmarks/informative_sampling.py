@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import machine, markdown_table
+from .common import machine, markdown_table, save_result
+
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+MEASURES = (
+    "lora_rl_plugins",
+    ":(exclude)lora_rl_plugins/report",
+    ":(exclude)lora_rl_plugins/cli.py",
+    "benchmarks/common.py",
+    "benchmarks/informative_sampling.py",
+    "examples/lightning_grpo.py",
+)
 
 MODES = ("plain", "filter", "informative")
 
@@ -196,9 +205,7 @@ def main() -> None:
         print(task, json.dumps(summary), flush=True)
     results["markdown"] = table(results)
     print(results["markdown"])
-    Path(args.out).write_text(
-        json.dumps(results, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
-    )
+    save_result(args.out, "informative_sampling", MEASURES, results)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,17 @@ run without it.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from .common import machine, markdown_table, run_isolated
+from .common import machine, markdown_table, run_isolated, save_result
+
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+MEASURES = (
+    "lora_rl_plugins",
+    ":(exclude)lora_rl_plugins/report",
+    ":(exclude)lora_rl_plugins/cli.py",
+    "benchmarks/common.py",
+    "benchmarks/kl_free.py",
+)
 
 
 def main() -> None:
@@ -86,18 +93,16 @@ def main() -> None:
     )
     report = f"Machine: {machine()}; model size '{args.size}'.\n\n{table}\n\n{overhead}\n"
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {
-                "machine": machine(),
-                "runs": [{"kind": k, "setting": s, **v} for (k, s), v in results.items()],
-                "monitor_overhead": {"without": overhead_runs["without"], "with": overhead_runs["with"]},
-                "markdown": report,
-            },
-            indent=2,
-            default=str,
-        )
+    save_result(
+        args.out,
+        "kl_free",
+        MEASURES,
+        {
+            "machine": machine(),
+            "runs": [{"kind": k, "setting": s, **v} for (k, s), v in results.items()],
+            "monitor_overhead": {"without": overhead_runs["without"], "with": overhead_runs["with"]},
+            "markdown": report,
+        },
     )
 
 

@@ -11,14 +11,15 @@ results of both methods are compared to check they agree.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
-from .common import machine, markdown_table
+from .common import machine, markdown_table, save_result
+
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+MEASURES = ("lora_rl_plugins/kl", "lora_rl_plugins/demo/model.py", "benchmarks/common.py", "benchmarks/kl_memory.py")
 
 VOCAB, BATCH, PROMPT, COMPLETION = 151_936, 4, 16, 256
 
@@ -97,8 +98,7 @@ def main() -> None:
         + f"\n\nmemory ratio chunked / naive: {ratio:.2f}\n"
     )
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "results": results, "markdown": report}, indent=2))
+    save_result(args.out, "kl_memory", MEASURES, {"machine": machine(), "results": results, "markdown": report})
 
 
 if __name__ == "__main__":

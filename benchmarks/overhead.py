@@ -15,15 +15,20 @@ load average before and after each run is recorded beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 from lora_rl_plugins.kl.monitor import DEFAULT_KL_EVERY
 
-from .common import machine, markdown_table, run_isolated
+from .common import machine, markdown_table, run_isolated, save_result
+
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+MEASURES = (
+    "lora_rl_plugins",
+    ":(exclude)lora_rl_plugins/report",
+    ":(exclude)lora_rl_plugins/cli.py",
+    "benchmarks/common.py",
+    "benchmarks/overhead.py",
+)
 
 CONFIGS = {
     "no callback": None,
@@ -86,16 +91,7 @@ def main() -> None:
     results = {size: measure(size, args.steps or STEPS[size], args.repeats) for size in args.sizes.split(",")}
     report = f"Machine: {machine()}.\n\n{table(results)}\n"
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    record = {
-        "machine": machine(),
-        "command": "python -m benchmarks.overhead " + " ".join(sys.argv[1:]),
-        "commit": commit,
-        "results": results,
-        "markdown": report,
-    }
-    Path(args.out).write_text(json.dumps(record, indent=2, default=str))
+    save_result(args.out, "overhead", MEASURES, {"machine": machine(), "results": results, "markdown": report})
 
 
 if __name__ == "__main__":

@@ -9,15 +9,16 @@ plugin host exactly as an integration calls it.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
-from pathlib import Path
 
 from lora_rl_plugins import PluginHost, RolloutsScored, StepEnded, make_plugin_manager
 from lora_rl_plugins.bandwidth import BandwidthConfig, BandwidthPlugin
 
-from .common import machine, markdown_table
+from .common import machine, markdown_table, save_result
+
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+MEASURES = ("lora_rl_plugins/bandwidth", "lora_rl_plugins/plugin", "benchmarks/common.py", "benchmarks/throughput.py")
 
 
 def groups_per_second(group_size: int, groups_per_batch: int = 64, batches: int = 60) -> float:
@@ -50,9 +51,8 @@ def main() -> None:
         + "\n"
     )
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"machine": machine(), "groups_per_second": rates, "markdown": report}, indent=2)
+    save_result(
+        args.out, "throughput", MEASURES, {"machine": machine(), "groups_per_second": rates, "markdown": report}
     )
 
 
