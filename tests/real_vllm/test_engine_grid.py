@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,13 @@ def _param(case: Case) -> Any:
     reason = KNOWN_MISMATCHES.get(_case_id(case))
     marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
     return pytest.param(case, id=_case_id(case), marks=marks)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _last_engine_shut_down(vllm_engines: Any) -> Iterator[None]:
+    """No engine of this grid outlives it (tests elsewhere may start their own)."""
+    yield
+    vllm_engines.close()
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
