@@ -13,8 +13,32 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 import pytest  # noqa: E402
 
+# The real-engine tests live in tests/real_vllm/, not tests/vllm/: pytest puts tests/ on sys.path, where a
+# directory named vllm imports as an (empty) namespace package `vllm`, so `import vllm` and
+# `pytest.importorskip("vllm")` succeed without vLLM installed.
+VLLM_TESTS = os.path.join(os.path.dirname(__file__), "real_vllm") + os.sep
+VLLM_SKIP = (
+    "needs real vLLM (its CPU build runs here): build its environment with `scripts/vllm-env.sh` "
+    "(.venv-vllm), then `.venv-vllm/bin/python -m pytest -m vllm`"
+)
+
+
+def _vllm_selected(config: pytest.Config) -> bool:
+    """`pytest -m vllm`: the real-vLLM run (.ci/run), where a skipped vllm test is a failure."""
+    words = str(config.getoption("markexpr", "") or "").replace("(", " ").replace(")", " ").split()
+    return "vllm" in words and "not" not in words
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    has_vllm = spec is not None and spec.origin is not None  # a namespace package (a bare directory) is not vLLM
+    for item in items:
+        if str(item.path).startswith(VLLM_TESTS):
+            item.add_marker(pytest.mark.vllm)
+        if not has_vllm and "vllm" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=VLLM_SKIP))
     try:
         import torch
 
@@ -43,3 +67,11 @@ def deepspeed_ops_built() -> None:
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
         builder.load(verbose=False)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Under `pytest -m vllm` a skipped vllm test fails: CI's real-vLLM run must run every one of them."""
+    report = yield
+    if report.skipped and "vllm" in item.keywords and _vllm_selected(item.config) and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"a vllm test was skipped under `pytest -m vllm` (every one must run): {report.longrepr}"
+    return report
