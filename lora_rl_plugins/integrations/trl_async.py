@@ -56,7 +56,7 @@ def server_lora_serving(server_info: Mapping[str, Any]) -> dict[str, Any] | None
         return None
     dtype = lora.get("lora_dtype", "auto")
     if isinstance(dtype, str) and dtype.startswith("torch."):
-        dtype = dtype.removeprefix("torch.")
+        dtype = "auto"  # the server reports its resolved dtype ("auto" -> the model's): a value it accepted
     serving = {
         "max_lora_rank": lora["max_lora_rank"],
         "max_loras": lora.get("max_loras", 1),
@@ -249,7 +249,15 @@ class LoraRLAsyncCallback(TrainerCallback):
         )
         # the completion's own attention: tool-result tokens inside it are attended to, not trained on
         sample = replace(sample, attention_mask=torch.cat([prompt_mask, attention], 1).to(device))
-        self.host.on_policy_sampled(sample)
+        # The trainer's model attends with TRL's tree attention, which needs its packed-batch arguments: the
+        # plugins' plain forward passes (the KL monitor's) run with PyTorch's SDPA attention instead.
+        config = self._model.config
+        attention_implementation = config._attn_implementation
+        config._attn_implementation = "sdpa"
+        try:
+            self.host.on_policy_sampled(sample)
+        finally:
+            config._attn_implementation = attention_implementation
 
     def _publish(self, metrics: Mapping[str, float]) -> None:
         store = self.trainer._metrics["train"]

@@ -12,8 +12,10 @@ The trainer's forward runs TRL's tree attention (``trl/experimental/async_grpo/p
 kernel is FlashAttention-3 fetched from the Hub (``kernels-community/flash-attn3``): CUDA only, and no Hub
 here. ``cpu_tree_attention`` below is the same attention (varlen, causal aligned bottom-right, keys gathered
 by ``tree_kv_index``) written with plain torch, registered under TRL's name after the trainer is built.
-Everything else (rollout worker process, vLLM generation, rewards, advantages, staleness drops, adapter sync,
-loss) is TRL's and vLLM's own.
+And ``trl.trainer.utils.get_peak_flops_per_device`` (for MFU metrics only) calls
+``torch.cuda.get_device_name`` unconditionally, so the trainer cannot be built without CUDA: it answers None
+here (TRL's own answer for an unknown device: MFU metrics off). Everything else (rollout worker process,
+vLLM generation, rewards, advantages, staleness drops, adapter sync, loss) is TRL's and vLLM's own.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def cpu_tree_attention(
 
 def main() -> None:
     import torch
+    import trl.experimental.async_grpo.async_grpo_trainer as agt
     from async_grpo_worker import first_char_reward as reward
     from datasets import Dataset
     from peft import LoraConfig
@@ -88,7 +91,12 @@ def main() -> None:
 
     scenario, model_dir, out, url = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     tokenizer = build_tokenizer()
+    # the rollout worker renders chat prompts and parses replies: a plain template and a text-only reply parser
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.response_template = {
+        "defaults": {"role": "assistant"},
+        "fields": {"content": {"close_pattern": r"<eos>\s*|$", "content": "text"}},
+    }
     prompts = [row["prompt"] for row in CodebookTask().dataset(64)]
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts]})
     args = AsyncGRPOConfig(
@@ -116,6 +124,7 @@ def main() -> None:
     lora = LoraConfig(
         r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", lora_bias=scenario == "refused"
     )
+    agt.get_peak_flops_per_device = lambda accelerator, dtype: None  # CUDA-only lookup (module docstring)
     started = time.perf_counter()
     trainer = AsyncGRPOTrainer(
         model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -181,7 +190,6 @@ def main() -> None:
             "global_step": trainer.state.global_step,
             "model_version": trainer.model_version,
             "adapters_published": sorted(p.name for p in lora_dir.iterdir()) if lora_dir.is_dir() else [],
-            "worker_started": getattr(trainer.rollout_worker, "_process", None) is not None,
             "taken": taken,
             "log_history": trainer.state.log_history,
             "kl_pairs": kl_pairs,

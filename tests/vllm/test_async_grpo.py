@@ -144,6 +144,6 @@ def test_adapter_vllm_refuses_is_refused_before_the_first_sync(model_dir, server
     assert result["lora_sync"] is True
     assert result["error"] is not None and result["error"].startswith("VLLMLoRAError")
     assert "lora_bias" in result["error"] and "max_lora_rank=8" in result["error"]
-    # refused before anything: no training step, no weight sync, no adapter published, no rollout worker
+    # refused before anything: no training step, no weight sync, no adapter published, no sample taken
     assert result["global_step"] == 0 and result["model_version"] == 0
-    assert result["adapters_published"] == [] and result["worker_started"] is False
+    assert result["adapters_published"] == [] and result["taken"] == []
