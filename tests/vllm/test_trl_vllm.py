@@ -101,6 +101,9 @@ def test_informative_sampling_bandwidth_kl_and_ledger(mode, model_dir, tmp_path,
     check_bandwidth(result, calls, result["completions"])
     check_kl(result)
     assert result["ledger_visits"] == 4 * 2  # 2 prompts (groups of 4) per step
+    # vLLM generates from the trained weights: its log-probs of the sampled tokens match the trainer's at every
+    # step (a stale engine would be off by ~sqrt(2 KL) ~ 0.1 once the adapter moved)
+    assert all(d < 1e-2 for d in logged(result, "sampling/sampling_logp_difference/max"))
     last = result["log_history"][-2]
     assert last["learning/rollouts_skipped"] > 0  # solved prompts (digits 5-9) skipped before generation
     # the merged weights pushed every step are ~10x the adapter (the cost of TRL's merge for vLLM)
