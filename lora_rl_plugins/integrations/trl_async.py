@@ -1,7 +1,7 @@
 """TRL ``AsyncGRPOTrainer`` integration (``trl.experimental.async_grpo``, TRL 1.16): one callback.
 
     trainer = AsyncGRPOTrainer(model=..., reward_funcs=..., args=..., peft_config=...)
-    trainer.add_callback(LoraRLAsyncCallback(trainer))
+    LoraRLAsyncCallback(trainer)   # puts itself ahead of TRL's first weight sync (add_callback is harmless)
     trainer.train()
 
 In this trainer a rollout worker (a child process) generates from a vLLM server, scores, and computes each
@@ -129,6 +129,8 @@ class LoraRLAsyncCallback(TrainerCallback):
         self.dropped = 0
         self._groups: dict[int, list[Any]] = {}  # group_id -> samples kept (a group may straddle two steps)
         self._step_groups: list[list[Any]] = []
+        self._started = False
+        self._last_step: int | None = None
         # Run ahead of TRL's _TrainBeginCallback (the first weight sync), so the adapter check comes first.
         callbacks = trainer.callback_handler.callbacks
         first_sync = next((i for i, cb in enumerate(callbacks) if type(cb).__name__ == "_TrainBeginCallback"), None)
@@ -142,6 +144,9 @@ class LoraRLAsyncCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if self._started:  # also added with trainer.add_callback: it is already in place
+            return
+        self._started = True
         trainer = self.trainer
         run = RunStarted(
             framework="trl_async",
@@ -163,6 +168,9 @@ class LoraRLAsyncCallback(TrainerCallback):
         start_run(self.host, run, model, tokenizer=trainer.processing_class)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.global_step == self._last_step:  # also added with trainer.add_callback: once per step
+            return
+        self._last_step = state.global_step
         groups, self._step_groups = self._step_groups, []
         samples = [sample for group in groups for sample in group]
         if samples:
@@ -176,7 +184,9 @@ class LoraRLAsyncCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.host.on_run_end()
+        if self._started:
+            self._started = False
+            self.host.on_run_end()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _take(self, sample: Any) -> None:

@@ -147,3 +147,19 @@ def test_adapter_vllm_refuses_is_refused_before_the_first_sync(model_dir, server
     # refused before anything: no training step, no weight sync, no adapter published, no sample taken
     assert result["global_step"] == 0 and result["model_version"] == 0
     assert result["adapters_published"] == [] and result["taken"] == []
+
+
+def test_server_lora_config_becomes_the_serving_check() -> None:
+    from lora_rl_plugins.integrations.trl_async import server_lora_serving
+
+    # the shape vLLM 0.32's /server_info reports (seen from the server these tests start)
+    lora = {"max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": 4, "lora_dtype": "torch.float32"}
+    serving = server_lora_serving({"lora_config": {**lora, "enable_mixed_moe_lora_format": False}})
+    assert serving == {
+        "max_lora_rank": 8,
+        "max_loras": 4,
+        "max_cpu_loras": 4,
+        "lora_dtype": "auto",  # the resolved dtype of a server that accepted "auto"
+        "enable_mixed_moe_lora_format": False,
+    }
+    assert server_lora_serving({"lora_config": None}) is None  # no --enable-lora: TRL merges, no LoRA rule applies

@@ -161,8 +161,10 @@ def main() -> None:
     trained = time.perf_counter() - started
 
     learning = callback.host.plugin("learning")
+    rank = trainer.accelerator.process_index
+    suffix = f"-rank{rank}" if trainer.accelerator.num_processes > 1 else ""
     write_json(
-        out / f"{mode}-{scenario}.json",
+        out / f"{mode}-{scenario}{suffix}.json",
         {
             "calls": recorder.calls,
             "completions": recorder.completions,
@@ -172,6 +174,7 @@ def main() -> None:
             "ledger_visits": sum(entry.visits for entry in learning.ledger.entries.values()),
             "ledger_state": learning.ledger.get_state(),
             "global_step": trainer.state.global_step,
+            "world_size": trainer.accelerator.num_processes,
             "sync": cost.as_dict(),
             "seconds": {"build": built, "train": trained},
         },

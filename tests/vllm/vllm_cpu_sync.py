@@ -91,7 +91,9 @@ def server_reload(trainer: Any, base_url: str, model_dir: str | Path, scratch: s
 
     def sync_weights() -> None:
         started = time.perf_counter()
-        weights = _merged_weights(generation, cost)
+        weights = _merged_weights(generation, cost)  # every process: gathering may be collective
+        if not trainer.accelerator.is_main_process:
+            return
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         shutil.copy(Path(model_dir) / "config.json", scratch / "config.json")
