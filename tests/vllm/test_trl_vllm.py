@@ -34,7 +34,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from test_trl_integration import recompute  # noqa: E402
 from trl_vllm_worker import save_tiny_model  # noqa: E402
-from vllm_server import CPU_ENV, vllm_server  # noqa: E402
+from vllm_server import CPU_ENV, free_port, vllm_server  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -54,8 +54,11 @@ def server(model_dir, tmp_path_factory):
         yield url
 
 
-def run_worker(scenario: str, mode: str, model_dir: Path, out: Path, url: str | None = None) -> dict:
-    """Run one scenario in its own process; returns what it recorded."""
+def run_worker(
+    scenario: str, mode: str, model_dir: Path, out: Path, url: str | None = None, processes: int = 1
+) -> dict | list[dict]:
+    """Run one scenario in its own process (or ``processes`` under ``accelerate launch``); returns what it
+    recorded (one record per process)."""
     env = {
         **os.environ,
         **CPU_ENV,
@@ -63,8 +66,15 @@ def run_worker(scenario: str, mode: str, model_dir: Path, out: Path, url: str | 
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), str(HERE.parent)]),
     }
     command = [sys.executable, str(HERE / "trl_vllm_worker.py"), scenario, mode, str(model_dir), str(out)]
+    if processes > 1:  # as users run TRL: accelerate's launcher starts CPU processes on gloo without CUDA
+        launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+        launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command = [sys.executable, *launcher, "--main_process_port", str(free_port()), *command[1:]]
+        env["MASTER_ADDR"] = "127.0.0.1"
     done = subprocess.run([*command, *([url] if url else [])], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    if processes > 1:
+        return [json.loads((out / f"{mode}-{scenario}-rank{r}.json").read_text()) for r in range(processes)]
     return json.loads((out / f"{mode}-{scenario}.json").read_text())
 
 
@@ -86,7 +96,7 @@ def check_bandwidth(result: dict, calls: list, completions: list, first_step: in
 def check_kl(result: dict) -> None:
     pairs = result["kl_pairs"]
     assert len(pairs) == result["global_step"]  # kl_every=1: every generation batch (one per step here)
-    for measured, own in pairs:
+    for measured, own, _ in pairs:
         assert measured == pytest.approx(own, rel=1e-5, abs=1e-9)
     assert pairs[-1][1] > 1e-6, "training moved the adapter: the last KL is not 0"
 
@@ -139,5 +149,23 @@ def test_resume_continues_the_totals(mode, model_dir, tmp_path, request) -> None
     completions = first["completions"] + second["completions"]
     check_bandwidth(second, calls, completions, first_step=2)  # the totals continue from the checkpoint
     assert second["ledger_visits"] == 4 * 2  # the ledger too
-    for measured, own in second["kl_pairs"]:
+    for measured, own, _ in second["kl_pairs"]:
         assert measured == pytest.approx(own, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_two_processes(mode, model_dir, tmp_path, request) -> None:
+    # colocate: each process builds its own engine (TRL's external_launcher; fits here: ~1 GiB of KV cache each)
+    url = request.getfixturevalue("server") if mode == "server" else None
+    ranks = run_worker("informative", mode, model_dir, tmp_path, url, processes=2)
+    assert [r["world_size"] for r in ranks] == [2, 2] and all(r["global_step"] == 4 for r in ranks)
+    # each process's reward function sees its own half of each batch; the accounting is of both, in rank order
+    calls = [a + b for a, b in zip(ranks[0]["calls"], ranks[1]["calls"], strict=True)]
+    completions = [a + b for a, b in zip(ranks[0]["completions"], ranks[1]["completions"], strict=True)]
+    assert len(calls) == 4 and all(len(c) == 16 for c in calls)
+    for rank in ranks:  # the same numbers on both processes
+        check_bandwidth(rank, calls, completions)
+        assert rank["ledger_visits"] == 4 * 4
+    # kl_mean is over both processes' tokens: the token-weighted mean of each process's float64 recomputation
+    for (m0, own0, n0), (m1, own1, n1) in zip(ranks[0]["kl_pairs"], ranks[1]["kl_pairs"], strict=True):
+        assert m0 == m1 == pytest.approx((own0 * n0 + own1 * n1) / (n0 + n1), rel=1e-5, abs=1e-9)

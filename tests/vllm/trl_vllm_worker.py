@@ -132,7 +132,7 @@ def main() -> None:
     trainer.add_callback(callback)
 
     monitor = callback.host.plugin("kl_monitor")
-    kl_pairs: list[tuple[float, float]] = []
+    kl_pairs: list[tuple[float, float, float]] = []
     measure = monitor.measure
 
     def measured(sample: Any) -> None:
@@ -145,7 +145,8 @@ def main() -> None:
             sample.temperature,
         )
         measure(sample)
-        kl_pairs.append((monitor.values["kl_mean"], expected))
+        tokens = float(sample.completion_mask[:limit].sum())
+        kl_pairs.append((monitor.values["kl_mean"], expected, tokens))  # kl_mean is over every process's tokens
 
     monitor.measure = measured
 
