@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lora_rl_plugins"
-INTEGRATIONS = ("trl", "lightning", "unsloth")
+INTEGRATIONS = ("trl", "lightning", "unsloth", "trl_async")
 
 #: Each room's floor: a room may import its own modules and rooms on lower floors only.
 FLOORS = {
