@@ -72,8 +72,7 @@ def test_entry_point_plugin_option_reaches_run_log_and_report(installed, tmp_pat
     session = RunSession(options, source="test")
     assert "rollout_counter" in session.host.plugin_names
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match="no LoRA adapter"):
-        session.start(RunStarted("test", group_size=2, total_steps=2), torch.nn.Linear(2, 2), log_dir=str(out))
+    session.start(RunStarted("test", group_size=2, total_steps=2), torch.nn.Linear(2, 2), log_dir=str(out))
     for step in (1, 2):
         session.rollouts_scored(
             SingleProcess(), step=step, rewards=[[1.0], [0.0], [1.0], [1.0]], reward_names=["r"],
