@@ -60,7 +60,7 @@ class KLBudgetWarning(UserWarning):
     """The measured KL exceeded ``kl_budget``."""
 
 
-_m = metric_family("kl_monitor")
+_m = metric_family("kl_monitor", group="kl_monitor/measurement")  # one measurement's values
 
 
 KL_METRICS: tuple[MetricInfo, ...] = (
@@ -102,7 +102,7 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "only when the output layer is the only adapted module and its output (soft-capped or not) is the model's "
         "logits",
     ),
-    _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
+    _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed", group=""),
     _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
     _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted matrices (each expert its own)"),
     _m(
@@ -114,7 +114,7 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         detail=True,
     ),
     _m("measured_step", "exact", "step", "the optimizer step of the latest measurement"),
-    _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
+    _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)", group=""),
 )
 
 
