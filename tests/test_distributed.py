@@ -17,6 +17,8 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("lightning")
 
+from helpers import latest_logged
+
 from lora_rl_plugins import PluginHost, RolloutsScored, StepEnded, make_plugin_manager
 from lora_rl_plugins.bandwidth import BandwidthPlugin
 
@@ -139,7 +141,7 @@ def test_trl_filter_two_processes(tmp_path) -> None:
         for g in range(3):  # the middle group spans both processes: one round for all its rows, so Σ A = 0
             group = advantages[8 * g : 8 * (g + 1)]
             assert any(abs(a) > 0 for a in group) and sum(group) == pytest.approx(0.0, abs=1e-4)
-    last = [e for e in ranks[0]["log_history"] if "learning/filter_extra_rounds" in e][-1]
+    last = latest_logged(ranks[0]["log_history"])  # the quiet log line: each metric's latest value
     assert last["learning/filter_extra_rounds"] == len(ranks[0]["calls"]) - 4
     assert last["learning/filter_unfilled_groups"] == 0
 

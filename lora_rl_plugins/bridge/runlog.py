@@ -95,6 +95,7 @@ def describe_record(info: MetricInfo, step: int) -> dict[str, Any]:
             "reduce": info.reduce,
             "detail": info.detail,
             "short": info.short,
+            "group": info.group,
             "definition": info.definition,
         },
     }
@@ -113,6 +114,7 @@ def read_description(record: Mapping[str, Any]) -> MetricInfo | None:
         info.get("reduce", "last"),
         bool(info.get("detail", False)),
         str(info.get("short", "")),
+        str(info.get("group", "")),
     )
 
 

@@ -28,7 +28,8 @@ the next batch) and ``session.service(BatchFilter)`` (keeps groups with informat
 
 The console stays quiet: a per-step metric (``MetricInfo.reduce == "mean"``) is published at every
 step; any other (a running total, a setting, the latest measurement) only when its value changed
-since it was last published, so a constant appears once, at the start (and in the run log).
+since it was last published, so a constant appears once, at the start (and in the run log); the
+metrics of one measurement (``MetricInfo.group``) are published together whenever one of them changes.
 Detail metrics go to the run log only, unless ``console_detail=True``.
 """
 
@@ -209,17 +210,15 @@ class RunSession:
         if not self.options.host.console_detail:  # per-module norms, timings: the run log only
             console, detail = split_detail(metrics, self.infos)
             self._detail.update(detail)
+        infos = {name: match_metric(name, self.infos) for name in console}
+        averaged = {name for name, info in infos.items() if info is not None and info.reduce == "mean"}
+        changed = {name for name, value in console.items() if self._published.get(name) != value} - averaged
+        groups = {name: info.group for name, info in infos.items() if info is not None and info.group}
+        measured = {groups[name] for name in changed if name in groups}  # a measurement's values go together
         quiet: dict[str, float] = {}
-        averaged = set()
         for name, value in console.items():
-            info = match_metric(name, self.infos)
-            if info is not None and info.reduce == "mean":
-                averaged.add(name)
-            elif self._published.get(name) == value:
-                continue  # unchanged since it was last published: once is enough
-            else:
-                self._published[name] = value
-            quiet[name] = value
+            if name in averaged or name in changed or groups.get(name) in measured:
+                quiet[name] = self._published[name] = value
         return StepDecision(stop, quiet, frozenset(averaged), metrics)
 
     def log(self, step: int, trainer_logs: Mapping[str, Any]) -> None:

@@ -61,7 +61,7 @@ class KLBudgetWarning(UserWarning):
     """The measured KL exceeded ``kl_budget``."""
 
 
-_m = metric_family("kl_monitor")
+_m = metric_family("kl_monitor", group="kl_monitor/measurement")  # one measurement's values
 
 
 #: How a measured KL value reaches a log line (TRL, Lightning, the run log): published only at the step of a new
@@ -135,7 +135,7 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "logits" + WINDOW,
         reduce="mean",
     ),
-    _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed"),
+    _m("budget", "setting", "nats/token", "kl_budget: the largest kl_mean allowed", group=""),
     _m("update_spectral_max", "exact", "norm", "largest γ‖B_m A_m‖₂ over the adapted matrices (each expert its own)"),
     _m("update_frobenius", "exact", "norm", "√Σ_m (γ‖B_m A_m‖_F)² over the adapted matrices (each expert its own)"),
     _m(
@@ -152,7 +152,7 @@ KL_METRICS: tuple[MetricInfo, ...] = (
         "step",
         "the optimizer step of the latest measurement (in a log line only when its window holds one)",
     ),
-    _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)"),
+    _m("penalty_beta", "setting", "coefficient", "KL-penalty coefficient the monitor set (0 = KL-free)", group=""),
 )
 
 

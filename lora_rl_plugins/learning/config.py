@@ -30,11 +30,12 @@ class LedgerEvictionWarning(UserWarning):
 
 
 _m = metric_family("learning")
+_probe = metric_family("learning", group="learning/probe")  # one probe measurement's values
 
 
 #: The probe plugin's metrics (``learning.probing``).
 PROBE_METRICS: tuple[MetricInfo, ...] = (
-    _m(
+    _probe(
         "absorbed_bits",
         "exact",
         "bits",
@@ -43,13 +44,13 @@ PROBE_METRICS: tuple[MetricInfo, ...] = (
         "≤ answer_bits",
         short="absorbed",
     ),
-    _m(
+    _probe(
         "answer_bits",
         "exact",
         "bits",
         "what there is to learn about the probe answers: Σ_probe −log2 π_ref(answer|prompt)",
     ),
-    _m("probe_step", "exact", "step", "the optimizer step of the latest probe measurement"),
+    _probe("probe_step", "exact", "step", "the optimizer step of the latest probe measurement"),
 )
 
 #: The ledger and signal plugin's metrics (``learning.plugin``), its services' included.

@@ -42,6 +42,8 @@ class MetricInfo:
     trainer's console and loggers, unless the user asks for them (``console_detail=True``).
     ``short`` is the metric's label in the progress bar's postfix (empty: not shown there); the
     run session shows each labelled metric as ``label value`` (fractions as percents, bits rounded).
+    ``group`` names a measurement the metric belongs to (empty: none): the trainer's log line shows a
+    latest-value metric when it changes, and all of a measurement's metrics whenever one of them does.
     """
 
     name: str
@@ -51,17 +53,20 @@ class MetricInfo:
     reduce: MetricReduce = "last"
     detail: bool = False
     short: str = ""
+    group: str = ""
 
 
-def metric_family(prefix: str) -> Callable[..., MetricInfo]:
+def metric_family(prefix: str, *, group: str = "") -> Callable[..., MetricInfo]:
     """A maker of one plugin's ``MetricInfo`` entries, each named ``<prefix>/<name>``::
 
         _m = metric_family("bandwidth")
         _m("bits_total", "estimate", "bits", "signal summed over the run", short="signal")
 
     The maker's arguments are ``MetricInfo``'s after ``name``: kind, unit, definition, then
-    ``reduce`` (default "last"), ``detail`` and ``short`` by keyword or position.
+    ``reduce`` (default "last"), and ``detail``, ``short`` and ``group`` (default: the family's) by keyword.
     """
+
+    prefix_group = group
 
     def make(
         name: str,
@@ -72,7 +77,10 @@ def metric_family(prefix: str) -> Callable[..., MetricInfo]:
         *,
         detail: bool = False,
         short: str = "",
+        group: str | None = None,
     ) -> MetricInfo:
-        return MetricInfo(f"{prefix}/{name}", kind, unit, definition, reduce, detail, short)
+        return MetricInfo(
+            f"{prefix}/{name}", kind, unit, definition, reduce, detail, short, prefix_group if group is None else group
+        )
 
     return make
