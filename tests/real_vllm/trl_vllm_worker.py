@@ -66,9 +66,11 @@ def main() -> None:
     def reward(prompts: list[str], completions: list[str]) -> list[float]:
         if scenario == "filter":  # a group of 4 is all 0 with probability 0.7^4: refills happen
             return [float(rng.random() < 0.3) for _ in prompts]
-        if scenario == "informative":  # digits 5-9 always solved (nothing to learn): informative sampling skips them
+        if scenario == "informative":  # digits 5-9 always solved (nothing to learn): informative sampling skips them;
+            # 0-4: about half the first characters score, so most groups carry signal and the adapter moves
+            scoring = "0123456789abcdefghi"
             return [
-                1.0 if p[:1] in "56789" else float(c[:1] in "01234") for p, c in zip(prompts, completions, strict=True)
+                1.0 if p[:1] in "56789" else float(c[:1] in scoring) for p, c in zip(prompts, completions, strict=True)
             ]
         return [float(c[:1] in "01234") for c in completions]
 
