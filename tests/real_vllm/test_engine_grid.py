@@ -4,8 +4,8 @@ Each case saves a real PEFT adapter on a tiny model, asks ``validate_vllm_lora``
 engine's settings, and asks the engine: start it with those settings, ``add_lora`` the adapter and generate
 with it. Accepted by the library <=> loaded and served by the engine; and for every adapter the engine
 serves, its greedy tokens equal PEFT's on the same prompts (float32 both sides). A refused adapter never
-reaches ``generate`` (``add_lora`` raises first): on a shared engine, ``generate`` with a refused adapter
-would kill it (``EngineDeadError``) and every later request, which is why the check exists.
+reaches ``generate`` (``add_lora`` raises first): in vLLM's default multi-process mode, ``generate`` with a
+refused adapter kills the engine (``EngineDeadError``) and every later request, which is why the check exists.
 """
 
 from __future__ import annotations
