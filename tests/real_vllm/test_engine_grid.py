@@ -4,8 +4,8 @@ Each case saves a real PEFT adapter on a tiny model, asks ``validate_vllm_lora``
 engine's settings, and asks the engine: start it with those settings, ``add_lora`` the adapter and generate
 with it. Accepted by the library <=> loaded and served by the engine; and for every adapter the engine
 serves, its greedy tokens equal PEFT's on the same prompts (float32 both sides). A refused adapter never
-reaches ``generate`` (``add_lora`` raises first): on a shared engine, ``generate`` with a refused adapter
-would kill it (``EngineDeadError``) and every later request, which is why the check exists.
+reaches ``generate`` (``add_lora`` raises first): in vLLM's default multi-process mode, ``generate`` with a
+refused adapter kills the engine (``EngineDeadError``) and every later request, which is why the check exists.
 """
 
 from __future__ import annotations
@@ -37,12 +37,17 @@ Case = tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]
 
 #: Architectures whose LoRA vLLM's CPU build loads but cannot run: its fused-MoE LoRA kernels are Triton
 #: kernels (`generate` raises "module 'triton.language' has no attribute 'float32'"), so for these the
-#: engine's verdict is `add_lora`'s and greedy tokens are not compared.
+#: engine's verdict is `add_lora`'s, plus: every module of the adapter reaches a LoRA layer of the engine
+#: (instead of comparing greedy tokens).
 NO_CPU_GENERATION = {"MixtralForCausalLM", "Qwen3MoeForCausalLM"}
 
 #: Cases where the library's verdict differs from vLLM 0.32's today (strict: an agreement fails until removed).
 #: Found here (issue 19): the fixes are the vLLM rules' (lora_rl_plugins/serving/), each entry goes with its fix.
 _BASE_NOT_READ = "without model_config the library does not read the base named in adapter_config.json: verdict ok; "
+_EXPERTS_DROPPED = (
+    "verdict ok; vLLM 0.32 loads the adapter and silently drops its expert LoRA: PEFT saves it under "
+    "mlp.experts (transformers 5 names), vLLM's Mixtral layer is block_sparse_moe.experts"
+)
 KNOWN_MISMATCHES = {
     "GPT2LMHeadModel-max_lora_rank8-r8-target_modulesc_attn": (
         "architecture outside the library's table: verdict ok; vLLM: 'GPT2LMHeadModel does not support LoRA yet.'"
@@ -50,6 +55,10 @@ KNOWN_MISMATCHES = {
     "Qwen2-max_lora_rank16-r8-target_moduleslm_head": _BASE_NOT_READ + "vLLM: 'expected target modules in {...}'",
     "Qwen2-max_lora_rank16-r8-target_modulesembed_tokensq_projv_proj": (
         _BASE_NOT_READ + "vLLM: 'expected target modules in {...}'"
+    ),
+    "Mixtral-max_lora_rank16-r8-target_modulesq_proj-target_parametersexperts.down_proj": _EXPERTS_DROPPED,
+    "Mixtral-max_lora_rank16-r8-target_modules-target_parametersexperts.gate_up_projexperts.down_proj": (
+        _EXPERTS_DROPPED
     ),
     "Qwen3Moe-max_lora_rank16-r8-target_modulesq_proj-target_parametersexperts.down_proj": (
         _BASE_NOT_READ + "vLLM: 'contains fused 3D MoE weights ... 2D MoE LoRA wrapper'"
@@ -248,8 +257,9 @@ def _engine_verdict(
     except Exception as error:
         return f"add_lora: {type(error).__name__}: {error}", None
     if not generate:
+        ignored = _unattached(llm, request.lora_int_id)
         llm.llm_engine.remove_lora(request.lora_int_id)
-        return None, None
+        return (f"add_lora took it but no layer uses {ignored}" if ignored else None), None
     prompts = [{"prompt_token_ids": ids} for ids in _prompt_ids(model_dir)]
     try:
         outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=NEW_TOKENS), lora_request=request)
@@ -258,6 +268,20 @@ def _engine_verdict(
         return f"generate: {type(error).__name__}: {error}", None
     llm.llm_engine.remove_lora(request.lora_int_id)
     return None, [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def _unattached(llm: Any, lora_id: int) -> list[str]:
+    """The modules of a loaded adapter that no LoRA layer of the engine uses (vLLM would ignore them silently).
+
+    Reads vLLM 0.32's in-process worker (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): its LoRA model manager, the
+    adapter's module names after packing, and ``_get_lora_layer_weights``, the lookup each layer makes."""
+    executor = llm.llm_engine.model_executor
+    worker = getattr(executor.driver_worker, "worker", executor.driver_worker)
+    manager = worker.model_runner.lora_manager._adapter_manager
+    adapter = manager._registered_adapters[lora_id]
+    used = {name for name in adapter.loras if any(name == module for module in manager.modules)}
+    used |= {name for name in manager.modules if manager._get_lora_layer_weights(adapter, name) is not None}
+    return sorted(set(adapter.loras) - used)
 
 
 def _param(case: Case) -> Any:
