@@ -34,10 +34,12 @@ CONFIGS = {
 STEPS = {"tiny": 60, "medium": 30}
 
 
-def measure(size: str, steps: int, repeats: int = 2) -> dict[str, dict]:
+def measure(size: str, steps: int, repeats: int = 2, configs: list[str] | None = None) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for _ in range(repeats):
         for label, block in CONFIGS.items():
+            if configs is not None and label not in configs:
+                continue
             spec = {
                 "size": size,
                 "peft": True,
@@ -58,7 +60,7 @@ def measure(size: str, steps: int, repeats: int = 2) -> dict[str, dict]:
 def table(results: dict[str, dict[str, dict]]) -> str:
     rows = []
     for size, best in results.items():
-        base = best["no callback"]["step_seconds"]
+        base = best["no callback"]["step_seconds"] if "no callback" in best else float("nan")
         for label, result in best.items():
             step = result["step_seconds"]
             inside = result["callback_ms_per_step"]
@@ -81,9 +83,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,medium")
     parser.add_argument("--steps", type=int, default=None, help=f"steps per run (default {STEPS})")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--configs", default=None, help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--out", default="benchmarks/results/overhead.json")
     args = parser.parse_args()
-    results = {size: measure(size, args.steps or STEPS[size], args.repeats) for size in args.sizes.split(",")}
+    configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
+    results = {size: measure(size, args.steps or STEPS[size], args.repeats, configs) for size in args.sizes.split(",")}
     report = f"Machine: {machine()}.\n\n{table(results)}\n"
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
