@@ -36,13 +36,17 @@ CONFIGS = {
     f"KL monitor only (every {DEFAULT_KL_EVERY} batches)": ["bandwidth", "vllm_serving"],
     "all plugins": [],
 }
-STEPS = {"tiny": 60, "medium": 30}
+#: 3 warm-up steps + whole KL-measurement periods (the window after the warm-up holds exactly 1 measurement per
+#: DEFAULT_KL_EVERY steps)
+STEPS = {"tiny": 63, "medium": 33}
 
 
-def measure(size: str, steps: int, repeats: int = 2) -> dict[str, dict]:
+def measure(size: str, steps: int, repeats: int = 2, configs: list[str] | None = None) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for _ in range(repeats):
         for label, block in CONFIGS.items():
+            if configs is not None and label not in configs:
+                continue
             spec = {
                 "size": size,
                 "peft": True,
@@ -63,19 +67,22 @@ def measure(size: str, steps: int, repeats: int = 2) -> dict[str, dict]:
 def table(results: dict[str, dict[str, dict]]) -> str:
     rows = []
     for size, best in results.items():
-        base = best["no callback"]["step_seconds"]
+        base = best["no callback"]["step_seconds"] if "no callback" in best else float("nan")
         for label, result in best.items():
             step = result["step_seconds"]
             inside = result["callback_ms_per_step"]
+            steady = result.get("callback_ms_per_step_steady", inside)
             share = "-" if not result["spec"]["callback"] else f"{inside:.2f} ({inside / 10 / step:.2f} %)"
+            steady_share = "-" if not result["spec"]["callback"] else f"{steady:.2f} ({steady / 10 / step:.2f} %)"
             load = "/".join(f"{x:.1f}" for x in result.get("load_average", []))
-            rows.append([size, label, f"{step * 1000:.1f}", f"{step / base:.3f}", share, load])
+            rows.append([size, label, f"{step * 1000:.1f}", f"{step / base:.3f}", share, steady_share, load])
     header = [
         "model",
         "configuration",
         "ms/step (median)",
         "ratio to no callback",
-        "callback ms/step (% of step)",
+        "callback ms/step (% of step), all steps",
+        "after the warm-up steps",
         "load avg before/after",
     ]
     return markdown_table(header, rows)
@@ -86,9 +93,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,medium")
     parser.add_argument("--steps", type=int, default=None, help=f"steps per run (default {STEPS})")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--configs", default=None, help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--out", default="benchmarks/results/overhead.json")
     args = parser.parse_args()
-    results = {size: measure(size, args.steps or STEPS[size], args.repeats) for size in args.sizes.split(",")}
+    configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
+    results = {size: measure(size, args.steps or STEPS[size], args.repeats, configs) for size in args.sizes.split(",")}
     report = f"Machine: {machine()}.\n\n{table(results)}\n"
     print(report)
     save_result(args.out, "overhead", MEASURES, {"machine": machine(), "results": results, "markdown": report})

@@ -420,6 +420,7 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=None)
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--no-eval-before", action="store_true", help="skip the eval before training (the base model)")
+    parser.add_argument("--beta-only", action="store_true", help="only the beta > 0 run (its KL-free twin run apart)")
     parser.add_argument("--stop-at", default=None, help="HH:MM UTC: start no run after it, stop one still going")
     parser.add_argument("--out", default="benchmarks/results/rank_sweep.json")
     args = parser.parse_args()
@@ -442,6 +443,8 @@ def main() -> None:
     if args.beta > 0:  # right after its KL-free twin, so both see the same machine load
         twin = next(i for i, spec in enumerate(specs) if spec["seed"] == seeds[0] and spec["rank"] == max(ranks))
         specs.insert(twin + 1, {**specs[twin], "beta": args.beta})
+        if args.beta_only:
+            specs = [specs[twin + 1]]
     record: dict[str, Any] = {
         "label": "full" if full else "reduced",
         "command": "python -m benchmarks.rank_sweep " + " ".join(sys.argv[1:]),

@@ -27,6 +27,7 @@ split off here so the integrations keep them out of the trainer's console unless
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -45,6 +46,7 @@ SOURCE = "lora_rl_plugins"
 DESCRIPTION = "lora_rl_plugins/description"
 
 
+@functools.cache  # one compile per described pattern, not one per metric per step
 def _pattern(name: str) -> re.Pattern[str]:
     parts = re.split(r"<[^<>/]+>", name)
     return re.compile("[^/]+".join(re.escape(part) for part in parts) + r"\Z")
