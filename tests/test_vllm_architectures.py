@@ -89,7 +89,9 @@ def test_gemma2_embed_tokens_and_architecture_lookup(tmp_path) -> None:
     assert vllm_architecture({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}).name == (
         "MistralForCausalLM"
     )
-    assert vllm_architecture({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}) is None
+    # issue 19: GPT-2 is registered by vLLM, without LoRA support (it was "outside the table" before)
+    assert vllm_architecture({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}).supports_lora is False
+    assert vllm_architecture({"architectures": ["NoSuchModelForCausalLM"]}) is None
 
 
 def test_phi3_unfused_names_are_refused() -> None:

@@ -9,9 +9,9 @@ from .problems import VLLMProblem
 
 __all__ = ["LEGAL_MAX_LORA_RANKS", "LORA_DTYPES", "engine_problems", "smallest_legal_max_lora_rank"]
 
-#: ``vllm.config.lora.MaxLoRARanks`` in vLLM 0.33.
+#: ``vllm.config.lora.MaxLoRARanks`` in vLLM 0.32, 0.33 and 0.34 (the same).
 LEGAL_MAX_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-#: ``vllm.config.lora.LoRADType`` in vLLM 0.33.
+#: ``vllm.config.lora.LoRADType`` in vLLM 0.32, 0.33 and 0.34 (the same).
 LORA_DTYPES: tuple[str, ...] = ("auto", "float16", "bfloat16")
 
 
@@ -38,8 +38,8 @@ def engine_problems(max_lora_rank: Any, max_loras: Any, max_cpu_loras: Any, lora
         )
     if not isinstance(max_loras, int) or isinstance(max_loras, bool) or max_loras < 1:
         problems.append(VLLMProblem("max_loras", f"max_loras={max_loras!r} must be an integer >= 1.", "use 1."))
-    # vllm/engine/arg_utils.py:2704-2706: 0, a negative value or None becomes None (= max_loras);
-    # only a positive value below max_loras is refused (vllm/config/lora.py:121-127)
+    # vllm/engine/arg_utils.py:EngineArgs.create_engine_config: 0, a negative value or None becomes None (= max_loras);
+    # only a positive value below max_loras is refused (vllm/config/lora.py:LoRAConfig.__post_init__)
     elif isinstance(max_cpu_loras, int) and 0 < max_cpu_loras < max_loras:
         problems.append(
             VLLMProblem(

@@ -17,7 +17,7 @@ def vllm_lora_memory_bytes(
     dtype_bytes: int = 2,
     include_embeddings: bool | None = None,
 ) -> int:
-    """GPU memory vLLM 0.33 pre-allocates for LoRA buffers (estimate; TP 1, no fully sharded LoRA, no EP).
+    """GPU memory vLLM (0.32-0.34) pre-allocates for LoRA buffers (estimate; TP 1, no fully sharded LoRA, no EP).
 
     bytes = dtype_bytes · max_loras · max_lora_rank · per_rank, from the buffer shapes in
     ``vllm/lora/layers`` (docs/theory.md §5):
@@ -59,14 +59,15 @@ def vllm_lora_memory_bytes(
         or config_value(text, "num_local_experts")
         or config_value(text, "n_routed_experts")
     )
-    if is_moe and (arch is None or not arch.moe):
+    qwen_moe = arch is not None and arch.moe and bool(config_value(text, "moe_intermediate_size"))
+    if is_moe and not qwen_moe:
         names = config_value(config, "architectures", None) or [config_value(config, "model_type", "this model")]
         name = arch.name if arch else names[0]
         raise ValueError(
             f"the LoRA memory of {name} is not estimated: the estimate covers dense Llama-style models and "
-            "Qwen3-MoE (vLLM 0.33's 2-D FusedMoEWithLoRA buffers); other mixture-of-experts layouts differ"
+            "Qwen3-MoE (vLLM's 2-D FusedMoEWithLoRA buffers); other mixture-of-experts layouts differ"
         )
-    if arch is not None and arch.moe:
+    if qwen_moe:
         experts = int(config_value(text, "num_experts"))
         moe_intermediate = int(config_value(text, "moe_intermediate_size"))
         sparse, dense = moe_layers(text)

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .architectures import (
+    VLLMArchitecture,
     config_value,
     expected_modules,
+    expert_count,
     model_config_values,
+    resolve_vllm_version,
     show_expected,
     text_config,
     vllm_architecture,
@@ -44,7 +47,7 @@ def read_adapter_weights(directory: Any) -> dict[str, tuple[int, ...]] | None:
 _REFUSED_WEIGHTS: tuple[tuple[str, str, str], ...] = (
     (
         r"trainable_tokens_(delta|original)$",
-        "PEFT's trainable_token_indices (new-token training) saves trainable_tokens_delta, which vLLM 0.33 cannot "
+        "PEFT's trainable_token_indices (new-token training) saves trainable_tokens_delta, which vLLM 0.32-0.34 cannot "
         "load (vLLM issue #36501)",
         "train without trainable_token_indices, or merge the adapter and serve the merged model",
     ),
@@ -78,38 +81,128 @@ def _parse_weight(key: str) -> tuple[str, str] | None:
     return None
 
 
-def weight_problems(
-    weights: Mapping[str, Any],
-    config: Mapping[str, Any],
-    model_config: Any,
-    where: str,
-    enable_mixed_moe_lora_format: bool,
-) -> list[VLLMProblem]:
+def _parse_weights(weights: Mapping[str, Any], version: str) -> tuple[dict[str, tuple[str, str]], list[VLLMProblem]]:
+    """The LoRA weights vLLM reads (key -> (module, part)) and the refusals of those it cannot read."""
     import re
 
     problems: list[VLLMProblem] = []
-    modules_to_save = list(config.get("modules_to_save") or [])
     parsed: dict[str, tuple[str, str]] = {}
     for key in weights:
-        # vllm/lora/utils.py:236-242: PEFT's copies of the base embedding weights are skipped
+        # vllm/lora/utils.py:is_base_embedding_weights: PEFT's copies of the base embedding weights are skipped
         if key.endswith((".embed_tokens.base_layer.weight", ".lm_head.base_layer.weight")):
             continue
         result = _parse_weight(key)
-        if result is None:  # vllm/lora/utils.py:233
+        if result is None:  # vllm/lora/utils.py:parse_fine_tuned_lora_name raises
             what, fix = "a weight that is not a LoRA factor", "save a plain LoRA adapter (lora_A/lora_B only)"
             for pattern, description, remedy in _REFUSED_WEIGHTS:
                 if re.search(pattern, key):
                     what, fix = description, remedy
                     break
             problems.append(
-                VLLMProblem("unsupported_weight", f"{key} is unsupported LoRA weight (vLLM 0.33: {what}).", fix + ".")
+                VLLMProblem(
+                    "unsupported_weight", f"{key} is unsupported LoRA weight (vLLM {version}: {what}).", fix + "."
+                )
             )
             continue
         parsed[key] = result
-    arch = vllm_architecture(model_config) if model_config is not None else None
+    return parsed, problems
+
+
+def _vllm_module_name(module: str, arch: VLLMArchitecture) -> str | None:
+    """The module name after the model's ``hf_to_vllm_mapper`` renames (``WeightsMapper._map_name``); None = dropped."""
+    mapper = arch.weights_mapper
+    for old, new in (mapper.get("orig_to_new_substr") or {}).items():
+        if old in module:
+            if new is None:
+                return None
+            module = module.replace(old, new)
+    for old, new in (mapper.get("orig_to_new_prefix") or {}).items():
+        if module.startswith(old):
+            if new is None:
+                return None
+            module = new + module[len(old) :]
+    for old, new in (mapper.get("orig_to_new_suffix") or {}).items():
+        if module.endswith(old):
+            if new is None:
+                return None
+            module = module[: -len(old)] + new
+    return module
+
+
+def _embedding_vocab_problems(
+    parsed: Mapping[str, tuple[str, str]], weights: Mapping[str, Any], vocab: Any
+) -> list[VLLMProblem]:
+    problems = []
+    for key, (_module, part) in parsed.items():  # vllm/lora/lora_model.py:LoRAModel.from_lora_tensors
+        shape = weights[key]
+        if part == "A" and "lora_embedding_A" in key and vocab and shape and len(shape) == 2 and shape[1] != vocab:
+            problems.append(
+                VLLMProblem(
+                    "embedding_vocab",
+                    f"The embedding LoRA size({shape[1]}) must be consistent with the base model's vocabulary "
+                    f"size({vocab}).",
+                    "serve it on the base model it was trained on (same vocabulary), without resized embeddings.",
+                )
+            )
+    return problems
+
+
+def _unexpected_modules(
+    parsed: Mapping[str, tuple[str, str]], arch: VLLMArchitecture, expected: frozenset[str], modules_to_save: list[str]
+) -> list[str]:
+    """``check_unexpected_modules`` of ``vllm/lora/lora_model.py:LoRAModel.from_local_checkpoint``."""
+    refuses_unwrapped = tuple(int(x) for x in arch.vllm_version.split(".")[:2]) >= (0, 34)
+    unexpected: list[str] = []
+    for key, (raw, part) in parsed.items():
+        if part == "full" or "base_layer" in key:  # PEFT's experts.base_layer (3-D gate_up_proj) is skipped
+            continue
+        module = _vllm_module_name(raw, arch)
+        if module is None or any(module.startswith(prefix) for prefix in arch.skip_prefixes):
+            continue
+        base = module.rsplit(".", 1)[-1]
+        if ".experts" in module:
+            if module[module.find(".experts") + 1 :] not in expected:
+                unexpected.append(module)
+        elif base not in expected and base not in modules_to_save:
+            unexpected.append(module)
+        elif refuses_unwrapped and any(module == u or module.endswith("." + u) for u in arch.unwrapped_modules):
+            unexpected.append(f"{module} (not a LoRA layer)")  # 0.34: model_manager's unsupported_lora_modules
+    return list(dict.fromkeys(unexpected))
+
+
+def _target_modules_problem(
+    unexpected: list[str], arch: VLLMArchitecture, expected: frozenset[str], where: str
+) -> VLLMProblem:
+    embeddings = any(m.split(" ")[0].rsplit(".", 1)[-1] in _EMBEDDINGS for m in unexpected)
+    why = ""
+    if embeddings and not arch.embeddings:
+        gemma2 = ": Gemma-2 computes logits with the tied embedding and has no lm_head module"
+        gemma2 = gemma2 if "Gemma2" in arch.name else ""
+        why = f" ({arch.name} in vLLM {arch.vllm_version} has no LoRA on embed_tokens/lm_head{gemma2})"
+    fused = " (vLLM's Phi-3 takes the fused qkv_proj and gate_up_proj)" if arch.fused_phi3 else ""
+    return VLLMProblem(
+        "target_modules",
+        f"While loading {where}, expected target modules in {show_expected(expected)} but received "
+        f"{unexpected}. Please verify that the loaded LoRA module is correct{why}{fused}.",
+        f"train LoRA only on modules vLLM's {arch.name} supports ({arch.source}).",
+    )
+
+
+def weight_problems(
+    weights: Mapping[str, Any],
+    config: Mapping[str, Any],
+    model_config: Any,
+    where: str,
+    enable_mixed_moe_lora_format: bool,
+    vllm_version: str | None = None,
+) -> list[VLLMProblem]:
+    """Every refusal of vLLM's loader for these saved weights (name -> shape) on this base model (None: unknown)."""
+    version = resolve_vllm_version(vllm_version)
+    parsed, problems = _parse_weights(weights, version)
+    arch = vllm_architecture(model_config, version) if model_config is not None else None
     full = sorted({module for module, part in parsed.values() if part == "full"})
-    # vllm/lora/model_manager.py:1326-1334; every architecture of the table is generative (no classification
-    # head); without the base model's config it cannot be told, so it is not flagged
+    # vllm/lora/model_manager.py:_validate_classification_head_lora; only generative models are checked here
+    # (no classification head); without the base model's config it cannot be told, so it is not flagged
     if full and arch is not None:
         problems.append(
             VLLMProblem(
@@ -121,68 +214,28 @@ def weight_problems(
         )
     if model_config is None:
         return problems
-    config_values = model_config_values(model_config)
-    text = text_config(config_values)
-    vocab = config_value(text, "vocab_size")
-    for key, (_module, part) in parsed.items():  # vllm/lora/lora_model.py:159-168
-        shape = weights[key]
-        if part == "A" and "lora_embedding_A" in key and vocab and shape and len(shape) == 2 and shape[1] != vocab:
-            problems.append(
-                VLLMProblem(
-                    "embedding_vocab",
-                    f"The embedding LoRA size({shape[1]}) must be consistent with the base model's vocabulary "
-                    f"size({vocab}).",
-                    "serve it on the base model it was trained on (same vocabulary), without resized embeddings.",
-                )
-            )
-    if arch is None:
+    text = text_config(model_config_values(model_config))
+    problems += _embedding_vocab_problems(parsed, weights, config_value(text, "vocab_size"))
+    if arch is None or not arch.supports_lora:
         return problems
     expected = expected_modules(arch, text)
-    unexpected: list[str] = []
-    for key, (module, part) in parsed.items():  # vllm/lora/lora_model.py:250-279
-        if part == "full" or "base_layer" in key:
-            continue
-        if ".experts" in module:
-            suffix = module[module.find(".experts") + 1 :]
-            if suffix not in expected:
-                unexpected.append(module)
-        elif module.rsplit(".", 1)[-1] not in expected and module.rsplit(".", 1)[-1] not in modules_to_save:
-            unexpected.append(module)
+    unexpected = _unexpected_modules(parsed, arch, expected, list(config.get("modules_to_save") or []))
     if unexpected:
-        unexpected = list(dict.fromkeys(unexpected))
-        why = (
-            f" ({arch.name} in vLLM 0.33 has no LoRA on embed_tokens/lm_head"
-            + (
-                ": Gemma-2 computes logits with the tied embedding and has no lm_head module"
-                if "Gemma2" in arch.name
-                else ""
-            )
-            + ")"
-            if any(m.rsplit(".", 1)[-1] in _EMBEDDINGS for m in unexpected) and not arch.embeddings
-            else ""
-        )
-        fused = " (vLLM's Phi-3 takes the fused qkv_proj and gate_up_proj)" if arch.fused_phi3 else ""
-        problems.append(
-            VLLMProblem(
-                "target_modules",
-                f"While loading {where}, expected target modules in {show_expected(expected)} but received "
-                f"{unexpected}. Please verify that the loaded LoRA module is correct{why}{fused}.",
-                f"train LoRA only on modules vLLM's {arch.name} supports ({arch.source}).",
-            )
-        )
+        problems.append(_target_modules_problem(unexpected, arch, expected, where))
     if arch.moe:
-        problems += moe_problems(parsed, weights, text, enable_mixed_moe_lora_format)
+        problems += moe_problems(parsed, weights, text, enable_mixed_moe_lora_format, arch)
     return problems
 
 
-def moe_problems(
-    parsed: Mapping[str, tuple[str, str]], weights: Mapping[str, Any], config: Any, mixed: bool
-) -> list[VLLMProblem]:
+def _moe_layout(
+    parsed: Mapping[str, tuple[str, str]], weights: Mapping[str, Any], projections: tuple[str, ...]
+) -> tuple[dict[str, set[str]], dict[str, dict[tuple[int, str], Any]]]:
+    """Fused 3-D expert LoRA by experts module ({"gate_up_proj", "experts"}) and per-expert 2-D ranks."""
     import re
 
-    problems: list[VLLMProblem] = []
     fused: dict[str, set[str]] = {}
     per_expert: dict[str, dict[tuple[int, str], Any]] = {}
+    names = "|".join(map(re.escape, projections)) or "gate_proj|up_proj|down_proj"
     for key, (module, part) in parsed.items():
         if part != "A":
             continue
@@ -190,13 +243,18 @@ def moe_problems(
         if match:  # PEFT target_parameters: experts.base_layer = gate_up_proj, experts = down_proj
             fused.setdefault(match.group(1), set()).add("gate_up_proj" if match.group(2) else "experts")
             continue
-        match = re.match(r"(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)$", module)
+        match = re.match(rf"(.*\.experts)\.(\d+)\.({names})$", module)
         if match:
             shape = weights[key]
             per_expert.setdefault(match.group(1), {})[(int(match.group(2)), match.group(3))] = (
                 shape[0] if shape else None
             )
-    if fused and not mixed:  # vllm/lora/model_manager.py:1305-1324
+    return fused, per_expert
+
+
+def _fused_problems(fused: Mapping[str, set[str]], mixed: bool, arch: VLLMArchitecture) -> list[VLLMProblem]:
+    problems = []
+    if fused and not mixed and not arch.is_3d_moe_weight:  # vllm/lora/model_manager.py:_validate_moe_lora_format
         first = sorted(fused)[0]
         problems.append(
             VLLMProblem(
@@ -209,29 +267,43 @@ def moe_problems(
             )
         )
     lone = sorted(m for m, kinds in fused.items() if len(kinds) == 1)
-    if lone and mixed:  # vllm/lora/model_manager.py:1080-1084 converts only a gate_up_proj + down_proj pair
+    if lone and mixed:  # vllm/lora/model_manager.py:_convert_3d_to_2d_moe_lora converts only a pair
         problems.append(
             VLLMProblem(
                 "moe_3d_pair",
-                f"{lone[0]} has LoRA on only one of gate_up_proj/down_proj; vLLM 0.33 converts fused 3D expert LoRA "
-                "only when both are adapted (a lone one is read as down_proj).",
+                f"{lone[0]} has LoRA on only one of gate_up_proj/down_proj; vLLM {arch.vllm_version} converts fused "
+                "3D expert LoRA only when both are adapted (a lone one is read as down_proj).",
                 'target both: target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"].',
             )
         )
-    experts = int(config_value(config, "num_experts", 0))
-    for module, entries in sorted(per_expert.items()):  # vllm/lora/lora_weights.py:163-250
-        missing = [(i, p) for i in range(experts) for p in _PROJECTIONS if (i, p) not in entries]
+    return problems
+
+
+def moe_problems(
+    parsed: Mapping[str, tuple[str, str]],
+    weights: Mapping[str, Any],
+    config: Any,
+    mixed: bool,
+    arch: VLLMArchitecture,
+) -> list[VLLMProblem]:
+    """Refusals of fused-MoE expert LoRA: 3-D tensors on a 2-D wrapper, a lone 3-D half, uneven experts."""
+    projections = arch.expert_projections or _PROJECTIONS
+    fused, per_expert = _moe_layout(parsed, weights, projections)
+    problems = _fused_problems(fused, mixed, arch)
+    experts = expert_count(config)
+    for module, entries in sorted(per_expert.items()):  # vllm/lora/lora_weights.py:PackedLoRALayerWeights.pack_moe
+        missing = [(i, p) for i in range(experts) for p in projections if (i, p) not in entries]
         if missing:
             problems.append(
                 VLLMProblem(
                     "moe_experts_incomplete",
                     f"{module} has LoRA on some experts' projections but not on {len(missing)} of them (first: "
-                    f"experts.{missing[0][0]}.{missing[0][1]}); vLLM 0.33 needs gate_proj, up_proj and down_proj of "
-                    "every expert of a layer (AssertionError in lora_weights.py:206-208).",
-                    "adapt all three projections of every expert, or none.",
+                    f"experts.{missing[0][0]}.{missing[0][1]}); vLLM {arch.vllm_version} needs "
+                    f"{', '.join(projections)} of every expert of a layer (AssertionError in lora_weights.py).",
+                    "adapt all projections of every expert, or none.",
                 )
             )
-        for projection in _PROJECTIONS:
+        for projection in projections:
             ranks = {rank for (i, p), rank in entries.items() if p == projection and rank is not None}
             if len(ranks) > 1:
                 problems.append(
