@@ -299,7 +299,7 @@ def walk_architecture(source: Source, layers: Layers, top: tuple[str, str]) -> d
                     experts = names
                 if _name(node.func) == "init_vllm_registered_model":  # the language model named by the config
                     language_model = True
-                kind, model = layers.kind(key[0], node)
+                _, model = layers.kind(key[0], node)
                 if model is not None:
                     queue.append(model)
                     built.add(model)
@@ -405,7 +405,7 @@ def architecture_rules(source: Source, layers: Layers, key: tuple[str, str]) -> 
     if not supports:
         return rules
     walked = walk_architecture(source, layers, key)
-    found, packed = source.attribute(key, "packed_modules_mapping")
+    packed = source.attribute(key, "packed_modules_mapping")[1]
     if not packed:  # vllm/model_executor/utils.py:get_packed_modules_mapping: children's when the class has none
         packed = {}
         for child in walked["children"]:

@@ -233,8 +233,8 @@ def test_cli_check_vllm_with_model_config(tmp_path, capsys) -> None:
     from lora_rl_plugins.cli import main
 
     adapter, base, _ = _save(tmp_path, "gemma2", "head", target_modules=["q_proj", "lm_head"])
-    assert main(["check-vllm", str(adapter), "--max-lora-rank", "8"]) == 0
-    assert "module rules are not checked" in capsys.readouterr().err
+    assert main(["check-vllm", str(adapter), "--max-lora-rank", "8"]) == 3  # no base model named
+    assert "the base model's module rules were not checked" in capsys.readouterr().out
     assert main(["check-vllm", str(adapter), "--max-lora-rank", "8", "--model-config", str(base)]) == 1
     assert "but received ['lm_head']" in capsys.readouterr().out
 

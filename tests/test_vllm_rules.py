@@ -182,13 +182,20 @@ def test_cli_check_vllm_exit_codes(tmp_path, capsys) -> None:
     from lora_rl_plugins.cli import main
 
     (tmp_path / "adapter_config.json").write_text(json.dumps(adapter(r=32)))
-    assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "32"]) == 0
-    assert "ok: vLLM" in capsys.readouterr().out
+    # no base model named: the config passes, the module rules are not checked -> 3, never a plain "ok"
+    assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "32"]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("checked partly:") and "Pass --model-config" in out and "ok" not in out.split()[0]
     assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "16"]) == 1
     out = capsys.readouterr().out
     assert "LoRA rank 32 (r) is greater than max_lora_rank 16" in out
-    assert main(["check-vllm", str(tmp_path / "missing"), "--max-lora-rank", "16"]) == 1
+    assert main(["check-vllm", str(tmp_path / "missing"), "--max-lora-rank", "16"]) == 2
     assert "no adapter config" in capsys.readouterr().err
+    assert (
+        main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "32", "--vllm-version", "0.9"])
+        == 2
+    )
+    assert "the supported versions are 0.32.0, 0.33.0, 0.34.0" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
