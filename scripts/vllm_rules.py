@@ -382,10 +382,15 @@ def _weights_mapper(source: Source, key: tuple[str, str]) -> dict[str, dict[str,
     return None
 
 
-def registry(source: Source) -> dict[str, tuple[str, str]]:
-    """Architecture name -> (module, class) from ``vllm/model_executor/models/registry.py``."""
+def registry(source: Source) -> dict[str, tuple[str, str, str]]:
+    """Architecture name -> (module, class, table) from ``vllm/model_executor/models/registry.py``.
+
+    table: the registry table without its underscores and ``_MODELS`` ("text_generation",
+    "sequence_classification", "multimodal", ...): classification tables are where vLLM serves a
+    ``score``/``classifier`` head (``model_manager.py:LoRAModelManager.__init__``, pooling task).
+    """
     tree = source.trees["vllm.model_executor.models.registry"]
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, tuple[str, str, str]] = {}
     for node in tree.body:
         target, value = _assignment(node)
         if target in REGISTRY_TABLES and isinstance(value, ast.Dict):
@@ -394,7 +399,8 @@ def registry(source: Source) -> dict[str, tuple[str, str]]:
                     arch, spec = ast.literal_eval(key), ast.literal_eval(entry)  # type: ignore[arg-type]
                 except ValueError:
                     continue
-                found.setdefault(arch, (f"vllm.model_executor.models.{spec[0]}", spec[1]))
+                table = target.strip("_").removesuffix("_MODELS").lower()
+                found.setdefault(arch, (f"vllm.model_executor.models.{spec[0]}", spec[1], table))
     return found
 
 
@@ -442,9 +448,9 @@ def extract(wheel_path: Path) -> dict[str, Any]:
         source = Source(wheel)
     layers = Layers(source)
     architectures = {}
-    for arch, key in sorted(registry(source).items()):
-        if key in source.classes:
-            architectures[arch] = architecture_rules(source, layers, key)
+    for arch, (module, name, table) in sorted(registry(source).items()):
+        if (module, name) in source.classes:
+            architectures[arch] = {**architecture_rules(source, layers, (module, name)), "registry_table": table}
     return {"vllm_version": version, "wheel": wheel_path.name, "architectures": architectures}
 
 

@@ -149,12 +149,23 @@ class VLLMArchitecture:
     skip_prefixes: tuple[str, ...] = ()
     weights_mapper: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     language_model_from_config: bool = False
+    registry_table: str = "text_generation"
+
+    @property
+    def classification_head(self) -> bool:
+        """vLLM loads ``score``/``classifier`` weights into it (``model_manager.py:LoRAModelManager.__init__``:
+        a cross-encoder in 0.32, the classify/token_classify pooling tasks from 0.33)."""
+        tables = ("sequence_classification",) if _minor(self.vllm_version) < (0, 33) else ()
+        return self.registry_table in (tables or ("sequence_classification", "token_classification"))
 
 
 def _architecture(name: str, data: Mapping[str, Any], version: str) -> VLLMArchitecture:
     source = f"vLLM {version} model_executor/models/{data['class'].replace('.', '.py:', 1)}"
+    table = data.get("registry_table", "text_generation")
     if not data["supports_lora"]:
-        return VLLMArchitecture(name, frozenset(), False, source, supports_lora=False, vllm_version=version)
+        return VLLMArchitecture(
+            name, frozenset(), False, source, supports_lora=False, vllm_version=version, registry_table=table
+        )
     packed = data.get("packed_modules_mapping") or {}
     modules: set[str] = set()
     for module in data["lora_modules"]:  # vllm/lora/worker_manager.py:_load_adapter
@@ -177,6 +188,7 @@ def _architecture(name: str, data: Mapping[str, Any], version: str) -> VLLMArchi
         skip_prefixes=tuple(data.get("lora_skip_prefixes") or ()),
         weights_mapper=data.get("weights_mapper") or {},
         language_model_from_config=bool(data.get("language_model_from_config")),
+        registry_table=table,
     )
 
 

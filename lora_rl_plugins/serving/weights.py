@@ -201,9 +201,9 @@ def weight_problems(
     parsed, problems = _parse_weights(weights, version)
     arch = vllm_architecture(model_config, version) if model_config is not None else None
     full = sorted({module for module, part in parsed.values() if part == "full"})
-    # vllm/lora/model_manager.py:_validate_classification_head_lora; only generative models are checked here
-    # (no classification head); without the base model's config it cannot be told, so it is not flagged
-    if full and arch is not None:
+    # vllm/lora/model_manager.py:_validate_classification_head_lora: a generative model has no classification
+    # head; without the base model's config it cannot be told, so it is not flagged
+    if full and arch is not None and not arch.classification_head:
         problems.append(
             VLLMProblem(
                 "full_module",
