@@ -55,7 +55,11 @@ REGISTRY_TABLES = (
     "_TOKEN_CLASSIFICATION_MODELS",
     "_SEQUENCE_CLASSIFICATION_MODELS",
     "_MULTIMODAL_MODELS",
+    "_TRANSFORMERS_SUPPORTED_MODELS",
+    "_TRANSFORMERS_BACKEND_MODELS",
 )
+#: the Transformers modeling backend builds its LoRA layers from the Hugging Face model at run time
+TRANSFORMERS_BACKEND = "vllm.model_executor.models.transformers"
 MOE_NAMES = re.compile(r"^(FusedMoE|SharedFusedMoE|FusedMoEFactory|MoERunner|RoutedExperts)$")
 EMBEDDING_NAMES = frozenset({"VocabParallelEmbedding", "ParallelLMHead"})
 ATTRIBUTES = (
@@ -73,6 +77,7 @@ class Source:
 
     def __init__(self, wheel: zipfile.ZipFile) -> None:
         self.trees: dict[str, ast.Module] = {}
+        self.packages: set[str] = set()
         for name in wheel.namelist():
             if name.endswith(".py") and name.startswith((MODELS, LAYERS)):
                 module = name[:-3].replace("/", ".").removesuffix(".__init__")
@@ -80,13 +85,15 @@ class Source:
                     self.trees[module] = ast.parse(wheel.read(name))
                 except SyntaxError:
                     continue
+                if name.endswith("/__init__.py"):
+                    self.packages.add(module)
         self.classes: dict[tuple[str, str], ast.ClassDef] = {}
         self.functions: dict[tuple[str, str], ast.FunctionDef] = {}
         self.by_name: dict[str, list[tuple[str, str]]] = {}
         self.imports: dict[str, dict[str, tuple[str, str]]] = {}
         self.globals: dict[tuple[str, str], ast.AST] = {}
         for module, tree in self.trees.items():
-            self.imports[module] = _imports(module, tree)
+            self.imports[module] = _imports(module if module in self.packages else module.rsplit(".", 1)[0], tree)
             for node in tree.body:
                 target, value = _assignment(node)
                 if target is not None and value is not None:
@@ -158,8 +165,8 @@ def _name(node: ast.AST) -> str | None:
     return None
 
 
-def _imports(module: str, tree: ast.Module) -> dict[str, tuple[str, str]]:
-    package = module.rsplit(".", 1)[0]
+def _imports(package: str, tree: ast.Module) -> dict[str, tuple[str, str]]:
+    """Imported name -> (module, name); ``package``: the package relative imports start from."""
     found: dict[str, tuple[str, str]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -409,6 +416,9 @@ def architecture_rules(source: Source, layers: Layers, key: tuple[str, str]) -> 
     supports = "SupportsLoRA" in names or source.attribute(key, "supports_lora")[1] is True
     rules: dict[str, Any] = {"class": f"{key[0].rsplit('.', 1)[-1]}.{key[1]}", "supports_lora": supports}
     if not supports:
+        return rules
+    if key[0] == TRANSFORMERS_BACKEND or key[0].startswith(TRANSFORMERS_BACKEND + "."):
+        rules["transformers_backend"] = True  # its wrapped modules depend on the Hugging Face model: not listed
         return rules
     walked = walk_architecture(source, layers, key)
     packed = source.attribute(key, "packed_modules_mapping")[1]

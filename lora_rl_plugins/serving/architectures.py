@@ -131,7 +131,9 @@ class VLLMArchitecture:
     (vLLM wraps it and allocates its buffers); ``moe``: fused-MoE experts; ``is_3d_moe_weight``:
     they take PEFT's 3-D expert LoRA (``FusedMoE3DWithLoRA``), else the 2-D wrapper;
     ``unwrapped_modules``: layers named like a LoRA layer that vLLM does not wrap (by their last
-    two name components); ``source``: the vLLM file and class the rules are read from.
+    two name components); ``source``: the vLLM file and class the rules are read from;
+    ``transformers_backend``: served by vLLM's Transformers modeling backend, whose LoRA modules follow
+    the Hugging Face model at run time (LoRA support is known, the module rules are not checked).
     """
 
     name: str
@@ -150,6 +152,7 @@ class VLLMArchitecture:
     weights_mapper: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     language_model_from_config: bool = False
     registry_table: str = "text_generation"
+    transformers_backend: bool = False
 
     @property
     def classification_head(self) -> bool:
@@ -165,6 +168,10 @@ def _architecture(name: str, data: Mapping[str, Any], version: str) -> VLLMArchi
     if not data["supports_lora"]:
         return VLLMArchitecture(
             name, frozenset(), False, source, supports_lora=False, vllm_version=version, registry_table=table
+        )
+    if data.get("transformers_backend"):  # vLLM's Transformers backend: its LoRA layers follow the HF model
+        return VLLMArchitecture(
+            name, frozenset(), False, source, vllm_version=version, registry_table=table, transformers_backend=True
         )
     packed = data.get("packed_modules_mapping") or {}
     modules: set[str] = set()

@@ -159,7 +159,9 @@ def vllm_lora_verdict(
     base, note = _base_model(lora, config, model_config)
     arch = vllm_architecture(base, version) if base is not None else None
     if base is not None and arch is None:
-        note = "vLLM does not register this base architecture (its module rules are not checked)"
+        note = f"vLLM {version} does not register this base architecture (its module rules are not checked)"
+    elif arch is not None and arch.transformers_backend:
+        note = f"vLLM {version} serves {arch.name} with its Transformers backend, whose LoRA modules are not listed"
     if weights is None:
         weights = _saved_weights(lora, problems)
     if weights is None and base is not None and not any(p.rule == "required_fields" for p in problems):
@@ -180,7 +182,8 @@ def vllm_lora_verdict(
     if base is not None:
         model = config.get("base_model_name_or_path") or str(base)
         problems += architecture_problems(base, version, model=model)
-    return VLLMVerdict(problems, version, base, arch is not None, note)
+    checked = arch is not None and (not arch.supports_lora or not arch.transformers_backend)
+    return VLLMVerdict(problems, version, base, checked, note)
 
 
 def validate_vllm_lora(

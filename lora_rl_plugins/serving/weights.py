@@ -216,7 +216,7 @@ def weight_problems(
         return problems
     text = text_config(model_config_values(model_config))
     problems += _embedding_vocab_problems(parsed, weights, config_value(text, "vocab_size"))
-    if arch is None or not arch.supports_lora:
+    if arch is None or not arch.supports_lora or arch.transformers_backend:
         return problems
     expected = expected_modules(arch, text)
     unexpected = _unexpected_modules(parsed, arch, expected, list(config.get("modules_to_save") or []))
