@@ -46,6 +46,8 @@ from typing import Any
 
 MODELS = "vllm/model_executor/models/"
 LAYERS = "vllm/model_executor/layers/"
+HARDWARE_MODELS = "vllm/models/"  # 0.34: per-hardware model packages, named by full path in the registry
+MODEL_PACKAGES = ("vllm.model_executor", "vllm.models")
 #: the registry's tables of architectures vLLM serves (``vllm/model_executor/models/registry.py``)
 REGISTRY_TABLES = (
     "_TEXT_GENERATION_MODELS",
@@ -79,7 +81,7 @@ class Source:
         self.trees: dict[str, ast.Module] = {}
         self.packages: set[str] = set()
         for name in wheel.namelist():
-            if name.endswith(".py") and name.startswith((MODELS, LAYERS)):
+            if name.endswith(".py") and name.startswith((MODELS, LAYERS, HARDWARE_MODELS)):
                 module = name[:-3].replace("/", ".").removesuffix(".__init__")
                 try:
                     self.trees[module] = ast.parse(wheel.read(name))
@@ -238,7 +240,7 @@ class Layers:
                 return "moe", None
             if names & EMBEDDING_NAMES:
                 return "embedding", None
-            if resolved[0].startswith("vllm.model_executor"):
+            if resolved[0].startswith(MODEL_PACKAGES):
                 return "model", resolved
         if name in EMBEDDING_NAMES:
             return "embedding", None
@@ -361,7 +363,7 @@ def _named_classes(source: Source, module: str, name: str) -> list[tuple[str, st
     """Model classes a name stands for: the class itself, or those listed in a module-level table of that name."""
     resolved = source.resolve(module, name)
     if resolved is not None:
-        return [resolved] if resolved[0].startswith("vllm.model_executor") else []
+        return [resolved] if resolved[0].startswith(MODEL_PACKAGES) else []
     table = source.globals.get((module, name))
     if table is None or not isinstance(table, (ast.Dict, ast.List, ast.Tuple)):
         return []
@@ -369,7 +371,7 @@ def _named_classes(source: Source, module: str, name: str) -> list[tuple[str, st
     for inner in ast.walk(table):
         if isinstance(inner, ast.Name):
             other = source.resolve(module, inner.id)
-            if other is not None and other[0].startswith("vllm.model_executor"):
+            if other is not None and other[0].startswith(MODEL_PACKAGES):
                 found.append(other)
     return found
 
@@ -407,7 +409,10 @@ def registry(source: Source) -> dict[str, tuple[str, str, str]]:
                 except ValueError:
                     continue
                 table = target.strip("_").removesuffix("_MODELS").lower()
-                found.setdefault(arch, (f"vllm.model_executor.models.{spec[0]}", spec[1], table))
+                module = spec[0]  # "llama", or from 0.34 also a full path such as "vllm.models.qwen3_5"
+                if not module.startswith("vllm."):
+                    module = f"vllm.model_executor.models.{module}"
+                found.setdefault(arch, (module, spec[1], table))
     return found
 
 

@@ -61,21 +61,21 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def adapter_problems(config: Mapping[str, Any], max_lora_rank: Any) -> list[VLLMProblem]:
-    missing = [name for name in REQUIRED_FIELDS if name not in config]
-    if missing:
-        return [
-            VLLMProblem(
-                "required_fields",
-                f"the adapter config lacks {', '.join(missing)} (vLLM: 'Missing required configuration fields').",
-                "save the adapter with PEFT (model.save_pretrained) so adapter_config.json is complete.",
-            )
-        ]
+_FEATURES = (
+    ("use_dora", "DoRA (use_dora=True) is not supported by vLLM.", "train with use_dora=False, or merge."),
+    ("lora_bias", "LoRA bias (lora_bias=True) is not supported by vLLM.", "train with lora_bias=False."),
+    ("alora_invocation_tokens", "Activated LoRA (aLoRA) is not supported by vLLM.", "train a plain LoRA."),
+    ("layer_replication", "layer_replication is not supported by vLLM.", "train without layer_replication."),
+    ("use_bdlora", "block-diagonal LoRA (BD-LoRA) is not supported by vLLM.", "train a plain LoRA."),
+    ("use_qalora", "QALoRA (use_qalora=True) is not supported by vLLM.", "train a plain LoRA."),
+)
+
+
+def _rank_problems(r: Any, rank_pattern: Mapping[str, Any], max_lora_rank: Any) -> list[VLLMProblem]:
+    """``PEFTHelper.__post_init__`` (positive ranks) and ``validate_legal`` (max rank <= max_lora_rank)."""
     problems = []
-    r = config["r"]
     if not (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0):
         problems.append(VLLMProblem("rank_positive", f"LoRA rank r={r!r} must be a positive integer.", "set r >= 1."))
-    rank_pattern = config.get("rank_pattern") or {}
     for key, rank in rank_pattern.items():
         if not _positive_int(rank):
             problems.append(
@@ -85,38 +85,6 @@ def adapter_problems(config: Mapping[str, Any], max_lora_rank: Any) -> list[VLLM
                     "use a positive integer rank.",
                 )
             )
-    modules_to_save = config.get("modules_to_save") or []
-    unsupported = [m for m in modules_to_save if m not in SERVABLE_MODULES_TO_SAVE]
-    if unsupported:
-        problems.append(
-            VLLMProblem(
-                "modules_to_save",
-                f"vLLM serves modules_to_save only as ['classifier', 'score']; unsupported: {unsupported}.",
-                "train without modules_to_save (or merge the adapter and serve the merged model).",
-            )
-        )
-    features = (
-        ("use_dora", "DoRA (use_dora=True) is not supported by vLLM.", "train with use_dora=False, or merge."),
-        ("lora_bias", "LoRA bias (lora_bias=True) is not supported by vLLM.", "train with lora_bias=False."),
-        ("alora_invocation_tokens", "Activated LoRA (aLoRA) is not supported by vLLM.", "train a plain LoRA."),
-        ("layer_replication", "layer_replication is not supported by vLLM.", "train without layer_replication."),
-        ("use_bdlora", "block-diagonal LoRA (BD-LoRA) is not supported by vLLM.", "train a plain LoRA."),
-        ("use_qalora", "QALoRA (use_qalora=True) is not supported by vLLM.", "train a plain LoRA."),
-    )
-    for name, message, fix in features:
-        if config.get(name):
-            problems.append(VLLMProblem(name, message, fix))
-    init = config.get("init_lora_weights", True)
-    if isinstance(init, str) and init.lower() not in SUPPORTED_STRING_INITS:
-        problems.append(
-            VLLMProblem(
-                "init_lora_weights",
-                f"init_lora_weights={init!r} (PiSSA, OLoRA, CorDA, LoftQ) changes the base weights when PEFT "
-                "loads the adapter; vLLM does not support it.",
-                "convert it to a regular LoRA with PEFT's path_initial_model_for_weight_conversion, or set "
-                "init_lora_weights=True if the served base model already holds the modified weights.",
-            )
-        )
     ranks = [r, *rank_pattern.values()]
     numeric = [x for x in ranks if isinstance(x, (int, float)) and not isinstance(x, bool)]
     if numeric and isinstance(max_lora_rank, int):
@@ -132,6 +100,51 @@ def adapter_problems(config: Mapping[str, Any], max_lora_rank: Any) -> list[VLLM
                     + f", or train with r <= {max_lora_rank}.",
                 )
             )
+    return problems
+
+
+def _feature_problems(config: Mapping[str, Any]) -> list[VLLMProblem]:
+    """``PEFTHelper._validate_features``: modules_to_save, DoRA, biases, string inits and other PEFT variants."""
+    problems = []
+    unsupported = [m for m in config.get("modules_to_save") or [] if m not in SERVABLE_MODULES_TO_SAVE]
+    if unsupported:
+        problems.append(
+            VLLMProblem(
+                "modules_to_save",
+                f"vLLM serves modules_to_save only as ['classifier', 'score']; unsupported: {unsupported}.",
+                "train without modules_to_save (or merge the adapter and serve the merged model).",
+            )
+        )
+    problems += [VLLMProblem(name, message, fix) for name, message, fix in _FEATURES if config.get(name)]
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower() not in SUPPORTED_STRING_INITS:
+        problems.append(
+            VLLMProblem(
+                "init_lora_weights",
+                f"init_lora_weights={init!r} (PiSSA, OLoRA, CorDA, LoftQ) changes the base weights when PEFT "
+                "loads the adapter; vLLM does not support it.",
+                "convert it to a regular LoRA with PEFT's path_initial_model_for_weight_conversion, or set "
+                "init_lora_weights=True if the served base model already holds the modified weights.",
+            )
+        )
+    return problems
+
+
+def adapter_problems(config: Mapping[str, Any], max_lora_rank: Any) -> list[VLLMProblem]:
+    """Every refusal of vLLM's ``PEFTHelper`` for this adapter config at this ``max_lora_rank``."""
+    missing = [name for name in REQUIRED_FIELDS if name not in config]
+    if missing:
+        return [
+            VLLMProblem(
+                "required_fields",
+                f"the adapter config lacks {', '.join(missing)} (vLLM: 'Missing required configuration fields').",
+                "save the adapter with PEFT (model.save_pretrained) so adapter_config.json is complete.",
+            )
+        ]
+    rank_pattern = config.get("rank_pattern") or {}
+    rank = _rank_problems(config["r"], rank_pattern, max_lora_rank)
+    exceeds = [p for p in rank if p.rule == "rank_exceeds_max_lora_rank"]  # listed after the features, as vLLM
+    problems = [p for p in rank if p not in exceeds] + _feature_problems(config) + exceeds
     if config.get("bias", "none") != "none":
         problems.append(
             VLLMProblem(

@@ -46,20 +46,12 @@ def vllm_lora_memory_bytes(
     ]
     if missing:
         raise ValueError(f"the model config lacks {', '.join(missing)}: give the full config.json of the base model")
-    hidden = int(config_value(text, "hidden_size"))
-    layers = int(config_value(text, "num_hidden_layers"))
-    heads = int(config_value(text, "num_attention_heads"))
-    kv_heads = int(config_value(text, "num_key_value_heads", heads))
-    head_dim = int(config_value(text, "head_dim", hidden // heads))
-    vocab = int(config_value(text, "vocab_size"))
-    q, kv = heads * head_dim, kv_heads * head_dim
-    attention = 4 * hidden + 2 * q + 2 * kv
     is_moe = bool(
         config_value(text, "num_experts")
         or config_value(text, "num_local_experts")
         or config_value(text, "n_routed_experts")
     )
-    qwen_moe = arch is not None and arch.moe and bool(config_value(text, "moe_intermediate_size"))
+    qwen_moe = arch is not None and arch.moe and "models/qwen3_moe.py:" in arch.source
     if is_moe and not qwen_moe:
         names = config_value(config, "architectures", None) or [config_value(config, "model_type", "this model")]
         name = arch.name if arch else names[0]
@@ -67,6 +59,24 @@ def vllm_lora_memory_bytes(
             f"the LoRA memory of {name} is not estimated: the estimate covers dense Llama-style models and "
             "Qwen3-MoE (vLLM's 2-D FusedMoEWithLoRA buffers); other mixture-of-experts layouts differ"
         )
+    per_rank = _decoder_per_rank(text, qwen_moe, arch is not None and arch.fused_phi3)
+    if include_embeddings is None:
+        include_embeddings = arch.embeddings if arch is not None else True
+    if include_embeddings:
+        hidden, vocab = int(config_value(text, "hidden_size")), int(config_value(text, "vocab_size"))
+        per_rank += (vocab + hidden) + (hidden + vocab)
+    return dtype_bytes * max_loras * max_lora_rank * per_rank
+
+
+def _decoder_per_rank(text: Any, qwen_moe: bool, fused_phi3: bool) -> int:
+    """Σ over decoder layers of the LoRA buffer elements per unit of rank (docs/theory.md §5)."""
+    hidden = int(config_value(text, "hidden_size"))
+    layers = int(config_value(text, "num_hidden_layers"))
+    heads = int(config_value(text, "num_attention_heads"))
+    kv_heads = int(config_value(text, "num_key_value_heads", heads))
+    head_dim = int(config_value(text, "head_dim", hidden // heads))
+    q, kv = heads * head_dim, kv_heads * head_dim
+    attention = 4 * hidden + 2 * q + 2 * kv
     if qwen_moe:
         experts = int(config_value(text, "num_experts"))
         moe_intermediate = int(config_value(text, "moe_intermediate_size"))
@@ -74,14 +84,9 @@ def vllm_lora_memory_bytes(
         per_rank = sparse * (attention + (hidden + experts) + 3 * experts * (hidden + moe_intermediate))
         if dense:
             per_rank += dense * (attention + 3 * hidden + 3 * int(config_value(text, "intermediate_size")))
-    else:
-        intermediate = int(config_value(text, "intermediate_size"))
-        mlp = 3 * hidden + 3 * intermediate  # two-slice gate_up 2H + 2I, down_proj I + H
-        if arch is not None and arch.fused_phi3:  # single-slice qkv (H + Q + 2KV) and gate_up (H + 2I)
-            attention, mlp = attention - 2 * hidden, mlp - hidden
-        per_rank = layers * (attention + mlp)
-    if include_embeddings is None:
-        include_embeddings = arch.embeddings if arch is not None else True
-    if include_embeddings:
-        per_rank += (vocab + hidden) + (hidden + vocab)
-    return dtype_bytes * max_loras * max_lora_rank * per_rank
+        return per_rank
+    intermediate = int(config_value(text, "intermediate_size"))
+    mlp = 3 * hidden + 3 * intermediate  # two-slice gate_up 2H + 2I, down_proj I + H
+    if fused_phi3:  # single-slice qkv (H + Q + 2KV) and gate_up (H + 2I)
+        attention, mlp = attention - 2 * hidden, mlp - hidden
+    return layers * (attention + mlp)
