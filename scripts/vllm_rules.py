@@ -464,8 +464,10 @@ def extract(wheel_path: Path) -> dict[str, Any]:
     layers = Layers(source)
     architectures = {}
     for arch, (module, name, table) in sorted(registry(source).items()):
-        if (module, name) in source.classes:
-            architectures[arch] = {**architecture_rules(source, layers, (module, name)), "registry_table": table}
+        # defined in that module, or imported there (0.34's vllm/models/<name>/__init__.py picks an implementation)
+        key = source.resolve(module, name) if module in source.trees else None
+        if key is not None:
+            architectures[arch] = {**architecture_rules(source, layers, key), "registry_table": table}
     return {"vllm_version": version, "wheel": wheel_path.name, "architectures": architectures}
 
 
