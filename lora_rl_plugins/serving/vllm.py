@@ -44,6 +44,7 @@ from .architectures import (
     VLLM_ARCHITECTURES,
     VLLMArchitecture,
     architecture_problems,
+    lora_support_problem,
     resolve_vllm_version,
     vllm_architecture,
 )
@@ -162,6 +163,9 @@ def vllm_lora_verdict(
         note = f"vLLM {version} does not register this base architecture (its module rules are not checked)"
     elif arch is not None and arch.transformers_backend:
         note = f"vLLM {version} serves {arch.name} with its Transformers backend, whose LoRA modules are not listed"
+    if arch is not None and not arch.supports_lora:  # vLLM refuses at engine start: no adapter is read
+        model = config.get("base_model_name_or_path") or str(base)
+        return VLLMVerdict([*problems, lora_support_problem(arch, model)], version, base, True, note)
     if weights is None:
         weights = _saved_weights(lora, problems)
     if weights is None and base is not None and not any(p.rule == "required_fields" for p in problems):
