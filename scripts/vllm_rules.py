@@ -97,7 +97,7 @@ class Source:
         self.globals: dict[tuple[str, str], ast.AST] = {}
         for module, tree in self.trees.items():
             self.imports[module] = _imports(module if module in self.packages else module.rsplit(".", 1)[0], tree)
-            for node in tree.body:
+            for node in _module_statements(tree.body):  # the last assignment wins (else of `if TYPE_CHECKING`)
                 target, value = _assignment(node)
                 if target is not None and value is not None:
                     self.globals[(module, target)] = value
@@ -162,6 +162,18 @@ class Source:
                 if target == attribute:
                     return True, _literal(value, current[0], self)
         return False, None
+
+
+def _module_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Module-level statements, those inside top-level ``if``/``try`` blocks included."""
+    for node in body:
+        if isinstance(node, ast.If):
+            yield from _module_statements(node.body)
+            yield from _module_statements(node.orelse)
+        elif isinstance(node, ast.Try):
+            yield from _module_statements(node.body)
+        else:
+            yield node
 
 
 def _name(node: ast.AST) -> str | None:
