@@ -259,11 +259,16 @@ def _times(value: float | None) -> str:
     return f"{value:,.0f}×" if value >= 1000 else f"{value:.3g}×"
 
 
+#: ``lora-rl check-vllm`` exit codes.
+CHECK_VLLM_EXIT = {"ok": 0, "refused": 1, "bad_input": 2, "partial": 3}
+
+
 def _check_vllm(args: argparse.Namespace) -> int:
-    from .serving.vllm import validate_vllm_lora, vllm_architecture
+    """0: vLLM would load it; 1: it would refuse (the problems); 2: bad input; 3: checked only partly."""
+    from .serving.vllm import vllm_lora_verdict
 
     try:
-        problems = validate_vllm_lora(
+        verdict = vllm_lora_verdict(
             args.path,
             max_lora_rank=args.max_lora_rank,
             max_loras=args.max_loras,
@@ -271,26 +276,26 @@ def _check_vllm(args: argparse.Namespace) -> int:
             lora_dtype=args.lora_dtype,
             model_config=args.model_config,
             enable_mixed_moe_lora_format=args.enable_mixed_moe_lora_format,
+            vllm_version=args.vllm_version,
         )
-        architecture = vllm_architecture(args.model_config) if args.model_config else None
     except (OSError, ValueError, TypeError) as error:
         print(f"cannot check {args.path}: {error}", file=sys.stderr)
-        return 1
-    if args.model_config is None:
-        print("note: without --model-config the base architecture's module rules are not checked", file=sys.stderr)
-    elif architecture is None:
+        return CHECK_VLLM_EXIT["bad_input"]
+    engine = f"vLLM {verdict.vllm_version} (max_lora_rank={args.max_lora_rank}, max_loras={args.max_loras})"
+    if verdict.problems:
+        count = len(verdict.problems)
+        print(f"{engine} would reject {args.path} ({count} problem{'s' * (count != 1)}):")
+        for problem in verdict.problems:
+            print(f"  - {problem}")
+        return CHECK_VLLM_EXIT["refused"]
+    if verdict.status == "partial":
         print(
-            "note: this base architecture is not in the validator's table (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, "
-            "Gemma-2, Gemma-3, Phi-3): its module rules are not checked",
-            file=sys.stderr,
+            f"checked partly: {engine} would accept {args.path}'s config and weights, but the base model's module "
+            f"rules were not checked: {verdict.note}. Pass --model-config (the base model's config.json)."
         )
-    if not problems:
-        print(f"ok: vLLM (max_lora_rank={args.max_lora_rank}, max_loras={args.max_loras}) would load {args.path}")
-        return 0
-    print(f"vLLM would reject {args.path} ({len(problems)} problem{'s' * (len(problems) != 1)}):")
-    for problem in problems:
-        print(f"  - {problem}")
-    return 1
+        return CHECK_VLLM_EXIT["partial"]
+    print(f"ok: {engine} would load {args.path} (base model: {verdict.model_config})")
+    return CHECK_VLLM_EXIT["ok"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     rank.set_defaults(handler=_rank, parser=rank)
 
     check = commands.add_parser(
-        "check-vllm", help="would vLLM load this adapter? exit 0 if yes, 1 with the problems", epilog=EXIT_CODES
+        "check-vllm",
+        help="would vLLM load this adapter? exit 0 yes, 1 no (the problems), 2 bad input, 3 checked partly "
+        "(base model not found: pass --model-config)",
+        epilog=EXIT_CODES,
     )
     check.add_argument("path", type=_existing_path, help="adapter directory or adapter_config.json")
     check.add_argument(
@@ -404,7 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="vLLM's lora_dtype: auto (the model's dtype), float16 or bfloat16 (default auto)",
     )
-    check.add_argument("--model-config", help="the base model's config.json (or its directory): its vLLM module rules")
+    check.add_argument(
+        "--model-config",
+        help="the base model's config.json (or its directory): its vLLM module rules (default: the adapter's "
+        "base_model_name_or_path, a local directory or the Hugging Face cache)",
+    )
+    check.add_argument(
+        "--vllm-version",
+        default=None,
+        help="the vLLM release whose rules apply (0.32, 0.33, 0.34; default: the installed vLLM's, else the newest)",
+    )
     check.add_argument(
         "--enable-mixed-moe-lora-format",
         action="store_true",

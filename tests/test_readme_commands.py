@@ -170,6 +170,7 @@ def test_check_vllm(tmp_path) -> None:
 
     base = build_tiny_model()
     base.config.save_pretrained(tmp_path / "base")  # a Qwen2 config: vLLM's Qwen2 module rules apply
+    base.name_or_path = str(tmp_path / "base")  # adapter_config.json's base_model_name_or_path: found without asking
     adapter = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     adapter.save_pretrained(tmp_path / "runs" / "adapter")  # adapter_config.json + adapter_model.safetensors
     assert "ok: vLLM" in run("lora-rl check-vllm runs/adapter --max-lora-rank 16", tmp_path)

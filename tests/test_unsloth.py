@@ -99,3 +99,67 @@ def test_unsloth_get_peft_model_on_gpu(tmp_path) -> None:
         get_peft_model(model, r=32)
     model = get_peft_model(model, r="auto", plan=RunPlan(episodes=10_000, reward_levels=2))
     assert model.peft_config["default"].r <= 16
+
+
+def _tiny_moe():
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}
+    experts = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+    config = AutoConfig.for_model("qwen3_moe", **sizes, head_dim=8, intermediate_size=64, vocab_size=96, **experts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AutoModelForCausalLM.from_config(config)
+
+
+def test_moe_config_is_what_unsloth_and_peft_build() -> None:
+    """Unsloth's get_peft_model on an MoE model adds target_parameters on the fused experts; real PEFT then
+    sets rank_pattern {".*\\.gate_up_proj": 2r}: the config checked here equals the one PEFT builds."""
+    pytest.importorskip("peft")
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    model = _tiny_moe()
+    config = unsloth_lora_config(16, model=model)
+    assert config["target_parameters"] == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    # what Unsloth hands PEFT (llama.py: LoraConfig(target_modules=..., target_parameters=...)), built by real PEFT
+    handed = {k: v for k, v in config.items() if k not in ("rank_pattern", "alpha_pattern")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = get_peft_model(model, LoraConfig(**handed)).peft_config["default"]
+    assert dict(built.rank_pattern) == config["rank_pattern"] == {r".*\.gate_up_proj": 32}
+    assert dict(built.alpha_pattern) == config["alpha_pattern"] == {r".*\.gate_up_proj": 32}
+    # attention-only targets reach no expert: nothing added, as Unsloth
+    attention = unsloth_lora_config(16, model=_tiny_moe(), target_modules=["q_proj", "v_proj"])
+    assert "target_parameters" not in attention and "rank_pattern" not in attention
+
+
+def test_moe_drop_in_refuses_rank_32_before_unsloth_is_imported(monkeypatch) -> None:
+    """Issue 19: get_peft_model(model, r=16) on an MoE model at engine max_lora_rank=16: vLLM refuses "LoRA rank
+    32 is greater than max_lora_rank 16" (PEFT's gate_up_proj rank 2r); the drop-in refuses it first."""
+    import sys
+    from types import SimpleNamespace
+
+    pytest.importorskip("peft")
+    from lora_rl_plugins.integrations.unsloth import engine_max_lora_rank, get_peft_model
+
+    model = _tiny_moe()
+    # what Unsloth attaches with fast_inference=True: model.vllm_engine (a vllm.LLM), read for its lora_config
+    lora_config = SimpleNamespace(max_lora_rank=16)
+    model.vllm_engine = SimpleNamespace(
+        llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(lora_config=lora_config))
+    )
+    assert engine_max_lora_rank(model) == 16
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    with pytest.raises(VLLMLoRAError) as raised:
+        get_peft_model(model, r=16)
+    assert "LoRA rank 32 (rank_pattern) is greater than max_lora_rank 16" in str(raised.value)
+    assert "max_lora_rank=32" in str(raised.value)  # Unsloth advice: load with max_lora_rank=32
+    assert "unsloth" not in sys.modules  # refused before Unsloth is imported
+    # a dense model at r=16 fits the same engine (the check passes; then Unsloth itself would be imported)
+    config = unsloth_lora_config(16, model=_tiny_moe().model.layers[0])  # no config attribute: nothing added
+    assert "rank_pattern" not in config
+    check_unsloth_lora(config, engine_max_lora_rank=16)

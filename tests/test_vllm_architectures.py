@@ -89,7 +89,9 @@ def test_gemma2_embed_tokens_and_architecture_lookup(tmp_path) -> None:
     assert vllm_architecture({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}).name == (
         "MistralForCausalLM"
     )
-    assert vllm_architecture({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}) is None
+    # issue 19: GPT-2 is registered by vLLM, without LoRA support (it was "outside the table" before)
+    assert vllm_architecture({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}).supports_lora is False
+    assert vllm_architecture({"architectures": ["NoSuchModelForCausalLM"]}) is None
 
 
 def test_phi3_unfused_names_are_refused() -> None:
@@ -231,8 +233,8 @@ def test_cli_check_vllm_with_model_config(tmp_path, capsys) -> None:
     from lora_rl_plugins.cli import main
 
     adapter, base, _ = _save(tmp_path, "gemma2", "head", target_modules=["q_proj", "lm_head"])
-    assert main(["check-vllm", str(adapter), "--max-lora-rank", "8"]) == 0
-    assert "module rules are not checked" in capsys.readouterr().err
+    assert main(["check-vllm", str(adapter), "--max-lora-rank", "8"]) == 3  # no base model named
+    assert "the base model's module rules were not checked" in capsys.readouterr().out
     assert main(["check-vllm", str(adapter), "--max-lora-rank", "8", "--model-config", str(base)]) == 1
     assert "but received ['lm_head']" in capsys.readouterr().out
 
@@ -261,3 +263,169 @@ def test_config_only_with_base_model_builds_the_adapter_on_meta() -> None:
     (problem,) = validate_vllm_lora(config, max_lora_rank=8, model_config=gemma)
     assert "but received ['lm_head']" in str(problem)
     assert validate_vllm_lora(config, max_lora_rank=8, model_config={"model_type": "qwen3", **SMALL}) == []
+
+
+# ---------------------------------------------------------------- issue 19: rules for every architecture, per release
+NEMOTRON_H = {
+    "layers_block_type": ["moe", "attention"],
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 16,
+    "moe_shared_expert_intermediate_size": 16,
+    "n_group": 1,
+    "topk_group": 1,
+    "mamba_num_heads": 4,
+    "mamba_head_dim": 8,
+    "ssm_state_size": 8,
+    "n_groups": 1,
+    "num_hidden_layers": 2,
+}
+
+
+def _save_with_base(tmp_path, model_type: str, name: str, extra=None, **lora):
+    """A tiny base model saved in full (config.json: its architectures) and a real PEFT adapter whose
+    adapter_config.json names it in base_model_name_or_path: the validator finds the base without being told."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, **{**SMALL, **(extra or {})})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(tmp_path / f"{name}_base")
+        model.name_or_path = str(tmp_path / f"{name}_base")
+        get_peft_model(model, LoraConfig(r=4, lora_alpha=8, **lora)).save_pretrained(tmp_path / name)
+    assert json.loads((tmp_path / name / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return tmp_path / name, tmp_path / f"{name}_base"
+
+
+def test_qwen2_lm_head_refused_without_model_config(tmp_path, capsys) -> None:
+    """Issue 19 item 2: the base is read from adapter_config.json; vLLM's Qwen2 has no LoRA on lm_head."""
+    from lora_rl_plugins.cli import main
+    from lora_rl_plugins.serving.vllm import vllm_lora_verdict
+
+    adapter, base = _save_with_base(tmp_path, "qwen2", "head", target_modules=["q_proj", "lm_head"])
+    for version in ("0.32.0", "0.33.0", "0.34.0"):
+        verdict = vllm_lora_verdict(adapter, max_lora_rank=8, vllm_version=version)
+        assert verdict.status == "refused" and verdict.module_rules_checked
+        (problem,) = verdict.problems
+        assert "expected target modules in {" in str(problem) and "but received ['lm_head']" in str(problem)
+    assert main(["check-vllm", str(adapter), "--max-lora-rank", "8"]) == 1
+    assert "but received ['lm_head']" in capsys.readouterr().out
+    adapter, base = _save_with_base(tmp_path, "qwen2", "attn", target_modules=["q_proj", "v_proj"])
+    assert main(["check-vllm", str(adapter), "--max-lora-rank", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: vLLM 0.34.0") and f"base model: {base / 'config.json'}" in out
+
+
+def test_base_model_found_in_the_hugging_face_cache_offline(tmp_path) -> None:
+    """base_model_name_or_path = a Hub id: read from the local Hugging Face cache, no network (HF_HUB_OFFLINE=1)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    adapter, base = _save_with_base(tmp_path, "qwen2", "hub", target_modules=["q_proj", "lm_head"])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "tiny-org/tiny-qwen2"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-qwen2"  # huggingface_hub's cache layout
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text((base / "config.json").read_text())
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    argv = [sys.executable, "-m", "lora_rl_plugins.cli", "check-vllm", str(adapter), "--max-lora-rank", "8"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "but received ['lm_head']" in done.stdout
+    env["HF_HUB_CACHE"] = str(tmp_path / "empty")  # not in the cache: checked partly, exit 3, never a plain "ok"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith("checked partly:") and "tiny-org/tiny-qwen2" in done.stdout
+
+
+def test_architecture_without_lora_refused_in_vllms_words(tmp_path) -> None:
+    """GPT-2 is registered by vLLM but does not implement SupportsLoRA (gpt2.py:GPT2LMHeadModel)."""
+    adapter, base = _save_with_base(
+        tmp_path, "gpt2", "gpt2", extra={"n_embd": 32, "n_layer": 1, "n_head": 4}, target_modules=["c_attn"]
+    )
+    (problem,) = validate_vllm_lora(adapter, max_lora_rank=8, vllm_version="0.34.0")
+    assert problem.rule == "architecture_lora"
+    assert str(problem).startswith(
+        f"LoRA is not supported for GPT2LMHeadModel ({base}). Supported models implement the `SupportsLoRA` "
+        "interface. Run this model without `enable_lora`."
+    )
+    (problem,) = validate_vllm_lora(adapter, max_lora_rank=8, vllm_version="0.32.0")  # refused at model load
+    assert str(problem).startswith("GPT2LMHeadModel does not support LoRA yet.")
+
+
+def test_nemotron_h_3d_experts_refused_by_the_2d_wrapper(tmp_path) -> None:
+    """Issue 19 item 1: NemotronH's routed experts through target_parameters are 3-D LoRA tensors; vLLM's
+    NemotronH (is_3d_moe_weight False) wraps its experts with the 2-D FusedMoEWithLoRA and refuses them."""
+    adapter, base = _save_with_base(
+        tmp_path,
+        "nemotron_h",
+        "nh",
+        extra=NEMOTRON_H,
+        target_modules=["q_proj", "v_proj"],
+        target_parameters=["mixer.experts.up_proj", "mixer.experts.down_proj"],
+    )
+    for version in ("0.32.0", "0.34.0"):
+        assert _rules(validate_vllm_lora(adapter, max_lora_rank=8, vllm_version=version)) == ["moe_3d_weights"]
+    assert validate_vllm_lora(adapter, max_lora_rank=8, enable_mixed_moe_lora_format=True) == []
+    # attention and the dense shared experts of NemotronH load (qkv_proj packs q/k/v; up_proj/down_proj wrapped)
+    adapter, base = _save_with_base(
+        tmp_path,
+        "nemotron_h",
+        "nh_dense",
+        extra=NEMOTRON_H,
+        target_modules=["q_proj", "o_proj", "up_proj", "down_proj"],
+    )
+    assert validate_vllm_lora(adapter, max_lora_rank=8) == []
+    arch = vllm_architecture(base)
+    assert arch.moe and not arch.is_3d_moe_weight and arch.is_non_gated_moe and arch.embeddings
+
+
+def test_opt_outside_the_old_table_follows_vllms_model_file(tmp_path) -> None:
+    """OPT: vLLM wraps qkv_proj (packed q/k/v), out_proj, fc1, fc2; no LoRA on lm_head (no embedding_modules)."""
+    extra = {"ffn_dim": 64, "word_embed_proj_dim": 32, "max_position_embeddings": 64}
+    adapter, _ = _save_with_base(tmp_path, "opt", "opt", extra=extra, target_modules="all-linear")
+    assert validate_vllm_lora(adapter, max_lora_rank=8) == []
+    adapter, _ = _save_with_base(tmp_path, "opt", "opt_head", extra=extra, target_modules=["q_proj", "lm_head"])
+    (problem,) = validate_vllm_lora(adapter, max_lora_rank=8)
+    assert "but received ['lm_head']" in str(problem) and "OPTForCausalLM" in problem.fix
+
+
+def test_unwrapped_layer_refused_from_vllm_034() -> None:
+    """0.34 refuses LoRA on a layer named like a LoRA layer that vLLM does not wrap ("<module> (not a LoRA
+    layer)", model_manager.py:_create_lora_modules); 0.32 and 0.33 load the adapter and ignore that LoRA.
+    vLLM's RobertaModel wraps ``dense`` layers (RowParallelLinear) but its pooler's ``dense`` is an nn.Linear."""
+    config = {"architectures": ["RobertaModel"], "model_type": "roberta", "vocab_size": 96}
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value", "dense"]}
+    weights = {
+        f"base_model.model.roberta.{module}.lora_{ab}.weight": (4, 32)  # vLLM maps roberta. -> model.
+        for module in ("encoder.layer.0.attention.self.query", "encoder.layer.0.output.dense", "pooler.dense")
+        for ab in "AB"
+    }
+
+    def check(version: str) -> list:
+        return validate_vllm_lora(lora, max_lora_rank=8, model_config=config, weights=weights, vllm_version=version)
+
+    assert check("0.32.0") == check("0.33.0") == []
+    (problem,) = check("0.34.0")
+    assert "but received ['model.pooler.dense (not a LoRA layer)']" in str(problem)
+
+
+def test_vllm_version_choice() -> None:
+    from lora_rl_plugins.serving.architectures import SUPPORTED_VLLM_VERSIONS, resolve_vllm_version
+
+    assert SUPPORTED_VLLM_VERSIONS == ("0.32.0", "0.33.0", "0.34.0")
+    assert resolve_vllm_version("0.33.1") == "0.33.0"  # a patch release uses its minor's rules
+    with pytest.raises(ValueError, match=r"no LoRA rules for vLLM 0.31.0: the supported versions are 0.32.0, 0.33.0"):
+        validate_vllm_lora(
+            {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}, max_lora_rank=8, vllm_version="0.31.0"
+        )

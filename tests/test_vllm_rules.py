@@ -182,11 +182,142 @@ def test_cli_check_vllm_exit_codes(tmp_path, capsys) -> None:
     from lora_rl_plugins.cli import main
 
     (tmp_path / "adapter_config.json").write_text(json.dumps(adapter(r=32)))
-    assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "32"]) == 0
-    assert "ok: vLLM" in capsys.readouterr().out
+    # no base model named: the config passes, the module rules are not checked -> 3, never a plain "ok"
+    assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "32"]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("checked partly:") and "Pass --model-config" in out and "ok" not in out.split()[0]
     assert main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "16"]) == 1
     out = capsys.readouterr().out
     assert "LoRA rank 32 (r) is greater than max_lora_rank 16" in out
     with pytest.raises(SystemExit) as exited:  # bad input (exit 2), not vLLM's "no" (exit 1)
         main(["check-vllm", str(tmp_path / "missing"), "--max-lora-rank", "16"])
     assert exited.value.code == 2 and "missing does not exist" in capsys.readouterr().err
+    assert (
+        main(["check-vllm", str(tmp_path / "adapter_config.json"), "--max-lora-rank", "32", "--vllm-version", "0.9"])
+        == 2
+    )
+    assert "the supported versions are 0.32.0, 0.33.0, 0.34.0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- issue 19: the rules read out of vLLM's wheels
+def _fake_wheel(path, files: dict[str, str], version: str = "9.9.0"):
+    """A zip laid out like a vLLM wheel: what scripts/vllm_rules.py reads, nothing of vLLM's code."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"vllm-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return path
+
+
+FAKE_MODELS = {
+    "vllm/model_executor/layers/linear.py": """
+class LinearBase: ...
+class ColumnParallelLinear(LinearBase): ...
+class QKVParallelLinear(ColumnParallelLinear): ...
+class RowParallelLinear(LinearBase): ...
+""",
+    "vllm/model_executor/models/interfaces.py": "class SupportsLoRA: supports_lora = True\n",
+    "vllm/model_executor/models/registry.py": """
+_TEXT_GENERATION_MODELS = {
+    "ToyForCausalLM": ("toy", "ToyForCausalLM"),
+    "ToyNoLoRAForCausalLM": ("toy", "ToyNoLoRA"),
+    "ToyChildForCausalLM": ("toy", "ToyChild"),
+}
+""",
+    "vllm/model_executor/models/toy.py": """
+from torch import nn
+from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
+from .interfaces import SupportsLoRA
+
+LAYERS = {"attention": None}
+
+class ToyAttention(nn.Module):
+    def __init__(self):
+        self.qkv_proj = QKVParallelLinear()
+        self.o_proj = RowParallelLinear()
+        self.dense = nn.Linear(2, 2)
+
+class ToyPooler(nn.Module):
+    def __init__(self):
+        self.dense = nn.Linear(2, 2)
+
+class ToyBlock(nn.Module):
+    def __init__(self):
+        self.attn = ToyAttention()
+        self.other = RowParallelLinear()
+        self.dense = RowParallelLinear()
+
+class ToyModel(nn.Module):
+    def __init__(self):
+        self.layers = nn.ModuleList([ToyBlock() for _ in range(2)])
+        self.pooler = ToyPooler()
+
+class ToyForCausalLM(nn.Module, SupportsLoRA):
+    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    embedding_modules = {"embed_tokens": "input_embeddings", "lm_head": "output_embeddings"}
+    def __init__(self):
+        self.model = ToyModel()
+
+class ToyNoLoRA(nn.Module):
+    def __init__(self):
+        self.model = ToyModel()
+
+class ToyChild(ToyForCausalLM):
+    embedding_modules = {}
+""",
+}
+
+
+def test_extractor_reads_a_wheel_as_vllm_decides(tmp_path) -> None:
+    """scripts/vllm_rules.py on a wheel-shaped zip: LoRA support from SupportsLoRA, wrapped modules from
+    LinearBase subclasses reached from the class, embedding_modules (a subclass's override wins), packing,
+    and a layer named like a wrapped one but of another type (nn.Linear) listed as not wrapped."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("vllm_rules", Path(__file__).parents[1] / "scripts/vllm_rules.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    wheel = _fake_wheel(tmp_path / "vllm-9.9.0-py3-none-any.whl", FAKE_MODELS)
+    assert script.main([str(wheel), "--out", str(tmp_path / "rules.json")]) == 0
+    data = json.loads((tmp_path / "rules.json").read_text())
+    assert data["vllm_version"] == "9.9.0"
+    toy = data["architectures"]["ToyForCausalLM"]
+    assert toy["supports_lora"] is True and toy["moe"] is False
+    assert toy["lora_modules"] == ["dense", "embed_tokens", "lm_head", "o_proj", "other", "qkv_proj"]
+    assert toy["packed_modules_mapping"] == {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    assert toy["unwrapped_modules"] == ["attn.dense", "pooler.dense"]
+    assert data["architectures"]["ToyNoLoRAForCausalLM"] == {
+        "class": "toy.ToyNoLoRA",
+        "supports_lora": False,
+        "registry_table": "text_generation",
+    }
+    child = data["architectures"]["ToyChildForCausalLM"]
+    assert child["embedding_modules"] == {} and "lm_head" not in child["lora_modules"]
+
+
+def test_shipped_rules_agree_with_the_hand_read_table() -> None:
+    """The data read out of the wheels equals what was read by hand from vLLM 0.33's model files before
+    (issue 13): embedding_modules of Llama/Qwen3/Qwen3-MoE/Phi-3 only, Phi-3's fused names, Qwen3-MoE's 2-D experts."""
+    from lora_rl_plugins.serving.architectures import SUPPORTED_VLLM_VERSIONS, VLLMArchitecture, vllm_architecture
+
+    dense = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    for version in SUPPORTED_VLLM_VERSIONS:
+
+        def arch(name: str, version: str = version) -> VLLMArchitecture:
+            found = vllm_architecture({"architectures": [name]}, version)
+            assert found is not None and found.supports_lora, name
+            return found
+
+        for name in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
+            assert arch(name).modules == dense | {"embed_tokens", "lm_head"} and arch(name).embeddings
+        for name in ("MistralForCausalLM", "Qwen2ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"):
+            assert dense <= arch(name).modules and not arch(name).embeddings, name
+        phi3 = arch("Phi3ForCausalLM")
+        assert phi3.fused_phi3 and {"qkv_proj", "gate_up_proj"} <= phi3.modules and phi3.embeddings
+        moe = arch("Qwen3MoeForCausalLM")
+        assert moe.moe and not moe.is_3d_moe_weight and moe.embeddings and {"gate", "experts"} <= moe.modules
+        assert arch("GptOssForCausalLM").is_3d_moe_weight
+        assert not vllm_architecture({"architectures": ["GPT2LMHeadModel"]}, version).supports_lora

@@ -10,8 +10,10 @@
 A drop-in for ``FastLanguageModel.get_peft_model``: the same arguments, plus ``r="auto"``
 (``lora_rl_plugins.select_rank`` over the modules Unsloth will adapt) and, when the model was loaded
 with ``fast_inference=True``, the whole LoRA config checked against the engine's ``max_lora_rank``
-(as Unsloth rounded it) before vLLM sees it. Unsloth needs a GPU; everything that does not need
-Unsloth itself lives in ``lora_rl_plugins.serving.unsloth`` and runs anywhere.
+(as Unsloth rounded it) before vLLM sees it, as Unsloth will build it (on a mixture-of-experts
+model: ``target_parameters`` on the fused experts, which PEFT gives ``gate_up_proj`` rank 2r).
+Unsloth needs a GPU; everything that does not need Unsloth itself lives in
+``lora_rl_plugins.serving.unsloth`` and runs anywhere.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def get_peft_model(
     elif not isinstance(r, int) or isinstance(r, bool):
         raise TypeError(f'r must be a positive integer or "auto", got {r!r}')
     if engine_rank is not None:
-        check_unsloth_lora(unsloth_lora_config(r, **kwargs), engine_max_lora_rank=engine_rank)
+        # the config Unsloth will build, MoE expert target_parameters and PEFT's fused rank_pattern included
+        check_unsloth_lora(unsloth_lora_config(r, model=model, **kwargs), engine_max_lora_rank=engine_rank)
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.get_peft_model(model, r=r, **kwargs)
