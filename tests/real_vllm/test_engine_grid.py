@@ -41,32 +41,10 @@ Case = tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]
 #: (instead of comparing greedy tokens).
 NO_CPU_GENERATION = {"MixtralForCausalLM", "Qwen3MoeForCausalLM"}
 
-#: Cases where the library's verdict differs from vLLM 0.32's today (strict: an agreement fails until removed).
-#: Found here (issue 19): the fixes are the vLLM rules' (lora_rl_plugins/serving/), each entry goes with its fix.
-_BASE_NOT_READ = "without model_config the library does not read the base named in adapter_config.json: verdict ok; "
-_EXPERTS_DROPPED = (
-    "verdict ok; vLLM 0.32 loads the adapter and silently drops its expert LoRA: PEFT saves it under "
-    "mlp.experts (transformers 5 names), vLLM's Mixtral layer is block_sparse_moe.experts"
-)
-KNOWN_MISMATCHES = {
-    "GPT2LMHeadModel-max_lora_rank8-r8-target_modulesc_attn": (
-        "architecture outside the library's table: verdict ok; vLLM: 'GPT2LMHeadModel does not support LoRA yet.'"
-    ),
-    "Qwen2-max_lora_rank16-r8-target_moduleslm_head": _BASE_NOT_READ + "vLLM: 'expected target modules in {...}'",
-    "Qwen2-max_lora_rank16-r8-target_modulesembed_tokensq_projv_proj": (
-        _BASE_NOT_READ + "vLLM: 'expected target modules in {...}'"
-    ),
-    "Mixtral-max_lora_rank16-r8-target_modulesq_proj-target_parametersexperts.down_proj": _EXPERTS_DROPPED,
-    "Mixtral-max_lora_rank16-r8-target_modules-target_parametersexperts.gate_up_projexperts.down_proj": (
-        _EXPERTS_DROPPED
-    ),
-    "Qwen3Moe-max_lora_rank16-r8-target_modulesq_proj-target_parametersexperts.down_proj": (
-        _BASE_NOT_READ + "vLLM: 'contains fused 3D MoE weights ... 2D MoE LoRA wrapper'"
-    ),
-    "Qwen3Moe-max_lora_rank16-r8-target_modules-target_parametersexperts.gate_up_projexperts.down_proj": (
-        _BASE_NOT_READ + "vLLM: 'contains fused 3D MoE weights ... 2D MoE LoRA wrapper'"
-    ),
-}
+#: Cases where the library's verdict differs from vLLM 0.32's (strict: an agreement fails until removed). Empty:
+#: the seven found here (issue 19: GPT-2 without LoRA support, the base named in adapter_config.json not read,
+#: Mixtral's and Qwen3-MoE's expert LoRA) are fixed in lora_rl_plugins/serving/.
+KNOWN_MISMATCHES: dict[str, str] = {}
 
 
 def _ranks() -> list[Case]:
