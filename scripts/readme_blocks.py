@@ -355,16 +355,6 @@ VALUES: tuple[Value, ...] = (
         from_json("informative_sampling", lambda d: _skipped_range(d, "pairs")),
     ),
     Value(
-        "overhead.bandwidth_share",
-        "bench-overhead",
-        from_json("overhead", lambda d: _overhead_share(d, "bandwidth only")),
-    ),
-    Value(
-        "overhead.all_share",
-        "bench-overhead",
-        from_json("overhead", lambda d: _overhead_share(d, "all plugins")),
-    ),
-    Value(
         "throughput.rollouts_min",
         "bench-throughput",
         from_json("throughput", lambda d: f"{min(int(k) * v for k, v in d['groups_per_second'].items()):,.0f}"),
