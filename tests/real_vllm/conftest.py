@@ -114,7 +114,11 @@ class Engines:
             self.close()
             from vllm import LLM
 
-            self.llm = LLM(str(model_dir), **{**ENGINE_ARGS, **settings})
+            try:
+                self.llm = LLM(str(model_dir), **{**ENGINE_ARGS, **settings})
+            except Exception:
+                _reset_parallel_state()  # an engine that failed to start leaves it half set up
+                raise
             self.key = key
             self.started += 1
         return self.llm
@@ -128,6 +132,16 @@ class Engines:
             core.shutdown()
         self.llm = self.key = None
         gc.collect()
+        _reset_parallel_state()
+
+
+def _reset_parallel_state() -> None:
+    """Tear down vLLM's process groups, so that the next engine in this process sets up its own (an MoE engine
+    after a failed dense one otherwise finds no expert-parallel group)."""
+    from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+    destroy_model_parallel()
+    destroy_distributed_environment()
 
 
 _ENGINES = Engines()
