@@ -51,7 +51,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import machine, markdown_table
+from .common import machine, markdown_table, stamp
+
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+MEASURES = (
+    "lora_rl_plugins",
+    ":(exclude)lora_rl_plugins/report",
+    ":(exclude)lora_rl_plugins/cli.py",
+    "benchmarks/common.py",
+    "benchmarks/rank_sweep.py",
+)
 
 FULL = {"ranks": "1,4,16,64", "seeds": "0,1,2", "steps": 60}
 QUICK = {"ranks": "1,16", "seeds": "0", "steps": 8}
@@ -496,7 +505,8 @@ def _write(record: dict[str, Any], ranks: list[int], out: Path) -> None:
     record["kl_free_vs_beta"] = compare_beta(record["runs"])
     record["markdown"] = tables(record["summary"], record["kl_free_vs_beta"])
     record["figure"] = str(out.with_suffix(".png")) if figure(record["runs"], out.with_suffix(".png")) else None
-    out.write_text(json.dumps(record, indent=2, default=str))
+    record["stamp"] = stamp("rank_sweep", MEASURES)
+    out.write_text(json.dumps({"stamp": record.pop("stamp"), **record}, indent=2, default=str))
 
 
 if __name__ == "__main__":

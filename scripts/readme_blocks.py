@@ -180,7 +180,7 @@ def last_postfix(run: Run) -> str:
 # Benchmark tables
 
 
-BENCHMARKS = ("informative_sampling", "overhead", "throughput", "kl_memory", "kl_free")
+BENCHMARKS = ("informative_sampling", "overhead", "throughput", "kl_memory", "kl_free", "rank_sweep")
 
 
 def load_result(name: str) -> dict[str, Any]:
