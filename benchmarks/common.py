@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import multiprocessing
 import os
@@ -57,13 +58,17 @@ def machine() -> str:
     )
 
 
-def _timed(function: Any, total: list[float]) -> Any:
+def _timed(function: Any, total: list[float], sign: int = 1) -> Any:
+    """``function``, adding (``sign=-1``: subtracting) the seconds spent in it to ``total[0]``; its signature
+    kept (the callback checks the trainer methods it wraps)."""
+
+    @functools.wraps(function)
     def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
-            total[0] += time.perf_counter() - started
+            total[0] += sign * (time.perf_counter() - started)
 
     return timed
 
@@ -121,10 +126,16 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     callback_seconds = [0.0]
     timings: list[dict[str, float]] = []  # the host's plugins/<name>/ms_per_step at each collection
     if spec.get("callback"):
-        callback = LoraRLCallback(trainer, load_entry_points=False, **spec.get("callback_options", {}))
         # Time everything the callback does per step, the integration's own work included: its trainer
-        # hooks and what its wrappers around _calculate_rewards / _generate_and_score_completions add.
-        for name in ("on_step_end", "on_log", "_rollouts_scored", "_policy_sampled"):
+        # hooks and what its wrappers around _calculate_rewards / _generate_and_score_completions add (the
+        # time inside the wrapper less the time inside the trainer's own method it wraps).
+        wrapped = ("_calculate_rewards", "_generate_and_score_completions")
+        for name in wrapped:
+            setattr(trainer, name, _timed(getattr(trainer, name), callback_seconds, sign=-1))
+        callback = LoraRLCallback(trainer, load_entry_points=False, **spec.get("callback_options", {}))
+        for name in wrapped:
+            setattr(trainer, name, _timed(getattr(trainer, name), callback_seconds))
+        for name in ("on_step_end", "on_log"):
             setattr(callback, name, _timed(getattr(callback, name), callback_seconds))
         # The per-plugin timings are detail metrics (run log, not TRL's log history): read them where the host
         # hands them out.

@@ -38,10 +38,20 @@ from typing import Any, TextIO
 
 from ..plugin.metrics import MetricInfo
 
-__all__ = ["RUN_LOG_NAME", "RunLogWriter", "describe_record", "match_metric", "read_description", "split_detail"]
+__all__ = [
+    "RUN_LOG_NAME",
+    "MetricMatcher",
+    "RunLogWriter",
+    "describe_record",
+    "match_metric",
+    "read_description",
+    "split_detail",
+]
 
 RUN_LOG_NAME = "lora_rl_metrics.jsonl"
 SOURCE = "lora_rl_plugins"
+#: One encoder for every line (``json.dumps`` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 #: The ``name`` of a description line (no metric is named so).
 DESCRIPTION = "lora_rl_plugins/description"
 
@@ -71,14 +81,37 @@ def match_metric(name: str, infos: Mapping[str, MetricInfo]) -> MetricInfo | Non
     return None
 
 
+class MetricMatcher:
+    """``match_metric`` over fixed ``infos``, each metric name resolved once (a run publishes the same names at
+    every step: no pattern is tried again for them).
+
+    Args:
+        infos: name (or pattern) -> ``MetricInfo``; copied, so later changes to the mapping are not seen.
+    """
+
+    def __init__(self, infos: Mapping[str, MetricInfo]) -> None:
+        self.infos = dict(infos)
+        self._found: dict[str, MetricInfo | None] = {}
+
+    def __call__(self, name: str) -> MetricInfo | None:
+        """``match_metric(name, infos)``."""
+        try:
+            return self._found[name]
+        except KeyError:
+            info = self._found[name] = match_metric(name, self.infos)
+            return info
+
+
 def split_detail(
-    metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]
+    metrics: Mapping[str, float], infos: Mapping[str, MetricInfo] | MetricMatcher
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """(console metrics, detail metrics): a metric is a detail when its ``MetricInfo.detail`` is set."""
+    """(console metrics, detail metrics): a metric is a detail when its ``MetricInfo.detail`` is set.
+    ``infos``: the descriptions, or a ``MetricMatcher`` of them (names already seen are not matched again)."""
+    match = infos if isinstance(infos, MetricMatcher) else MetricMatcher(infos)
     console: dict[str, float] = {}
     detail: dict[str, float] = {}
     for name, value in metrics.items():
-        info = match_metric(name, infos)
+        info = match(name)
         (detail if info is not None and info.detail else console)[name] = value
     return console, detail
 
@@ -142,6 +175,7 @@ class RunLogWriter:
     def __init__(self, directory: str | os.PathLike[str], infos: Mapping[str, MetricInfo], *, source: str) -> None:
         self.path = Path(directory) / RUN_LOG_NAME
         self.infos = dict(infos)
+        self._match = MetricMatcher(self.infos)
         self.source = source
         self._handle: TextIO | None = None
         self._last_step: int | None = None
@@ -179,7 +213,7 @@ class RunLogWriter:
                 value = value.item()
             if isinstance(value, bool) or not isinstance(value, (int, float)) or name in ("step",):
                 continue
-            info = match_metric(name, self.infos)
+            info = self._match(name)
             number = float(value) if math.isfinite(value) else None
             if info is not None and info.reduce == "last":  # a total, a setting, the latest KL measurement:
                 if self._written.get(name, ()) == number:  # written again only when it changes
@@ -196,8 +230,8 @@ class RunLogWriter:
             if info is not None and info.name not in self._described:
                 self._described.add(info.name)
                 described.append(describe_record(info, int(step)))
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        lines += [json.dumps(record, ensure_ascii=False) + "\n" for record in described]
+            lines.append(_ENCODER.encode(record) + "\n")
+        lines += [_ENCODER.encode(record) + "\n" for record in described]
         if lines:
             self._handle.write("".join(lines))  # type: ignore[union-attr]
             self._handle.flush()  # type: ignore[union-attr]

@@ -46,7 +46,7 @@ from ..plugin.events import AdapterSummary, RolloutsScored, RunStarted, StepEnde
 from ..plugin.host import PluginHost
 from ..plugin.metrics import MetricInfo, format_percent
 from .options import PluginOptions
-from .runlog import RunLogWriter, match_metric, split_detail
+from .runlog import MetricMatcher, RunLogWriter, split_detail
 from .translate import policy_sample, rollouts_scored, start_run
 
 __all__ = ["TRAINING_SUMMARY_KEYS", "RunSession", "StepDecision", "format_postfix"]
@@ -120,6 +120,8 @@ class RunSession:
         self._detail: dict[str, float] = {}  # detail metrics since the last log: for the run log only
         self._published: dict[str, float] = {}  # the last value published to the console, per "last" metric
         self._latest: dict[str, float] = {}  # every metric's latest value: the postfix
+        self._match: MetricMatcher | None = None  # match_metric over self.infos (the object _match_of), cached
+        self._match_of: object = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(
@@ -207,10 +209,12 @@ class RunSession:
         metrics = self.host.collect_metrics()
         self._latest.update(metrics)
         console = metrics
+        if self._match is None or self._match_of is not self.infos:  # names resolved once per description set
+            self._match, self._match_of = MetricMatcher(self.infos), self.infos
         if not self.options.host.console_detail:  # per-module norms, timings: the run log only
-            console, detail = split_detail(metrics, self.infos)
+            console, detail = split_detail(metrics, self._match)
             self._detail.update(detail)
-        infos = {name: match_metric(name, self.infos) for name in console}
+        infos = {name: self._match(name) for name in console}
         averaged = {name for name, info in infos.items() if info is not None and info.reduce == "mean"}
         changed = {name for name, value in console.items() if self._published.get(name) != value} - averaged
         groups = {name: info.group for name, info in infos.items() if info is not None and info.group}

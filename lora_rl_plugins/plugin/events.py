@@ -8,6 +8,7 @@ PEFT model.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -105,12 +106,12 @@ class AdapterSummary:
         """Whether the model carries at least one LoRA matrix of this adapter."""
         return bool(self.matrices)
 
-    @property
+    @functools.cached_property  # the summary is frozen: computed once, read at every step
     def trainable_params(self) -> int:
         """Σ_m experts_m · r_m · (d_in,m + d_out,m): the adapter's LoRA parameters (exact)."""
         return sum(m.params for m in self.matrices)
 
-    @property
+    @functools.cached_property  # the summary is frozen: computed once, read at every step
     def params_per_rank(self) -> int | float:
         """Σ_m experts_m · (d_in,m + d_out,m) · r_m / r over the matrices whose rank moves with the adapter's r
         (r_m the matrix's effective rank, r the configured rank): trainable parameters per unit of r.
@@ -121,7 +122,7 @@ class AdapterSummary:
         """
         return _exact(sum((Fraction(m.params_per_rank) for m in self.matrices), Fraction(0)))
 
-    @property
+    @functools.cached_property  # the summary is frozen: computed once, read at every step
     def fixed_params(self) -> int:
         """Parameters of the matrices whose rank does not move with r (``fixed_rank``)."""
         return sum(m.params for m in self.matrices if m.fixed_rank)
