@@ -85,15 +85,21 @@ def policy_sample(
     temperature: float,
     collective: Collective,
     engine_model: Any = None,
+    completion_attention: Any = None,
 ) -> PolicySample:
-    """A ``PolicySample`` from prompt [B, P] and completion [B, C] tensors (ids and masks)."""
+    """A ``PolicySample`` from prompt [B, P] and completion [B, C] tensors (ids and masks).
+
+    ``completion_attention`` [B, C] is the completion's own attention mask where it differs from
+    ``completion_mask`` (tokens attended to but not trained on: a tool's result inside a completion);
+    None: ``completion_mask``."""
     import torch
 
+    attention = completion_mask if completion_attention is None else completion_attention
     return PolicySample(
         step=step,
         model=model,
         input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
-        attention_mask=torch.cat([prompt_mask, completion_mask], dim=1),
+        attention_mask=torch.cat([prompt_mask, attention], dim=1),
         completion_mask=completion_mask,
         temperature=float(temperature),
         collective=collective,

@@ -18,13 +18,15 @@ is ``lora_rl_plugins.bridge.session.RunSession``; generation plumbing is ``integ
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from lora_rl_plugins.bridge.options import PluginOptions, option_documentation
-from lora_rl_plugins.bridge.session import RunSession, StepDecision
+from lora_rl_plugins.bridge.session import RunSession
 from lora_rl_plugins.bridge.trl_contract import check_trainer_class, check_trl_grpo_trainer, grpo_settings
 from lora_rl_plugins.integrations.trl_generation import filter_groups, install_prompt_sampler
 from lora_rl_plugins.kl.kl_free import check_kl_free
@@ -33,7 +35,13 @@ from lora_rl_plugins.plugin.events import RolloutsScored, RunStarted
 from lora_rl_plugins.plugin.host import PluginHost
 from lora_rl_plugins.plugin.services import BatchFilter, PromptSampler
 
-__all__ = ["LoraRLCallback", "LoraRLCheckpointState", "accelerate_collective", "grpo_settings"]
+__all__ = [
+    "LoraRLCallback",
+    "LoraRLCheckpointState",
+    "accelerate_collective",
+    "grpo_settings",
+    "publish_metrics",
+]
 
 
 def accelerate_collective(accelerator: Any) -> TensorCollective:
@@ -54,12 +62,39 @@ class LoraRLCheckpointState(TrainerCallback, ExportableState):
 
     def __init__(self) -> None:
         self.plugin_state: dict[str, Any] = {}
-        self.owner: LoraRLCallback | None = None
+        self.session: RunSession | None = None
 
     def state(self) -> dict:
-        if self.owner is not None:
-            self.plugin_state = self.owner.session.state()
+        if self.session is not None:
+            self.plugin_state = self.session.state()
         return {"args": {}, "attributes": {"plugin_state": self.plugin_state}}
+
+    def restore(self, trainer: Any, session: RunSession, state: TrainerState) -> LoraRLCheckpointState:
+        """At ``on_train_begin``: restore ``session`` from the plugin state saved in ``state`` (a resumed run) and
+        return the holder that now carries it: the one among the trainer's callbacks (transformers rebuilds it on
+        resume), or this one, put back when transformers removed it."""
+        holder = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LoraRLCheckpointState)), None)
+        if holder is None:
+            holder = self
+            trainer.add_callback(holder)
+        holder.session = session
+        saved = (state.stateful_callbacks or {}).get(type(holder).__name__)
+        if isinstance(saved, list):
+            saved = saved[-1]
+        session.restore((saved or {}).get("attributes", {}).get("plugin_state") or {})
+        return holder
+
+
+def publish_metrics(trainer: Any, metrics: Mapping[str, float], averaged: AbstractSet[str] = frozenset()) -> None:
+    """Put ``metrics`` into TRL's metric store (``trainer._metrics["train"]``): the ``averaged`` ones (per-step
+    metrics) are appended, so TRL averages them over the logging window as it averages its own; the others
+    replace the previous value."""
+    store = trainer._metrics["train"]
+    for name, value in metrics.items():
+        if name in averaged:
+            store[name].append(value)
+        else:
+            store[name] = [value]
 
 
 class LoraRLCallback(TrainerCallback):
@@ -102,7 +137,7 @@ class LoraRLCallback(TrainerCallback):
         self.options.check_model(trainer.accelerator.unwrap_model(trainer.model))  # refusals now, not at train()
         self.session = RunSession(self.options, source="trl")
         self.checkpoint_state = LoraRLCheckpointState()
-        self.checkpoint_state.owner = self
+        self.checkpoint_state.session = self.session
         trainer.add_callback(self.checkpoint_state)
         self._scored: RolloutsScored | None = None
         self._filter: BatchFilter | None = None
@@ -122,7 +157,7 @@ class LoraRLCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._restore(state)
+        self.checkpoint_state = self.checkpoint_state.restore(self.trainer, self.session, state)
         trainer = self.trainer
         run = RunStarted(
             framework="trl",
@@ -152,7 +187,7 @@ class LoraRLCallback(TrainerCallback):
         decision = self.session.step_ended(state.global_step, state.max_steps or None)
         if decision.stop is not None:
             control.should_training_stop = True
-        self._publish(decision)
+        publish_metrics(self.trainer, decision.console, decision.averaged)
 
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any
@@ -236,29 +271,6 @@ class LoraRLCallback(TrainerCallback):
             return output
 
         trainer._generate_and_score_completions = generate_and_score_completions
-
-    def _publish(self, decision: StepDecision) -> None:
-        """Put the step's console metrics into TRL's metric store: per-step ones are averaged over the logging
-        window (as TRL averages its own), the others replace the previous value."""
-        store = self.trainer._metrics["train"]
-        for name, value in decision.console.items():
-            if name in decision.averaged:
-                store[name].append(value)
-            else:
-                store[name] = [value]
-
-    def _restore(self, state: TrainerState) -> None:
-        holder = next(
-            (cb for cb in self.trainer.callback_handler.callbacks if isinstance(cb, LoraRLCheckpointState)), None
-        )
-        if holder is None:  # transformers removed it while rebuilding callbacks: put ours back
-            holder = self.checkpoint_state
-            self.trainer.add_callback(holder)
-        holder.owner, self.checkpoint_state = self, holder
-        saved = (state.stateful_callbacks or {}).get(type(holder).__name__)
-        if isinstance(saved, list):
-            saved = saved[-1]
-        self.session.restore((saved or {}).get("attributes", {}).get("plugin_state") or {})
 
 
 LoraRLCallback.__doc__ = (

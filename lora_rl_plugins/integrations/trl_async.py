@@ -23,23 +23,26 @@ those more than ``max_staleness`` policy versions old. So the callback watches t
   ``lora_rl_plugins.serving.vllm.validate_vllm_lora``; a refusal raises ``VLLMLoRAError`` before any
   weight sync or training step.
 
-No math lives here: events are built by ``lora_rl_plugins.bridge.translate``; everything else happens in the
-plugins. Only one process takes samples (TRL's main process); the callback supports one process.
+The run itself (plugins, run log ``lora_rl_metrics.jsonl`` in ``output_dir``, the quiet console, state in
+checkpoints) is ``lora_rl_plugins.bridge.session.RunSession``, as for ``LoraRLCallback``; no math lives here.
+Only one process takes samples (TRL's main process); the callback supports one process.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from lora_rl_plugins.bridge.options import PluginOptions
-from lora_rl_plugins.bridge.translate import policy_sample, rollouts_scored, start_run
+from lora_rl_plugins.bridge.session import RunSession
+from lora_rl_plugins.integrations.trl import LoraRLCheckpointState, publish_metrics
 from lora_rl_plugins.plugin.collective import SingleProcess
-from lora_rl_plugins.plugin.events import RunStarted, StepEnded
+from lora_rl_plugins.plugin.events import RunStarted
+from lora_rl_plugins.plugin.grpo import AdvantageSettings, GRPOSettings, SamplingSettings
+from lora_rl_plugins.plugin.host import PluginHost
 from lora_rl_plugins.plugin.log import logger
 
 __all__ = ["LoraRLAsyncCallback", "server_lora_serving"]
@@ -124,7 +127,10 @@ class LoraRLAsyncCallback(TrainerCallback):
                 f"sampling={self.options.learning.sampling!r} cannot apply to AsyncGRPOTrainer: its rollout worker "
                 "picks the prompts; use sampling='plain'"
             )
-        self.host = self.options.build_host()
+        self.session = RunSession(self.options, source="trl_async")
+        self.checkpoint_state = LoraRLCheckpointState()
+        self.checkpoint_state.session = self.session
+        trainer.add_callback(self.checkpoint_state)
         self.taken = 0
         self.dropped = 0
         self._groups: dict[int, list[Any]] = {}  # group_id -> samples kept (a group may straddle two steps)
@@ -140,32 +146,41 @@ class LoraRLAsyncCallback(TrainerCallback):
             callbacks.insert(first_sync, self)
         trainer.rollout_queue = _WatchedQueue(trainer.rollout_queue, self._take)
 
-    # -- trainer events -> hooks ---------------------------------------------------------------
+    @property
+    def host(self) -> PluginHost:
+        """The session's plugin host."""
+        return self.session.host
+
+    # -- trainer events -> the session -----------------------------------------------------------
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self._started:  # also added with trainer.add_callback: it is already in place
             return
         self._started = True
-        trainer = self.trainer
+        self.checkpoint_state = self.checkpoint_state.restore(self.trainer, self.session, state)
         run = RunStarted(
             framework="trl_async",
             group_size=args.num_generations,
             total_steps=state.max_steps or None,
             world_size=1,
-            options={
-                "beta": 0.0,
-                "temperature": args.temperature,
-                "use_vllm": True,
-                "scale_rewards": "group",
-                "advantage_epsilon": ASYNC_ADVANTAGE_EPSILON,
-                "max_staleness": args.max_staleness,
-                "adapter_sync": bool(getattr(trainer, "_lora_sync", False)),
-            },
+            grpo=GRPOSettings(
+                advantage=AdvantageSettings(scale_rewards="group", epsilon=ASYNC_ADVANTAGE_EPSILON),
+                sampling=SamplingSettings(temperature=args.temperature),
+                beta=0.0,
+                weight_sync="vllm_server",
+            ),
         )
-        self._model = model = trainer.accelerator.unwrap_model(trainer.model)
+        self._model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         self._collective = SingleProcess()
-        start_run(self.host, run, model, tokenizer=trainer.processing_class)
+        self.session.start(
+            run,
+            self._model,
+            tokenizer=self.trainer.processing_class,
+            log_dir=args.output_dir,
+            resume_step=state.global_step,
+            main_process=state.is_world_process_zero,
+        )
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if state.global_step == self._last_step:  # also added with trainer.add_callback: once per step
@@ -176,19 +191,31 @@ class LoraRLAsyncCallback(TrainerCallback):
         if samples:
             self._scored(state.global_step, samples)
             self._sampled(state.global_step, samples)
-        self.host.on_step_end(StepEnded(state.global_step, state.max_steps or None))
-        if self.host.requests.take_stop() is not None:
+        decision = self.session.step_ended(state.global_step, state.max_steps or None)
+        if decision.stop is not None:
             control.should_training_stop = True
-        self._publish(self.host.collect_metrics())
+        stale = {  # the adapter's own counts (exact), published at every step
+            "async/stale_dropped": float(self.dropped),
+            "async/stale_dropped_frac": self.dropped / self.taken if self.taken else math.nan,
+        }
+        publish_metrics(self.trainer, {**decision.console, **stale}, decision.averaged)
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any
+    ) -> None:
+        if logs and self._started:
+            self.session.log(state.global_step, logs)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self._started:
             self._started = False
-            self.host.on_run_end()
+            self.session.end()
+            # the final plugin state reaches trainer_state.json even without checkpoints
+            state.stateful_callbacks[type(self.checkpoint_state).__name__] = self.checkpoint_state.state()
 
-    # -- plumbing ------------------------------------------------------------------------------
+    # -- the rollout queue -> the session's events -----------------------------------------------
     def _take(self, sample: Any) -> None:
         """A sample the trainer took from the queue: dropped as stale (TRL's rule) or kept for training."""
         self.taken += 1
@@ -202,7 +229,7 @@ class LoraRLAsyncCallback(TrainerCallback):
 
     def _scored(self, step: int, samples: list[Any]) -> None:
         names = [key.removeprefix("rewards/") for key in samples[0].metrics if key.startswith("rewards/")]
-        batch = rollouts_scored(
+        self.session.rollouts_scored(
             self._collective,
             step=step,
             rewards=[[_number(s.metrics.get(f"rewards/{name}")) for name in names] for s in samples],
@@ -213,71 +240,50 @@ class LoraRLAsyncCallback(TrainerCallback):
             completions=[_text(s.completion) for s in samples],
             prompts=[s.prompt for s in samples],
         )
-        self.host.on_rollouts_scored(batch)
 
     def _sampled(self, step: int, samples: list[Any]) -> None:
-        if not self.host.implements("on_policy_sampled"):
-            return
+        """The step's sequences (each sample's ``input_ids`` split where its completion mask starts), prompts
+        left-padded and completions right-padded as TRL pads them, to the session for the KL monitor."""
+        if not self.session.host.implements("on_policy_sampled"):
+            return  # no plugin measures: nothing padded
         import torch
+        from torch.nn.utils.rnn import pad_sequence
 
-        pad = self.trainer.processing_class.pad_token_id
         prompts, completions, masks = [], [], []
         for s in samples:
-            mask = torch.as_tensor(s.completion_mask)
+            mask = torch.as_tensor(s.completion_mask, dtype=torch.long)
             first = int(mask.nonzero()[0]) if bool(mask.any()) else len(mask)
-            ids = torch.as_tensor(s.input_ids)
+            ids = torch.as_tensor(s.input_ids, dtype=torch.long)
             prompts.append(ids[:first])
             completions.append(ids[first:])
             masks.append(mask[first:])
-        width_p = max(len(p) for p in prompts)
-        width_c = max(len(c) for c in completions)
-
-        def padded(rows: list[Any], width: int, fill: int, left: bool) -> Any:
-            out = torch.full((len(rows), width), fill, dtype=torch.long)
-            for i, row in enumerate(rows):
-                if len(row) and left:
-                    out[i, width - len(row) :] = row
-                elif len(row):
-                    out[i, : len(row)] = row
-            return out
-
-        prompt_ids = padded(prompts, width_p, pad, left=True)
-        prompt_mask = padded([torch.ones(len(p), dtype=torch.long) for p in prompts], width_p, 0, left=True)
-        completion_ids = padded(completions, width_c, pad, left=False)
-        completion_mask = padded(masks, width_c, 0, left=False)
-        attention = padded([torch.ones(len(c), dtype=torch.long) for c in completions], width_c, 0, left=False)
         device = self.trainer.accelerator.device
-        sample = policy_sample(
-            step=step,
-            model=self._model,
-            prompt_ids=prompt_ids.to(device),
-            prompt_mask=prompt_mask.to(device),
-            completion_ids=completion_ids.to(device),
-            completion_mask=completion_mask.to(device),
-            temperature=self.trainer.args.temperature,
-            collective=self._collective,
-        )
-        # the completion's own attention: tool-result tokens inside it are attended to, not trained on
-        sample = replace(sample, attention_mask=torch.cat([prompt_mask, attention], 1).to(device))
+
+        def pad(rows: list[Any], fill: int = 0, side: str = "right") -> Any:
+            return pad_sequence(rows, batch_first=True, padding_value=fill, padding_side=side).to(device)
+
+        def ones(rows: list[Any]) -> list[Any]:
+            return [torch.ones(len(row), dtype=torch.long) for row in rows]
+
         # The trainer's model attends with TRL's tree attention, which needs its packed-batch arguments: the
         # plugins' plain forward passes (the KL monitor's) run with PyTorch's SDPA attention instead.
         config = self._model.config
-        attention_implementation = config._attn_implementation
-        config._attn_implementation = "sdpa"
+        attention_implementation, config._attn_implementation = config._attn_implementation, "sdpa"
         try:
-            self.host.on_policy_sampled(sample)
+            self.session.policy_sampled(
+                step=step,
+                model=self._model,
+                prompt_ids=pad(prompts, self.trainer.processing_class.pad_token_id, "left"),
+                prompt_mask=pad(ones(prompts), side="left"),
+                completion_ids=pad(completions, self.trainer.processing_class.pad_token_id),
+                completion_mask=pad(masks),
+                # the completion's own attention: tool-result tokens inside it are attended to, not trained on
+                completion_attention=pad(ones(completions)),
+                temperature=self.trainer.args.temperature,
+                collective=self._collective,
+            )
         finally:
             config._attn_implementation = attention_implementation
-
-    def _publish(self, metrics: Mapping[str, float]) -> None:
-        store = self.trainer._metrics["train"]
-        metrics = {
-            **metrics,
-            "async/stale_dropped": float(self.dropped),
-            "async/stale_dropped_frac": self.dropped / self.taken if self.taken else math.nan,
-        }
-        for name, value in metrics.items():
-            store[name] = [value]
 
 
 def _number(value: Any) -> float:

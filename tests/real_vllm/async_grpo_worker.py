@@ -194,6 +194,9 @@ def main() -> None:
             "log_history": trainer.state.log_history,
             "kl_pairs": kl_pairs,
             "dropped": callback.dropped,
+            "plugin_state": trainer.state.stateful_callbacks.get("LoraRLCheckpointState", {})
+            .get("attributes", {})
+            .get("plugin_state", {}),
             "seconds": {"build": built, "train": trained},
             "torch_threads": torch.get_num_threads(),
         },

@@ -14,6 +14,8 @@ Checked against what TRL itself did (every sample the trainer took, recorded ben
   ``bandwidth/zero_info_frac`` is the share of groups whose stamped advantages are all 0, and
   ``bandwidth/bits_step`` the sum over the others of min(n·H(advantage pattern), D·log2 L);
 * the KL monitor on the training batches equals a float64 recomputation from the model's own logits;
+* the run session writes the run log (``lora_rl_metrics.jsonl``) and carries the plugins' state into
+  ``trainer_state.json``;
 * an adapter TRL would sync but vLLM refuses (``lora_bias=True``) is refused with the validator's message
   before the first weight sync and any training step.
 """
@@ -136,6 +138,13 @@ def test_async_grpo_end_to_end(model_dir, server, tmp_path) -> None:
     assert len(result["kl_pairs"]) == len(steps)
     for measured, own in result["kl_pairs"]:
         assert measured == pytest.approx(own, rel=1e-5, abs=1e-9)
+
+    # the run session's run log (in output_dir) and the plugin state carried into trainer_state.json
+    run_log = [json.loads(line) for line in (tmp_path / "async-train" / "lora_rl_metrics.jsonl").open()]
+    last = {r["name"]: r["value"] for r in run_log if r["name"] != "lora_rl_plugins/description"}
+    assert last["bandwidth/bits_total"] == pytest.approx(sum(expected_bits))
+    assert last["async/stale_dropped"] == len(stale)
+    assert "bandwidth" in result["plugin_state"] and "_trainer" in result["plugin_state"]
 
 
 def test_adapter_vllm_refuses_is_refused_before_the_first_sync(model_dir, server, tmp_path) -> None:
