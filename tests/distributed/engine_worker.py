@@ -124,15 +124,15 @@ def run(out_dir: str, *, record: bool, save: bool, resume_from: str | None = Non
     callback = LoraRLCallback(trainer, kl_every=1, kl_max_sequences=64, plugins=plugins, load_entry_points=False)
     trainer.add_callback(callback)
     empty_steps = {int(s) for s in os.environ.get("EMPTY_STEPS", "2,4").split(",") if s}
-    policy_sampled = callback._policy_sampled
+    policy_sampled = callback.session.policy_sampled
 
-    def maybe_empty(output):  # the hang case: process 1 hands the plugins no sequences at these batches
+    def maybe_empty(**sample):  # the hang case: process 1 hands the plugins no sequences at these batches
         if rank == 1 and trainer.state.global_step + 1 in empty_steps:
             keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-            output = {**output, **{k: output[k][:0] for k in keys}}
-        policy_sampled(output)
+            sample = {**sample, **{k: sample[k][:0] for k in keys}}
+        policy_sampled(**sample)
 
-    callback._policy_sampled = maybe_empty
+    callback.session.policy_sampled = maybe_empty
     trainer.train(resume_from_checkpoint=resume_from)
     return trainer, callback, calls, recorder
 
