@@ -282,7 +282,9 @@ VALUES: tuple[Value, ...] = (
     Value("demo.absorbed", "demo", pattern(r"^\s+absorbed\s+([\d,.]+)")),
     Value("demo.to_learn", "demo", pattern(r"^\s+to learn\s+([\d,.]+)")),
     Value("demo.crossed_step", "demo", pattern(r"crossed at step (\d+)")),
-    Value("demo.crossed_kl", "demo", pattern(r"crossed at step \d+\W+(?:with )?KL ([\d.]+)")),
+    Value(
+        "demo.crossed_kl", "demo", pattern(r"crossed at step \d+\W+(?:with )?KL(?:\(policy \|\| reference\))? ([\d.]+)")
+    ),
     Value("demo.postfix", "demo", lambda text: text, from_run=True),
     # the SmolLM2 demo (README block "smollm2")
     Value("smollm2.reward", "smollm2", pattern(r"^\s+reward\s+([\d.]+ -> [\d.]+)")),

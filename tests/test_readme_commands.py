@@ -103,7 +103,7 @@ def test_demo_and_the_report_it_suggests(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     out = run("lora-rl demo --steps 3 --output-dir demo_out", tmp_path)
     assert "signal per step" in out and "KL budget" in out
-    suggested = re.search(r"`(lora-rl report [^`]+)`", out).group(1)  # type: ignore[union-attr]
+    suggested = re.search(r"^ +(lora-rl report \S+)$", out, re.M).group(1)  # type: ignore[union-attr]
     assert_report(suggested, tmp_path)
 
 

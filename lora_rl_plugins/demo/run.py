@@ -294,7 +294,12 @@ def format_summary(result: DemoResult, width: int | None = None) -> str:
         )
     lines += _budget_lines(result)
     lines += [f"  {'events' if i == 0 else '':<15} {event}" for i, event in enumerate(result.events)]
-    lines += ["", f"  the run's logs are in {result.output_dir}: `lora-rl report {result.output_dir}` draws them"]
+    # two lines, so that the command is never wrapped (it is meant to be copied)
+    lines += [
+        "",
+        f"  the run's logs are in {result.output_dir}; to draw them:",
+        f"    lora-rl report {result.output_dir}",
+    ]
     return "\n".join(_fit(lines, width))
 
 
