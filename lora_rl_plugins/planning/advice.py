@@ -120,8 +120,9 @@ def advise_rank(
             limit, advised = "rule", rank_sufficient
             lines = [
                 f"r={rank_sufficient} would hold the {signal_bits:,.0f} bits of signal "
-                f"({per_rank * rank_sufficient / max(signal_bits, 1.0):,.0f}x; capacity is a floor, the signal an "
-                "upper estimate of what is stored)",
+                f"(its capacity, {per_rank * rank_sufficient:,.0f} bits, is "
+                f"{per_rank * rank_sufficient / max(signal_bits, 1.0):,.0f}x the signal; capacity is a floor, the "
+                "signal an upper estimate of what is stored)",
                 "but a lower rank learned less at the same learning rate on the demo's codebook task: "
                 + measured_lower_ranks()
                 + f"; keep r={rank}, or retune the learning rate before lowering it",
