@@ -44,7 +44,8 @@ def test_near_capacity_says_raise_the_rank() -> None:
 def test_otherwise_the_rules_rank_with_what_was_measured_about_lower_ranks() -> None:
     advice = advise_rank(**DEMO, signal_bits=621.0, reward_first=0.13, reward_last=0.79, absorbed_bits=24.2)
     assert advice.limit == "rule" and advice.rank == 1
-    assert advice.lines[0].startswith("r=1 would hold the 621 bits of signal (its capacity, 65,536 bits, is 106x the signal;")
+    first = "r=1 would hold the 621 bits of signal (its capacity, 65,536 bits, is 106x the signal;"  # 65,536 / 621
+    assert advice.lines[0].startswith(first)
     assert MEASURED_LOWER_RANKS["command"] in advice.lines[1]
     assert "r=1: 0.37/0.68/0.69, r=8: 0.87/0.85/0.80, r=32: 0.73/0.87/0.82" in advice.lines[1]
     assert advice.lines[1].endswith("keep r=8, or retune the learning rate before lowering it")
