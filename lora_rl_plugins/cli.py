@@ -174,89 +174,10 @@ def _rank(args: argparse.Namespace) -> int:
         data["vllm_lora_memory_note"] = memory_note
         print(json.dumps(data, indent=2, default=str))
         return 0
-    print(_explain_rank(choice, plan, memory, memory_note, server_max_lora_rank=args.max_lora_rank))
+    from .planning.explain import explain_rank
+
+    print(explain_rank(choice, plan, memory, memory_note, server_max_lora_rank=args.max_lora_rank))
     return 0
-
-
-def _explain_rank(
-    choice, plan, memory: int | None, memory_note: str | None = None, server_max_lora_rank: int | None = None
-) -> str:
-    from .planning.rank import serving_note
-
-    if choice.rule == "seed":
-        rule = f"seed rule 64·r·d >= bits with d = {choice.inputs['hidden_size']}"
-    else:
-        experts = sum(m.experts for m in choice.matrices)
-        multiplied = sorted({m.name.rsplit(".", 1)[-1] for m in choice.matrices if m.rank_ratio > 1})
-        rule = (
-            f"adapter rule {choice.bits_per_param:g}·params(r) >= bits over {experts:,} matrices "
-            f"(target_modules={choice.inputs['target_modules']!r}); parameters per unit of r "
-            f"Σ E·(d_in+d_out)·r_m/r = {choice.params_per_rank:,}"
-        )
-        if multiplied:
-            rule += f"; PEFT trains {', '.join(multiplied)} at a multiple of r (rank_pattern)"
-        if choice.fixed_params:
-            rule += f"; + {choice.fixed_params:,} parameters at ranks fixed by rank_pattern"
-    lines = [
-        f"bits to hold: {plan.explain() if plan else f'{choice.bits:,.0f} bits (given)'}",
-        f"rule:         {rule}",
-        "",
-        f"  {'rank':>5}  {'parameters':>14}  {'capacity (bits)':>17}  {'holds?':>6}  {'capacity÷bits':>13}"
-        f"  {'vLLM max_lora_rank':>18}",
-    ]
-    for row in choice.table():
-        mark = "  <- chosen" if row["chosen"] else ""
-        times = _times(row["times_bits"])
-        lines.append(
-            f"  {row['rank']:>5}  {row['params']:>14,}  {row['capacity_bits']:>17,.0f}  "
-            f"{'yes' if row['holds_bits'] else 'no':>6}  {times:>13}  {row['vllm_max_lora_rank'] or '-':>18}{mark}"
-        )
-    lines += ["", f"chosen rank: r = {choice.rank} ({choice.capacity_bits:,.0f} bits of capacity)"]
-    if choice.times_bits is not None:
-        planned = " (the plan's own margin included)" if plan is not None and plan.margin > 1 else ""
-        lines.append(f"margin:       r = {choice.rank} holds {_times(choice.times_bits)} the bits to hold{planned}")
-    full = choice.full_rank
-    if full and choice.rank >= full / 2:
-        lines.append(
-            f"near full rank: r = {choice.rank} is {choice.rank / full:.0%} of the full rank {full} of the adapted "
-            "matrices: a LoRA this large has nearly as many parameters as the matrices themselves. Adapt more "
-            "modules (--target-modules), plan fewer bits, or fine-tune fully"
-        )
-    if choice.max_lora_rank:  # the server's max_lora_rank when given: what it serves at no extra cost
-        note = serving_note(choice.rank, server_max_lora_rank, choice.max_effective_rank())
-        lines.append(f"vLLM:         {note.removeprefix('vLLM: ')}")
-    if memory is not None:
-        lines.append(
-            f"              vLLM pre-allocates ~{memory / 2**20:,.1f} MiB of LoRA buffers at that max_lora_rank "
-            "(estimate, TP 1; the trained rank does not change it)"
-        )
-    elif memory_note:
-        lines.append(f"              LoRA buffer memory not estimated: {memory_note}")
-    import textwrap
-
-    from .planning.rank import measured_lower_ranks
-
-    lines += [
-        "why larger:   capacity is a floor, not a target. A larger rank can still train better: with lora_alpha",
-        "              fixed the update scale α/r shrinks as r grows (retune the learning rate, or use rsLoRA).",
-        *textwrap.wrap(
-            f"Measured on the demo's task, {measured_lower_ranks()}.",
-            104,
-            initial_indent=" " * 14,
-            subsequent_indent=" " * 14,
-            break_on_hyphens=False,
-        ),
-    ]
-    if not choice.max_lora_rank:
-        lines.append("              vLLM sizes its LoRA memory by max_lora_rank, not r (lora-rl rank --vllm).")
-    return "\n".join(lines)
-
-
-def _times(value: float | None) -> str:
-    """capacity / bits as "12×", "0.0031×" (three significant digits), "-" when nothing is planned."""
-    if value is None:
-        return "-"
-    return f"{value:,.0f}×" if value >= 1000 else f"{value:.3g}×"
 
 
 #: ``lora-rl check-vllm`` exit codes.
