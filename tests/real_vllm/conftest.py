@@ -159,3 +159,17 @@ def _no_idle_engine(request: pytest.FixtureRequest) -> None:
     """A test that does not use ``vllm_engines`` starts with no engine of ours alive (it may start its own)."""
     if "vllm_engines" not in request.fixturenames:
         _ENGINES.close()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 model (head size 32) the TRL-with-vLLM and AsyncGRPOTrainer tests train and serve, saved
+    once per session (``trl_vllm_worker.save_tiny_model``)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trl_vllm_worker import save_tiny_model
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    save_tiny_model(directory)
+    return directory

@@ -33,19 +33,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from test_trl_integration import recompute  # noqa: E402
-from trl_vllm_worker import save_tiny_model  # noqa: E402
 from vllm_server import CPU_ENV, free_port, vllm_server  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ROOT = HERE.parent.parent
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-model")
-    save_tiny_model(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
