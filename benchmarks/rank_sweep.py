@@ -1,6 +1,6 @@
 """LoRA rank sweep on a real pretrained model, and KL-free versus beta > 0 on the same model and task.
 
-    python -m benchmarks.rank_sweep                      # full size: ranks 1,4,16,64 x seeds 0,1,2, 60 steps
+    python -m benchmarks.rank_sweep                      # full size: ranks 1,4,16,64 x seeds 0,1,2, 40 steps
     python -m benchmarks.rank_sweep --quick              # reduced: ranks 1,16, seed 0, 8 steps
     python -m benchmarks.rank_sweep --ranks 1,16 --seeds 0 --steps 8 --stop-at 15:15
 
@@ -20,8 +20,18 @@ training (``--eval-prompts`` held-out prompts x ``--eval-samples`` sampled compl
 training temperature: an estimate of the expected reward of one rollout, with its standard error),
 the reward and the monitor's exact KL from the base model over training (``kl_every`` batches), the
 signal bits the bandwidth plugin counted (estimate) and its bound, the adapter's capacity, wall time,
-and the rank ``select_rank`` advises for the same run plan. Absorbed bits are not measured: the
-probe set takes prompt texts and this task's prompts are chat messages.
+the rank ``select_rank`` advises for the same run plan, and absorbed bits after training (exact, on the
+held-out prompts rendered with the chat template, the answer being the sum's digits right after the
+assistant turn: ``lora_rl_plugins.learning.probes.measure_probes``, the probe plugin's measurement).
+A policy that learns to answer "3 + 4 = 7" rather than "7" can gain reward and lose absorbed bits: they
+measure the bare answer's probability, not the reward.
+
+Plateau: per run, the mean training reward over the last quarter of the steps against the quarter
+before it (``plateau`` in each run; per rank, the largest rise).
+
+``--workers N`` runs N runs at a time, each in its own process with 1 torch thread (on 2 cores two
+1-thread runs finish more steps per hour than one 2-thread run); the beta > 0 run and its KL-free twin
+are queued next to each other so they run side by side, under the same load.
 
 Per rank: the mean final eval reward over seeds and its spread (sample standard deviation over
 seeds; with one seed, the eval's own standard error), and the smallest rank whose mean is within
@@ -53,16 +63,24 @@ from typing import Any
 
 from .common import machine, markdown_table, stamp
 
-#: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
+#: The code this benchmark measures (git pathspecs): a change to it makes the result stale. Only what the
+#: figures depend on: the model and task, the KL and probe measurements, the bandwidth count and the rank rule.
+#: Training itself does not depend on the callback (``tests/test_trl_defaults.py``: TRL's metrics are identical
+#: with and without it), so the rest of the package moves only the step times, which are compared side by side.
 MEASURES = (
-    "lora_rl_plugins",
-    ":(exclude)lora_rl_plugins/report",
-    ":(exclude)lora_rl_plugins/cli.py",
+    "lora_rl_plugins/demo/smollm2.py",
+    "lora_rl_plugins/demo/arithmetic.py",
+    "lora_rl_plugins/kl/measure.py",
+    "lora_rl_plugins/kl/logits.py",
+    "lora_rl_plugins/kl/reference.py",
+    "lora_rl_plugins/learning/probes.py",
+    "lora_rl_plugins/bandwidth",
+    "lora_rl_plugins/planning/rank.py",
     "benchmarks/common.py",
     "benchmarks/rank_sweep.py",
 )
 
-FULL = {"ranks": "1,4,16,64", "seeds": "0,1,2", "steps": 60}
+FULL = {"ranks": "1,4,16,64", "seeds": "0,1,2", "steps": 40}
 QUICK = {"ranks": "1,16", "seeds": "0", "steps": 8}
 LORA_ALPHA = 32
 EVAL_SEED = 12345  # the held-out prompts: one fixed set for every run
@@ -109,6 +127,13 @@ def _eval_reward(
     per_prompt = [statistics.fmean(rewards[i * samples : (i + 1) * samples]) for i in range(prompts)]
     stderr = statistics.stdev(per_prompt) / math.sqrt(prompts) if prompts > 1 else float("nan")
     result: dict[str, Any] = {"mean": mean, "stderr": stderr, "rollouts": len(rewards)}
+    if measure_kl_from_base:  # absorbed bits on the held-out prompts: the library's probe measurement
+        from lora_rl_plugins.learning.probes import measure_probes
+
+        probes = measure_probes(model, tokenizer, texts, [str(row["target"]) for row in held_out])
+        result["absorbed_bits"] = probes.absorbed_bits
+        result["answer_bits"] = probes.answer_bits
+        result["probes"] = len(texts)
     if measure_kl_from_base:  # the exact KL of this policy from the base model on its own eval completions
         from lora_rl_plugins.kl.measure import measure_kl
 
@@ -139,6 +164,8 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     from lora_rl_plugins.integrations.trl import LoraRLCallback
     from lora_rl_plugins.planning.rank import RunPlan, select_rank
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
     setup = smollm2_setup(spec["seed"], progress=False)
     model, tokenizer, task = setup.model, setup.tokenizer, setup.task
@@ -199,7 +226,8 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
             curve["step"].append(int(entry["step"]))
             curve["reward"].append(float(entry["reward"]))
             curve["bits_total"].append(float(entry.get("bandwidth/bits_total", float("nan"))))
-            final = {k: float(v) for k, v in entry.items() if isinstance(v, (int, float))}
+        # totals and constants are logged when they change: the latest value of each
+        final.update({k: float(v) for k, v in entry.items() if isinstance(v, (int, float))})
         measured = entry.get("kl_monitor/measured_step")
         if measured is not None and (not kl["step"] or kl["step"][-1] != int(measured)):
             kl["step"].append(int(measured))
@@ -210,6 +238,13 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     measured_bits = final.get("bandwidth/bits_total", 0.0)
     held = select_rank(bits=measured_bits, model=trainer.model, target_modules="all-linear")
     intervals = [b - a for a, b in itertools.pairwise(stamps)]  # between step ends: the first step excluded
+    quarter = max(1, len(curve["reward"]) // 4)
+    last, previous = curve["reward"][-quarter:], curve["reward"][-2 * quarter : -quarter]
+    plateau = {
+        "last_quarter_reward": statistics.fmean(last) if last else float("nan"),
+        "previous_quarter_reward": statistics.fmean(previous) if previous else float("nan"),
+    }
+    plateau["rise"] = plateau["last_quarter_reward"] - plateau["previous_quarter_reward"]
     return {
         "spec": spec,
         "eval_before": before,
@@ -217,6 +252,9 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         "curve": curve,
         "kl_curve": kl,
         "final_kl_mean": after["kl_from_base"],
+        "absorbed_bits": after["absorbed_bits"],
+        "answer_bits": after["answer_bits"],
+        "plateau": plateau,
         "final_kl_mean_training": kl["kl_mean"][-1] if kl["kl_mean"] else None,
         "bits_total": measured_bits,
         "bound_total": final.get("bandwidth/bound_total", float("nan")),
@@ -232,19 +270,6 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "load_average": os.getloadavg(),
     }
-
-
-def _isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-    """``_run(spec)`` in a fresh process; None when it does not finish within ``timeout`` seconds."""
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(1)
-    try:
-        return pool.apply_async(_run, (spec,)).get(timeout=None if math.isinf(timeout) else max(timeout, 1.0))
-    except multiprocessing.TimeoutError:
-        return None
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 def _spread(values: list[float], stderrs: list[float]) -> float:
@@ -273,6 +298,9 @@ def summarise(runs: list[dict[str, Any]], ranks: list[int]) -> dict[str, Any]:
             "final_kl_mean": statistics.fmean(r["final_kl_mean"] for r in mine),
             "final_kl": [r["final_kl_mean"] for r in mine],
             "bits_total_mean": statistics.fmean(r["bits_total"] for r in mine),
+            "absorbed_bits_mean": statistics.fmean(r.get("absorbed_bits", float("nan")) for r in mine),
+            "answer_bits": mine[0].get("answer_bits", float("nan")),
+            "plateau_rise_max": max(r.get("plateau", {}).get("rise", float("nan")) for r in mine),
             "capacity_bits": mine[0]["capacity_bits"],
             "advised_rank_plan": mine[0]["advised_rank_plan"],
             "rank_holding_measured_bits": max(r["rank_holding_measured_bits"] for r in mine),
@@ -349,6 +377,8 @@ def tables(summary: dict[str, Any], beta: dict[str, Any] | None) -> str:
                 f"{s['eval_after_mean']:.3f} ± {s['eval_after_se']:.3f}",
                 f"{s['final_kl_mean']:.4g}",
                 f"{s['bits_total_mean']:.1f}",
+                f"{s['absorbed_bits_mean']:.1f} of {s['answer_bits']:.1f}",
+                f"{s['plateau_rise_max']:+.3f}",
                 f"{s['capacity_bits']:.3g}",
                 s["advised_rank_plan"],
                 f"{s['step_seconds_median']:.1f}",
@@ -362,6 +392,8 @@ def tables(summary: dict[str, Any], beta: dict[str, Any] | None) -> str:
             "eval reward after (± se)",
             "KL from base, final (nats/token, exact)",
             "signal bits (estimate)",
+            "absorbed bits, held-out (exact)",
+            "reward rise, last quarter (max over seeds)",
             "capacity bits",
             "advised r (plan)",
             "s/step (median)",
@@ -430,6 +462,7 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--no-eval-before", action="store_true", help="skip the eval before training (the base model)")
     parser.add_argument("--beta-only", action="store_true", help="only the beta > 0 run (its KL-free twin run apart)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (each 1 torch thread when > 1)")
     parser.add_argument("--stop-at", default=None, help="HH:MM UTC: start no run after it, stop one still going")
     parser.add_argument("--out", default="benchmarks/results/rank_sweep.json")
     args = parser.parse_args()
@@ -448,12 +481,13 @@ def main() -> None:
     base = {"steps": steps, "lr": args.lr, "kl_every": kl_every, "eval_prompts": eval_prompts}
     base["eval_samples"] = args.eval_samples
     base["eval_before"] = not args.no_eval_before
+    if args.workers > 1:
+        base["threads"] = 1
     specs = [{**base, "rank": r, "seed": s, "beta": 0.0} for s in seeds for r in ranks]
-    if args.beta > 0:  # right after its KL-free twin, so both see the same machine load
-        twin = next(i for i, spec in enumerate(specs) if spec["seed"] == seeds[0] and spec["rank"] == max(ranks))
-        specs.insert(twin + 1, {**specs[twin], "beta": args.beta})
-        if args.beta_only:
-            specs = [specs[twin + 1]]
+    if args.beta > 0:  # first, beside its KL-free twin, so both see the same machine load
+        twin = specs.pop(next(i for i, s in enumerate(specs) if s["seed"] == seeds[0] and s["rank"] == max(ranks)))
+        specs[:0] = [] if args.beta_only else [twin]
+        specs.insert(0 if args.beta_only else 1, {**twin, "beta": args.beta})
     record: dict[str, Any] = {
         "label": "full" if full else "reduced",
         "command": "python -m benchmarks.rank_sweep " + " ".join(sys.argv[1:]),
@@ -477,24 +511,30 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for spec in specs:
-        left = math.inf if deadline is None else deadline - time.time()
-        if left < 60:
-            record["not_finished"].append({**spec, "why": f"not started: --stop-at {args.stop_at}"})
-            continue
-        print(f"rank {spec['rank']} seed {spec['seed']} beta {spec['beta']} ...", flush=True)
-        result = _isolated(spec, left)
-        if result is None:
-            record["not_finished"].append({**spec, "why": f"stopped at --stop-at {args.stop_at}"})
-            continue
-        record["runs"].append(result)
-        print(
-            f"  eval {(result['eval_before'] or {}).get('mean', float('nan')):.3f} -> "
-            f"{result['eval_after']['mean']:.3f}, "
-            f"KL {result['final_kl_mean']:.4g}, {result['step_seconds_median']:.1f} s/step",
-            flush=True,
-        )
-        _write(record, ranks, out)
+    record["settings"]["workers"] = args.workers
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(args.workers, maxtasksperchild=1)  # each run in a fresh process: its own peak memory
+    jobs = [(spec, pool.apply_async(_run, (spec,))) for spec in specs]
+    try:
+        for spec, job in jobs:
+            left = math.inf if deadline is None else deadline - time.time()
+            try:
+                result = job.get(timeout=None if math.isinf(left) else max(left, 1.0))
+            except multiprocessing.TimeoutError:
+                record["not_finished"].append({**spec, "why": f"stopped at --stop-at {args.stop_at}"})
+                continue
+            record["runs"].append(result)
+            print(
+                f"rank {spec['rank']} seed {spec['seed']} beta {spec['beta']}: eval "
+                f"{(result['eval_before'] or {}).get('mean', float('nan')):.3f} -> "
+                f"{result['eval_after']['mean']:.3f}, "
+                f"KL {result['final_kl_mean']:.4g}, {result['step_seconds_median']:.1f} s/step",
+                flush=True,
+            )
+            _write(record, ranks, out)
+    finally:
+        pool.terminate()
+        pool.join()
     _write(record, ranks, out)
     print(record.get("markdown", ""))
 
