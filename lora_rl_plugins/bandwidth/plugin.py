@@ -27,7 +27,7 @@ from .config import (
     RewardLevelsWarning,
 )
 from .information import quantise
-from .rewards import combine_rewards, partly_missing, split_groups
+from .rewards import batch_combined_rewards, partly_missing, split_groups
 
 __all__ = [
     "BANDWIDTH_METRICS",
@@ -198,7 +198,7 @@ class BandwidthPlugin(Stateful):
             RolloutShapeError, ValueError: rewards, completions, answers or groups do not line up.
         """
         config = self.config
-        combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
+        combined = batch_combined_rewards(batch)
         for name, count in partly_missing(batch.rewards, batch.reward_names).items():
             # an info, not a warning: TRL documents None as "this function does not apply" (multi-task rewards)
             self.warned.inform(

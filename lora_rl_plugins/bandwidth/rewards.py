@@ -6,7 +6,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["RewardValueError", "RolloutShapeError", "combine_rewards", "partly_missing", "split_groups"]
+__all__ = [
+    "RewardValueError",
+    "RolloutShapeError",
+    "batch_combined_rewards",
+    "combine_rewards",
+    "partly_missing",
+    "split_groups",
+]
 
 
 class RewardValueError(ValueError):
@@ -62,6 +69,19 @@ def combine_rewards(
                 scored = True
         combined.append(total if scored else math.nan)
     return combined
+
+
+def batch_combined_rewards(batch: Any) -> Sequence[float]:
+    """A ``RolloutsScored`` batch's combined rewards (``combine_rewards``): the ones it carries (computed once
+    where the batch was built, ``lora_rl_plugins.bridge.session``), else computed here (an event built by hand).
+
+    Raises:
+        RewardValueError, RolloutShapeError: as ``combine_rewards``.
+    """
+    carried = getattr(batch, "combined_rewards", None)
+    if carried is not None:
+        return carried
+    return combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
 
 
 def split_groups(values: Sequence[Any], group_size: int) -> list[Sequence[Any]]:

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -160,8 +161,16 @@ def _step_of(line: str) -> int | None:
         return None  # a line cut short by a crash
 
 
+#: Seconds between flushes of the run log while writing (``close`` and ``flush`` write the rest at once).
+FLUSH_SECONDS = 1.0
+
+
 class RunLogWriter:
     """Appends a run's metrics to ``DIRECTORY/lora_rl_metrics.jsonl`` (main process only).
+
+    Lines reach the file at most ``FLUSH_SECONDS`` after they are written, and at once on ``flush`` (the
+    session calls it at every checkpoint, so the log on disk holds every step a checkpoint holds) and
+    ``close``.
 
     Args:
         directory: the run's output directory (TRL ``args.output_dir``; Lightning's log directory).
@@ -181,6 +190,8 @@ class RunLogWriter:
         self._last_step: int | None = None
         self._written: dict[str, float | None] = {}  # last value written per running/latest-value metric
         self._described: set[str] = set()  # descriptions written since the file was opened
+        self._tails: dict[str, tuple[tuple[str, str], MetricInfo | None]] = {}  # name -> (line parts, info)
+        self._flushed = 0.0  # time.monotonic() of the last flush
 
     def open(self, resume_step: int = 0) -> None:
         """Start writing: keep the lines up to ``resume_step`` (0 for a fresh run), drop the rest, append after."""
@@ -213,29 +224,43 @@ class RunLogWriter:
                 value = value.item()
             if isinstance(value, bool) or not isinstance(value, (int, float)) or name in ("step",):
                 continue
-            info = self._match(name)
             number = float(value) if math.isfinite(value) else None
+            fixed = self._tails.get(name)
+            if fixed is None:
+                fixed = self._tails[name] = self._line_parts(name)
+            tail, info = fixed
             if info is not None and info.reduce == "last":  # a total, a setting, the latest KL measurement:
                 if self._written.get(name, ()) == number:  # written again only when it changes
                     continue
                 self._written[name] = number
-            record = {
-                "step": int(step),
-                "name": name,
-                "value": number,
-                "kind": info.kind if info else None,
-                "unit": info.unit if info else None,
-                "source": SOURCE if info else self.source,
-            }
             if info is not None and info.name not in self._described:
                 self._described.add(info.name)
                 described.append(describe_record(info, int(step)))
-            lines.append(_ENCODER.encode(record) + "\n")
+            # {"step", "name", "value", "kind", "unit", "source"}, as json.dumps writes it (float repr, null)
+            value_text = "null" if number is None else repr(number)
+            lines.append(f'{{"step": {int(step)}, "name": {tail[0]}, "value": {value_text}, {tail[1]}\n')
         lines += [_ENCODER.encode(record) + "\n" for record in described]
         if lines:
             self._handle.write("".join(lines))  # type: ignore[union-attr]
-            self._handle.flush()  # type: ignore[union-attr]
+            now = time.monotonic()
+            if now - self._flushed >= FLUSH_SECONDS:
+                self._handle.flush()  # type: ignore[union-attr]
+                self._flushed = now
         self._last_step = int(step)
+
+    def _line_parts(self, name: str) -> tuple[tuple[str, str], MetricInfo | None]:
+        """The fixed parts of ``name``'s lines (its name as JSON; kind, unit and source after the value), and its
+        info."""
+        info = self._match(name)
+        rest = {"kind": info.kind if info else None, "unit": info.unit if info else None}
+        rest["source"] = SOURCE if info else self.source
+        return (_ENCODER.encode(name), _ENCODER.encode(rest)[1:]), info
+
+    def flush(self) -> None:
+        """Write every line so far to the file now."""
+        if self._handle is not None:
+            self._handle.flush()
+            self._flushed = time.monotonic()
 
     def close(self) -> None:
         """Flush and close the file (writing again reopens it, appending)."""

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..bandwidth.advantages import grpo_advantages
+from ..bandwidth.rewards import combine_rewards
 from ..plugin.collective import Collective
 from ..plugin.events import AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.host import PluginHost
@@ -175,6 +176,11 @@ class RunSession:
         settings = self.run.grpo.advantage if self.run is not None else None
         advantages = grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, settings)
         object.__setattr__(batch, "advantages", advantages)  # the frozen event, completed before anyone sees it
+        try:
+            combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
+        except ValueError:  # a bad reward: each plugin meets it in its own guard, as before
+            combined = None
+        object.__setattr__(batch, "combined_rewards", combined)
         self.host.on_rollouts_scored(batch)
         return batch
 
@@ -252,7 +258,10 @@ class RunSession:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Every plugin's state and the trainer requests (``PluginHost.get_state``): JSON-serialisable."""
+        """Every plugin's state and the trainer requests (``PluginHost.get_state``): JSON-serialisable. Asked
+        at every checkpoint: the run log is flushed then, so the file holds every step the checkpoint holds."""
+        if self._run_log is not None:
+            self._run_log.flush()
         return self.host.get_state()
 
     def restore(self, state: Mapping[str, Any]) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..lora.sharding import is_sharded
+from ..lora.sharding import engine_fixed, is_sharded
 from .bounds import hoeffding_certificate
 from .engine import hidden_states, nonempty_batch, output_logits
 from .logits import LogitsSource, LogitsSourceError, accepts_logits_to_keep, body_and_head, own_logits
@@ -165,7 +165,7 @@ def measure_kl(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), engine_fixed():
             for block, start, stop, logits, ref_logits, features in _logit_chunks(
                 model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
             ):
@@ -236,7 +236,7 @@ def token_log_probs(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), engine_fixed():
             for block, start, stop, logits, ref_logits, _ in _logit_chunks(
                 model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
             ):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ..lora.layers import lora_layers
-from ..lora.sharding import gathered_lora_layers
+from ..lora.sharding import engine_fixed, gathered_lora_layers
 from ..plugin.base import SavedState, float_values
 from ..plugin.config import option
 from ..plugin.events import (
@@ -340,6 +340,16 @@ class KLMonitorPlugin:
     # -- measurement ------------------------------------------------------------------------
     def measure(self, sample: PolicySample) -> None:
         """Measure on ``sample`` (this process's share), reduce over processes, update bounds and budget."""
+        with engine_fixed():  # one walk of the model for the engine, however many parts ask
+            values = self._measure(sample)
+        if values is None:
+            return
+        self.values = values
+        self._fresh = True
+        self._check_budget(values["kl_mean"], sample.step)
+
+    def _measure(self, sample: PolicySample) -> dict[str, float] | None:
+        """The measurement's values (None when no process had a completion token)."""
         from .measure import KLSums, measure_kl
 
         limit = self.config.kl_max_sequences
@@ -356,7 +366,7 @@ class KLMonitorPlugin:
         )
         total = local.reduce(sample.collective)
         if total.tokens == 0:
-            return
+            return None
         values = {
             "kl_mean": total.kl / total.tokens,
             "kl_seq_mean": total.sequence_kl / max(total.sequences, 1.0),
@@ -370,9 +380,7 @@ class KLMonitorPlugin:
         values.update(
             self._update_bounds(sample.model, total.feature_norm_max, sample.temperature, sample.engine_model)
         )
-        self.values = values
-        self._fresh = True
-        self._check_budget(values["kl_mean"], sample.step)
+        return values
 
     def _update_bounds(
         self, model: Any, feature_norm: float, temperature: float, engine_model: Any = None

@@ -7,6 +7,7 @@ frozen adapter (TRL's "ref"), or a snapshot of the starting adapter's weights sw
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,16 +129,45 @@ def choose_reference(
     return ReferencePolicy("disable")
 
 
+#: Per model: (the adapter set it was found for, the modules whose flag disables their adapter).
+_SWITCHES: weakref.WeakKeyDictionary[Any, tuple[Any, list[Any]]] = weakref.WeakKeyDictionary()
+
+
+def _adapter_switches(model: Any) -> list[Any] | None:
+    """The modules PEFT's ``disable_adapter_layers`` toggles (``BaseTunerLayer`` and
+    ``AuxiliaryTrainingWrapper``: LoRA layers, modules_to_save and trainable-token wrappers), found once per
+    adapter set (``peft_config`` keys and the active adapter) and remembered; None when one of them keeps its
+    state elsewhere than PEFT's ``_disable_adapters`` flag (then PEFT's own calls are used)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    try:
+        from peft.utils.other import AuxiliaryTrainingWrapper
+    except ImportError:  # older PEFT: modules_to_save wrappers are not tuner layers
+        kinds: tuple[type, ...] = (BaseTunerLayer,)
+    else:
+        kinds = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+    key = (tuple(getattr(model, "peft_config", {}) or {}), repr(getattr(model, "active_adapter", None)))
+    found = _SWITCHES.get(model)
+    if found is None or found[0] != key:
+        modules = [module for module in model.modules() if isinstance(module, kinds)]
+        found = (key, modules if all(hasattr(m, "_disable_adapters") for m in modules) else None)
+        _SWITCHES[model] = found
+    return found[1]
+
+
 @contextlib.contextmanager
 def _adapters_disabled(model: Any) -> Iterator[None]:
-    """PEFT's ``disable_adapter()`` for LoRA-style adapters without its per-call status walk.
+    """PEFT's ``disable_adapter()`` for LoRA-style adapters, for a forward pass without gradients.
 
-    PEFT's context first computes ``get_model_status()`` (every layer's status, only to warn about a
-    mixed enabled/disabled state), then ``base_model.disable_adapter_layers()`` and, on exit,
-    ``enable_adapter_layers()``; that walk was about 40 % of a KL measurement on a small model. The same
-    two calls are made here, the walk skipped: the state this runs in is the trainer's (every adapter
-    enabled, or all disabled already: then nothing is toggled). Prompt-learning and adaption-prompt
-    adapters go through PEFT's own context.
+    PEFT's context computes ``get_model_status()`` (every layer's status, only to warn about a mixed state),
+    then ``disable_adapter_layers()``, which walks every module and, per layer, sets ``requires_grad`` on
+    each adapter parameter, and on exit ``enable_adapter_layers()``, which walks again (and sets
+    ``requires_grad=True`` on the active adapter, whatever it was). A layer's output depends only on its
+    ``disable_adapters`` flag, so here the flag of each layer PEFT would toggle (found once per adapter set)
+    is set and restored to exactly its previous value; ``requires_grad`` is left alone, which is the same
+    under ``torch.no_grad()`` (the measurement's). Equal logits to PEFT's own context:
+    ``tests/test_kl_reference_switch.py``. Prompt-learning and adaption-prompt adapters, and adapters with a
+    bias (PEFT warns that disabling them is not the base model), go through PEFT's own context.
     """
     config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
     tuner = getattr(model, "base_model", None)
@@ -145,21 +175,19 @@ def _adapters_disabled(model: Any) -> Iterator[None]:
         config is not None
         and not getattr(config, "is_prompt_learning", False)
         and not getattr(config, "is_adaption_prompt", False)
+        and getattr(config, "bias", "none") == "none"
         and hasattr(tuner, "disable_adapter_layers")
-        and hasattr(tuner, "enable_adapter_layers")
     )
-    if not plain:
+    switches = _adapter_switches(model) if plain else None
+    if switches is None:
         with model.disable_adapter():
             yield
         return
-    was_disabled = bool(getattr(model, "_adapters_disabled", False))
-    if was_disabled:
-        yield
-        return
+    previous = [module._disable_adapters for module in switches]
     try:
-        tuner.disable_adapter_layers()
-        model._adapters_disabled = True
+        for module in switches:
+            module._disable_adapters = True
         yield
     finally:
-        tuner.enable_adapter_layers()
-        model._adapters_disabled = was_disabled
+        for module, flag in zip(switches, previous, strict=True):
+            module._disable_adapters = flag

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..bandwidth.advantages import AdvantageSettings, advantage_pattern, batch_advantages
 from ..bandwidth.information import group_empirical_bits
-from ..bandwidth.rewards import combine_rewards, split_groups
+from ..bandwidth.rewards import batch_combined_rewards, split_groups
 from ..plugin.base import WarnOnce
 from ..plugin.events import RolloutsScored, RunStarted, StepEnded, StopTraining
 from ..plugin.hookspecs import hookimpl
@@ -85,7 +85,7 @@ class LearningPlugin:
 
     @hookimpl
     def on_rollouts_scored(self, batch: RolloutsScored) -> None:
-        combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
+        combined = batch_combined_rewards(batch)
         scored = [r for r in combined if not math.isnan(r)]
         if scored:
             self.top, self.bottom = max(self.top, *scored), min(self.bottom, *scored)

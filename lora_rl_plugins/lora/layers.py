@@ -51,6 +51,11 @@ class LoraLayerView:
 
 
 def _is_fsdp1(module: Any) -> bool:
+    """An FSDP1 ``FullyShardedDataParallel`` wrapper: its wrapped module is a child named ``_fsdp_wrapped_module``
+    (looked up in ``_modules``, so a plain module costs no AttributeError) and it has a flat-parameter ``_handle``."""
+    children = getattr(module, "_modules", None) if module is not None else None
+    if children is not None:
+        return "_fsdp_wrapped_module" in children and hasattr(module, "_handle")
     return module is not None and hasattr(module, "_fsdp_wrapped_module") and hasattr(module, "_handle")
 
 

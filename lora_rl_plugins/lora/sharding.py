@@ -20,7 +20,10 @@ and FSDP are imported inside the functions, only once their objects have been se
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,21 +42,58 @@ _FSDP1_PREFIX = "_fsdp_wrapped_module."
 
 
 def _is_zero3(param: Any) -> bool:
+    attributes = getattr(param, "__dict__", None)  # DeepSpeed sets ds_id/ds_shape on the parameter object
+    if attributes is not None:
+        return "ds_id" in attributes and "ds_shape" in attributes
     return hasattr(param, "ds_id") and hasattr(param, "ds_shape")
 
 
 def _is_dtensor(param: Any) -> bool:
-    return hasattr(param, "full_tensor") and hasattr(param, "placements") and hasattr(param, "_local_tensor")
+    # full_tensor is DTensor's method: a class lookup first, so a plain parameter costs no AttributeError
+    return (
+        hasattr(type(param), "full_tensor")
+        and hasattr(param, "full_tensor")
+        and hasattr(param, "placements")
+        and hasattr(param, "_local_tensor")
+    )
+
+
+#: Within ``engine_fixed()``: (id(model), id(engine_model)) -> the engine found (both objects are alive there).
+_FIXED: contextvars.ContextVar[dict[tuple[int, int], str] | None] = contextvars.ContextVar("engine", default=None)
+
+
+@contextlib.contextmanager
+def engine_fixed() -> Iterator[None]:
+    """Within the block, ``detect_engine`` walks each model's modules and parameters once: for one
+    measurement, whose forward passes and gathers all ask, the engine cannot change."""
+    if _FIXED.get() is not None:  # already inside one: the outer block's answers hold
+        yield
+        return
+    token = _FIXED.set({})
+    try:
+        yield
+    finally:
+        _FIXED.reset(token)
 
 
 def detect_engine(model: Any, engine_model: Any = None) -> str:
     """How ``model``'s parameters are held: "fsdp1", "fsdp2", "zero3", or "plain" (full parameters:
-    one process, DDP, DeepSpeed ZeRO-1/2).
+    one process, DDP, DeepSpeed ZeRO-1/2). Remembered within ``engine_fixed()``.
 
     Args:
         model: the unwrapped model (``accelerator.unwrap_model(trainer.model)``).
         engine_model: the engine's outer wrapper (``trainer.model_wrapped``), where there is one.
     """
+    fixed = _FIXED.get()
+    if fixed is None:
+        return _detect_engine(model, engine_model)
+    key = (id(model), id(engine_model))
+    if key not in fixed:
+        fixed[key] = _detect_engine(model, engine_model)
+    return fixed[key]
+
+
+def _detect_engine(model: Any, engine_model: Any) -> str:
     modules = getattr(model, "modules", None)
     if _is_fsdp1(engine_model) or (modules is not None and any(_is_fsdp1(m) for m in modules())):
         return "fsdp1"

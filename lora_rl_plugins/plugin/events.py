@@ -101,7 +101,7 @@ class AdapterSummary:
     matrices: tuple[AdaptedMatrix, ...] = ()
     adapter_name: str = "default"
 
-    @property
+    @functools.cached_property  # the summary is frozen: computed once, read at every step
     def is_lora(self) -> bool:
         """Whether the model carries at least one LoRA matrix of this adapter."""
         return bool(self.matrices)
@@ -131,13 +131,13 @@ class AdapterSummary:
         """Trainable parameters when the adapter's r is ``base_rank``: r · params_per_rank + fixed_params."""
         return _exact(base_rank * Fraction(self.params_per_rank) + self.fixed_params)
 
-    @property
+    @functools.cached_property  # the summary is frozen: computed once, read at every step
     def base_rank(self) -> int:
         """The adapter's configured rank r (the largest matrix rank where it is unknown)."""
         known = [m.base_rank for m in self.matrices if m.base_rank]
         return known[0] if known else self.max_rank
 
-    @property
+    @functools.cached_property  # the summary is frozen: computed once, read at every step
     def max_rank(self) -> int:
         """The largest effective rank among the matrices (what vLLM's ``max_lora_rank`` must hold)."""
         return max((m.rank for m in self.matrices), default=0)
@@ -213,6 +213,10 @@ class RolloutsScored:
     """The trainer's advantages of this batch, computed once where the batch is built (the run session,
     with ``RunStarted.grpo.advantage``); plugins read them through ``bandwidth.advantages.batch_advantages``,
     which computes them only for an event built without."""
+    combined_rewards: Sequence[float] | None = None
+    """r_i = Σ_f w_f·r_{i,f} per rollout (NaN where no function scored it), computed once where the batch is
+    built; plugins read it through ``bandwidth.rewards.batch_combined_rewards``, which computes it only for an
+    event built without."""
 
 
 @dataclass(frozen=True)
