@@ -38,7 +38,7 @@ CONFIGS = {
 }
 #: 3 warm-up steps + whole KL-measurement periods (the window after the warm-up holds exactly 1 measurement per
 #: DEFAULT_KL_EVERY steps)
-STEPS = {"tiny": 63, "medium": 33}
+STEPS = {"tiny": 63, "medium": 43}
 
 
 def measure(size: str, steps: int, repeats: int = 2, configs: list[str] | None = None) -> dict[str, dict]:

@@ -98,6 +98,8 @@ def split_groups(values: Sequence[Any], group_size: int) -> list[Sequence[Any]]:
 
 def partly_missing(rewards: Sequence[Sequence[Any]], names: Sequence[str]) -> dict[str, int]:
     """Per reward function: rollouts it left unscored (None/NaN) while another function scored them."""
+    if len(names) < 2:  # one function: a rollout is scored or not, never partly
+        return {}
     counts = dict.fromkeys(names, 0)
     for values in rewards:
         missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]

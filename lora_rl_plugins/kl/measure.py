@@ -32,7 +32,7 @@ from typing import Any
 
 from ..lora.sharding import engine_fixed, is_sharded
 from .bounds import hoeffding_certificate
-from .engine import hidden_states, nonempty_batch, output_logits
+from .engine import eval_mode, hidden_states, nonempty_batch, output_logits
 from .logits import LogitsSource, LogitsSourceError, accepts_logits_to_keep, body_and_head, own_logits
 from .reference import ReferencePolicy
 
@@ -162,29 +162,23 @@ def measure_kl(
     targets = input_ids[:, -mask.shape[1] :]
     sums = KLSums()
     per_sequence = torch.zeros(rows, dtype=torch.float64, device=input_ids.device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), engine_fixed():
-            for block, start, stop, logits, ref_logits, features in _logit_chunks(
-                model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
-            ):
-                _accumulate(
-                    sums,
-                    per_sequence[block],
-                    logits,
-                    ref_logits,
-                    targets[block, start:stop],
-                    mask[block, start:stop],
-                    features,
-                    temperature,
-                )
-            has_tokens = mask.any(dim=1)
-            sums.sequences = float(has_tokens.sum())
-            sums.sequence_kl = float(per_sequence[has_tokens].sum())
-    finally:
-        if was_training:
-            model.train()
+    with torch.no_grad(), engine_fixed(), eval_mode(model):
+        for block, start, stop, logits, ref_logits, features in _logit_chunks(
+            model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
+        ):
+            _accumulate(
+                sums,
+                per_sequence[block],
+                logits,
+                ref_logits,
+                targets[block, start:stop],
+                mask[block, start:stop],
+                features,
+                temperature,
+            )
+        has_tokens = mask.any(dim=1)
+        sums.sequences = float(has_tokens.sum())
+        sums.sequence_kl = float(per_sequence[has_tokens].sum())
     return sums
 
 
@@ -233,21 +227,15 @@ def token_log_probs(
     targets = input_ids[:, -mask.shape[1] :]
     policy = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
     ref = torch.zeros_like(policy)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), engine_fixed():
-            for block, start, stop, logits, ref_logits, _ in _logit_chunks(
-                model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
-            ):
-                index = targets[block, start:stop].unsqueeze(-1)
-                chunk_mask = mask[block, start:stop]
-                for total, z in ((policy, logits), (ref, ref_logits)):
-                    logp = torch.log_softmax(z.to(torch.float64).div_(temperature), dim=-1)
-                    total[block] += logp.gather(-1, index).squeeze(-1).masked_fill(~chunk_mask, 0.0).sum(-1)
-    finally:
-        if was_training:
-            model.train()
+    with torch.no_grad(), engine_fixed(), eval_mode(model):
+        for block, start, stop, logits, ref_logits, _ in _logit_chunks(
+            model, engine_model, logits_source, input_ids, attention_mask, mask, reference, max_chunk_elements
+        ):
+            index = targets[block, start:stop].unsqueeze(-1)
+            chunk_mask = mask[block, start:stop]
+            for total, z in ((policy, logits), (ref, ref_logits)):
+                logp = torch.log_softmax(z.to(torch.float64).div_(temperature), dim=-1)
+                total[block] += logp.gather(-1, index).squeeze(-1).masked_fill(~chunk_mask, 0.0).sum(-1)
     return policy[:given_rows], ref[:given_rows]
 
 

@@ -43,9 +43,12 @@ __all__ = [
     "precision_note",
 ]
 
-#: Generation batches between measurements by default: keeps the monitor's cost under 5 % of a
-#: GRPO step (measured in benchmarks/kl_free.py; see the README).
-DEFAULT_KL_EVERY = 10
+#: Generation batches between measurements by default. A measurement costs about two forward passes without
+#: gradients (the policy's and the reference's) plus fixed work (~8 ms on the benchmarks' tiny model, where a
+#: step takes ~65 ms): every 20 batches keeps the whole callback, every plugin on, at 2 % of a GRPO step or less
+#: (benchmarks/overhead.py; the README's Benchmarks), with 5 KL points per 100 steps and the budget checked within
+#: 20 batches of a crossing. ``kl_every=1`` measures every batch.
+DEFAULT_KL_EVERY = 20
 DEFAULT_MAX_SEQUENCES = 32
 #: Output layers the single-layer bound applies to.
 OUTPUT_LAYER_NAMES = ("lm_head", "embed_out", "output")
@@ -167,8 +170,8 @@ class KLMonitorConfig:
     )
     kl_every: int = option(
         DEFAULT_KL_EVERY,
-        doc="generation batches between KL measurements (1 = every batch; the default costs under 5 % of a step, "
-        "see Benchmarks)",
+        doc="generation batches between KL measurements (1 = every batch; the default keeps every plugin together at "
+        "2 % of a step or less, see Benchmarks)",
     )
     kl_max_sequences: int = option(DEFAULT_MAX_SEQUENCES, doc="sequences measured per process (the batch's first)")
     kl_budget: float | None = option(doc="the largest `kl_monitor/kl_mean` (nats/token) allowed; None = no budget")
@@ -248,6 +251,8 @@ class KLMonitorPlugin:
         self._pending_action: StopTraining | SetKLPenalty | None = None
         self.grpo = GRPOSettings()
         self.logits_source: Any = None
+        self._engines: dict[tuple[int, int], str] = {}
+        self._views: list[Any] | None = None
         self.only_output_layer = False
 
     # -- hooks ------------------------------------------------------------------------------
@@ -261,6 +266,8 @@ class KLMonitorPlugin:
 
         self.logits_source = LogitsSource()  # checked against the model's own logits at the first measurement
         self.adapter = adapter.adapter
+        self._engines = {}  # the run's engine, found at its first measurement
+        self._views = None  # the adapter's LoRA layers, found once (full parameters only)
         if not adapter.adapter.is_lora:
             if self.required:
                 ReferencePolicy.require_lora(adapter.model)
@@ -340,7 +347,7 @@ class KLMonitorPlugin:
     # -- measurement ------------------------------------------------------------------------
     def measure(self, sample: PolicySample) -> None:
         """Measure on ``sample`` (this process's share), reduce over processes, update bounds and budget."""
-        with engine_fixed():  # one walk of the model for the engine, however many parts ask
+        with engine_fixed(self._engines):  # found once per run: the engine does not change while it trains
             values = self._measure(sample)
         if values is None:
             return
@@ -393,7 +400,12 @@ class KLMonitorPlugin:
         inner = False
         spectral_max, frobenius_sq = 0.0, 0.0
         full = gathered_lora_layers(model, engine_model, name)  # collective under FSDP/ZeRO-3, else None
-        views = list(full if full is not None else lora_layers(model, name, per_expert=False))
+        if full is not None:
+            views = list(full)
+        else:  # full parameters: the same layers, updated in place, at every measurement
+            if self._views is None:
+                self._views = list(lora_layers(model, name, per_expert=False))
+            views = self._views
         plain = [view for view in views if view.kind != "experts"]  # one batched computation per shape
         computed = iter(many_update_norms([(view.weight_b, view.weight_a, view.scaling) for view in plain]))
         for view in views:

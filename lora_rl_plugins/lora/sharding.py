@@ -63,13 +63,17 @@ _FIXED: contextvars.ContextVar[dict[tuple[int, int], str] | None] = contextvars.
 
 
 @contextlib.contextmanager
-def engine_fixed() -> Iterator[None]:
+def engine_fixed(known: dict[tuple[int, int], str] | None = None) -> Iterator[None]:
     """Within the block, ``detect_engine`` walks each model's modules and parameters once: for one
-    measurement, whose forward passes and gathers all ask, the engine cannot change."""
+    measurement, whose forward passes and gathers all ask, the engine cannot change.
+
+    ``known``: a dict the caller keeps (and empties when its models change) to remember the answers across
+    blocks: a plugin's, for a training run, whose engine does not change while it trains.
+    """
     if _FIXED.get() is not None:  # already inside one: the outer block's answers hold
         yield
         return
-    token = _FIXED.set({})
+    token = _FIXED.set({} if known is None else known)
     try:
         yield
     finally:
