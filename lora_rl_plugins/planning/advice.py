@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 from ..serving.vllm import LEGAL_MAX_LORA_RANKS, smallest_legal_max_lora_rank
 
-__all__ = ["MEASURED_LOWER_RANKS", "RankAdvice", "advise_rank", "measured_lower_ranks", "serving_note"]
+__all__ = [
+    "MEASURED_LOWER_RANKS",
+    "RankAdvice",
+    "advise_rank",
+    "fewer_matrices_advice",
+    "measured_lower_ranks",
+    "more_matrices",
+    "serving_note",
+]
 
 
 #: What a rank sweep measured on the demo's own task (the demo's defaults otherwise): final reward (mean over
@@ -43,6 +51,22 @@ def measured_lower_ranks() -> str:
     )
     command, settings = MEASURED_LOWER_RANKS["command"], MEASURED_LOWER_RANKS["settings"]
     return f"final reward at seeds 0/1/2 {rewards} (`{command}`: {settings})"
+
+
+def more_matrices(rule: str) -> str:
+    """How to spread the bits over more matrices, true for the rule used: the adapter rule can adapt more modules
+    (``target_modules=``); the seed rule has no real modules (one d x d matrix stands for the model), so it asks
+    for the model instead (``model_config=``, the adapter rule)."""
+    if rule == "seed":
+        return "give the model (model_config=: the adapter rule counts every matrix the adapter trains)"
+    return "adapt more modules (target_modules=)"
+
+
+def fewer_matrices_advice(rule: str) -> str:
+    """What to do when no rank, or only one near full rank, holds the bits: ``more_matrices``, fewer bits, or
+    full fine-tuning (library keywords; ``lora-rl`` shows them as its flags)."""
+    more = more_matrices(rule)
+    return f"{more[:1].upper()}{more[1:]}, plan fewer bits (bits=, or episodes=, margin=), or fine-tune fully"
 
 
 @dataclass(frozen=True)
