@@ -433,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="an HTML page and PNG figures of a run's bits, capacity, reward, KL", epilog=EXIT_CODES
     )
-    report.add_argument("run_dir", help="TRL output_dir (trainer_state.json / checkpoints) or Lightning log dir")
+    report.add_argument(
+        "run_dir",
+        help="a run directory holding lora_rl_metrics.jsonl (the run log written while training: TRL's "
+        "output_dir, Lightning's log dir), or a TRL output_dir with trainer_state.json. To make one: "
+        "lora-rl demo --output-dir runs/demo",
+    )
     report.add_argument("--out", default=None, help="where to write (default: RUN_DIR/lora_rl_report)")
     report.set_defaults(handler=_report)
     return parser

@@ -276,3 +276,16 @@ def test_adapter_rule_advice_names_the_modules(capsys, tmp_path) -> None:
     assert (
         code == 1 and "no LoRA adapter of these modules holds that much. Adapt more modules (--target-modules)" in err
     )
+
+
+def test_report_of_a_missing_run_says_what_it_expects_and_how_to_make_one(capsys) -> None:
+    code, out, err = run(["report", "/no/such/dir"], capsys)
+    assert code == 2 and out == "", err
+    assert err.startswith("lora-rl report: no run at /no/such/dir: give a run directory holding lora_rl_metrics.jsonl")
+    assert "To make one: lora-rl demo --output-dir runs/demo, then lora-rl report runs/demo" in err
+
+
+def test_report_of_a_directory_without_a_run_says_the_same(capsys, tmp_path) -> None:
+    code, _, err = run(["report", str(tmp_path)], capsys)
+    assert code == 2 and f"no lora-rl-plugins metrics under {tmp_path}" in err, err
+    assert "give a run directory holding lora_rl_metrics.jsonl" in err and "lora-rl demo --output-dir" in err
