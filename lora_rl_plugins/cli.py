@@ -280,14 +280,27 @@ def _check_vllm(args: argparse.Namespace) -> int:
         for problem in verdict.problems:
             print(f"  - {problem}")
         return CHECK_VLLM_EXIT["refused"]
+    checked = _what_was_checked(verdict)
     if verdict.status == "partial":
         print(
-            f"checked partly: {engine} would accept {args.path}'s config and weights, but the base model's module "
+            f"checked partly: {engine} would accept {args.path}'s {checked}, but the base model's module "
             f"rules were not checked: {verdict.note}. Pass --model-config (the base model's config.json)."
         )
         return CHECK_VLLM_EXIT["partial"]
-    print(f"ok: {engine} would load {args.path} (base model: {verdict.model_config})")
+    print(
+        f"ok: {engine} would load {args.path} (checked: its {checked} and the base model's module rules; "
+        f"base model: {verdict.model_config})"
+    )
     return CHECK_VLLM_EXIT["ok"]
+
+
+def _what_was_checked(verdict) -> str:  # verdict: serving.vllm.VLLMVerdict
+    """The parts of the adapter a verdict checked, in words: the config always, the weight names when known."""
+    return {
+        "saved": "config and saved weights (adapter_model.safetensors)",
+        "given": "config and the weights given",
+        "built": "config and the weights PEFT builds for it on the base model (no adapter_model.safetensors read)",
+    }.get(verdict.weights_checked, "adapter config only (no adapter_model.safetensors: weight names not checked)")
 
 
 def build_parser() -> argparse.ArgumentParser:

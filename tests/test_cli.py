@@ -289,3 +289,36 @@ def test_report_of_a_directory_without_a_run_says_the_same(capsys, tmp_path) -> 
     code, _, err = run(["report", str(tmp_path)], capsys)
     assert code == 2 and f"no lora-rl-plugins metrics under {tmp_path}" in err, err
     assert "give a run directory holding lora_rl_metrics.jsonl" in err and "lora-rl demo --output-dir" in err
+
+
+def test_check_vllm_says_exactly_what_it_checked(capsys, tmp_path) -> None:
+    """ "config and weights" only when the weight names were checked: a bare adapter_config.json is the config
+    only; a saved adapter's adapter_model.safetensors is named; without it, the weights PEFT builds are."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from lora_rl_plugins.demo.model import build_tiny_model
+
+    base = build_tiny_model()
+    base.config.save_pretrained(tmp_path / "base")
+    base.name_or_path = "tiny-org/not-in-any-cache"  # the base model is not found: checked partly
+    adapter = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    adapter.save_pretrained(tmp_path / "adapter", save_embedding_layers=False)
+    config_only = tmp_path / "adapter" / "adapter_config.json"
+
+    code, out, _ = run(["check-vllm", str(config_only), "--max-lora-rank", "16"], capsys)
+    assert code == 3 and "'s adapter config only (no adapter_model.safetensors: weight names not checked)" in out
+    assert "config and weights" not in out
+
+    code, out, _ = run(["check-vllm", str(tmp_path / "adapter"), "--max-lora-rank", "16"], capsys)
+    assert code == 3 and "'s config and saved weights (adapter_model.safetensors), but the base model's" in out
+
+    base_config = str(tmp_path / "base" / "config.json")
+    code, out, _ = run(["check-vllm", str(config_only), "--max-lora-rank", "16", "--model-config", base_config], capsys)
+    assert code == 0 and "(checked: its config and the weights PEFT builds for it on the base model" in out
+    code, out, _ = run(
+        ["check-vllm", str(tmp_path / "adapter"), "--max-lora-rank", "16", "--model-config", base_config], capsys
+    )
+    assert (
+        code == 0 and "(checked: its config and saved weights (adapter_model.safetensors) and the base model's" in out
+    )
