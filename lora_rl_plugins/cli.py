@@ -17,6 +17,10 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .serving.vllm import VLLMVerdict
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -149,7 +153,8 @@ def _flag(dest: str) -> str:
 def _without_effect(args: argparse.Namespace) -> list[str]:
     """``lora-rl rank``'s flags given in a mode where they change nothing, each as "FLAG has no effect ...: what
     to give instead". Every flag of the command is covered: the shape (--target-modules), the bits (--bits or a
-    plan, one source of rollouts, one of bits per rollout, --epochs and --margin) and serving (--max-loras)."""
+    plan, one source of rollouts, one of bits per rollout, --epochs and --margin) and serving (--max-loras);
+    --bits-per-param, --vllm, --max-lora-rank and --json act in every mode."""
     given = {dest for dest in (*_PLAN_FLAGS, "target_modules", "max_loras") if getattr(args, dest) is not None}
     found = []
     if args.hidden_size is not None and "target_modules" in given:
@@ -294,7 +299,7 @@ def _check_vllm(args: argparse.Namespace) -> int:
     return CHECK_VLLM_EXIT["ok"]
 
 
-def _what_was_checked(verdict) -> str:  # verdict: serving.vllm.VLLMVerdict
+def _what_was_checked(verdict: VLLMVerdict) -> str:
     """The parts of the adapter a verdict checked, in words: the config always, the weight names when known."""
     return {
         "saved": "config and saved weights (adapter_model.safetensors)",
