@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None):
         save_strategy="no",
         use_cpu=args.model is None,
         bf16=args.model is not None,  # on CPU bf16 autocast is slower, and TRL's `kl` then differs from the exact KL
+        # TRL turns activation (gradient) checkpointing on by default, under the name transformers 5 deprecates
+        # (FutureWarnings at every step); the tiny model needs no memory saved, so it is off, under its new name
+        activation_checkpointing=args.model is not None,
     )
     trainer = GRPOTrainer(
         model=model,

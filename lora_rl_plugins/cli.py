@@ -10,12 +10,17 @@ found).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .serving.vllm import VLLMVerdict
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -126,13 +131,75 @@ def _plan(args: argparse.Namespace):  # -> RunPlan | None
         episodes=args.episodes,
         dataset_size=args.dataset_size,
         generations=args.generations,
-        epochs=args.epochs,
+        epochs=1.0 if args.epochs is None else args.epochs,
         steps=args.steps,
         rollouts_per_step=args.rollouts_per_step,
         reward_levels=args.reward_levels,
         bits_per_episode=args.bits_per_episode,
-        margin=args.margin,
+        margin=2.0 if args.margin is None else args.margin,
     )
+
+
+#: ``lora-rl rank``'s plan flags (their argparse dests), by what they count: the rollouts (one group only), the
+#: bits per rollout (one only), the margin. With ``--bits`` none of them has an effect.
+_EPISODE_GROUPS = (("episodes",), ("dataset_size", "generations", "epochs"), ("steps", "rollouts_per_step"))
+_PLAN_FLAGS = (*(d for group in _EPISODE_GROUPS for d in group), "reward_levels", "bits_per_episode", "margin")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _without_effect(args: argparse.Namespace) -> list[str]:
+    """``lora-rl rank``'s flags given in a mode where they change nothing, each as "FLAG has no effect ...: what
+    to give instead". Every flag of the command is covered: the shape (--target-modules), the bits (--bits or a
+    plan, one source of rollouts, one of bits per rollout, --epochs and --margin) and serving (--max-loras);
+    --bits-per-param, --vllm, --max-lora-rank and --json act in every mode."""
+    given = {dest for dest in (*_PLAN_FLAGS, "target_modules", "max_loras") if getattr(args, dest) is not None}
+    found = []
+    if args.hidden_size is not None and "target_modules" in given:
+        found.append(
+            "--target-modules has no effect with --hidden-size (the seed rule counts one d x d matrix, not "
+            "modules): give --model-config (the model's config.json) instead of --hidden-size for the adapter "
+            "rule, which counts the modules --target-modules selects, or drop --target-modules"
+        )
+    if "max_loras" in given:
+        if args.hidden_size is not None:
+            found.append(
+                "--max-loras has no effect with --hidden-size (it sizes vLLM's LoRA buffer memory, which needs "
+                "the model's shapes): give --model-config with --vllm, or drop --max-loras"
+            )
+        elif not (args.vllm or args.max_lora_rank is not None):
+            found.append(
+                "--max-loras has no effect without --vllm (it sizes vLLM's LoRA buffer memory): add --vllm, or "
+                "drop --max-loras"
+            )
+    if args.bits is not None:
+        found += [
+            f"{_flag(dest)} has no effect with --bits (the bits are given, not planned): drop --bits to plan "
+            f"them, or drop {_flag(dest)}" + (" (multiply --bits by your margin yourself)" * (dest == "margin"))
+            for dest in _PLAN_FLAGS
+            if dest in given
+        ]
+        return found
+    # the source RunPlan counts the rollouts from (its order): the other sources' flags change nothing
+    chosen = next((group for group in _EPISODE_GROUPS if all(d in given for d in group if d != "epochs")), None)
+    if chosen is not None:
+        source = " with ".join(_flag(d) for d in chosen if d in given)
+        found += [
+            f"{_flag(dest)} has no effect with {source} (the plan counts the rollouts one way): give --episodes, "
+            "or --dataset-size with --generations (and --epochs), or --steps with --rollouts-per-step, not two"
+            for group in _EPISODE_GROUPS
+            if group is not chosen
+            for dest in group
+            if dest in given
+        ]
+    if {"reward_levels", "bits_per_episode"} <= given:
+        found.append(
+            "--reward-levels has no effect with --bits-per-episode (that gives the bits per rollout directly): "
+            "give one of them"
+        )
+    return found
 
 
 def _rank(args: argparse.Namespace) -> int:
@@ -140,6 +207,8 @@ def _rank(args: argparse.Namespace) -> int:
 
     if (args.hidden_size is None) == (args.model_config is None):
         raise _UsageError("give exactly one of --hidden-size (seed rule) or --model-config (adapter rule)")
+    if found := _without_effect(args):
+        raise _UsageError("; ".join(found))
     if args.max_lora_rank is not None and not args.vllm:
         args.vllm = True  # a server's max_lora_rank means the adapter is served with vLLM
     plan = _plan(args)
@@ -149,7 +218,7 @@ def _rank(args: argparse.Namespace) -> int:
             plan=plan,
             hidden_size=args.hidden_size,
             model_config=args.model_config,
-            target_modules=_target_modules(args.target_modules),
+            target_modules=_target_modules("all-linear" if args.target_modules is None else args.target_modules),
             bits_per_param=args.bits_per_param,
             vllm=args.vllm,
             max_lora_rank=args.max_lora_rank,
@@ -164,10 +233,16 @@ def _rank(args: argparse.Namespace) -> int:
 
         try:
             memory = vllm_lora_memory_bytes(
-                load_model_config(args.model_config), max_lora_rank=choice.max_lora_rank, max_loras=args.max_loras
+                load_model_config(args.model_config),
+                max_lora_rank=choice.max_lora_rank,
+                max_loras=args.max_loras or 1,
             )
         except ValueError as error:
             memory_note = str(error)
+    if memory is None and memory_note is None:
+        from .planning.explain import memory_not_estimated
+
+        memory_note = memory_not_estimated(choice)
     if args.json:
         data = choice.to_dict()
         data["vllm_lora_memory_bytes"] = memory
@@ -176,7 +251,8 @@ def _rank(args: argparse.Namespace) -> int:
         return 0
     from .planning.explain import explain_rank
 
-    print(explain_rank(choice, plan, memory, memory_note, server_max_lora_rank=args.max_lora_rank))
+    flags = functools.partial(_as_flags, command=args.parser)
+    print(explain_rank(choice, plan, memory, memory_note, server_max_lora_rank=args.max_lora_rank, as_flags=flags))
     return 0
 
 
@@ -209,14 +285,27 @@ def _check_vllm(args: argparse.Namespace) -> int:
         for problem in verdict.problems:
             print(f"  - {problem}")
         return CHECK_VLLM_EXIT["refused"]
+    checked = _what_was_checked(verdict)
     if verdict.status == "partial":
         print(
-            f"checked partly: {engine} would accept {args.path}'s config and weights, but the base model's module "
+            f"checked partly: {engine} would accept {args.path}'s {checked}, but the base model's module "
             f"rules were not checked: {verdict.note}. Pass --model-config (the base model's config.json)."
         )
         return CHECK_VLLM_EXIT["partial"]
-    print(f"ok: {engine} would load {args.path} (base model: {verdict.model_config})")
+    print(
+        f"ok: {engine} would load {args.path} (checked: its {checked} and the base model's module rules; "
+        f"base model: {verdict.model_config})"
+    )
     return CHECK_VLLM_EXIT["ok"]
+
+
+def _what_was_checked(verdict: VLLMVerdict) -> str:
+    """The parts of the adapter a verdict checked, in words: the config always, the weight names when known."""
+    return {
+        "saved": "config and saved weights (adapter_model.safetensors)",
+        "given": "config and the weights given",
+        "built": "config and the weights PEFT builds for it on the base model (no adapter_model.safetensors read)",
+    }.get(verdict.weights_checked, "adapter config only (no adapter_model.safetensors: weight names not checked)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--hidden-size", type=_positive_int, help="d, for the seed rule 64·r·d >= bits (one d x d matrix)"
     )
     shape.add_argument("--model-config", help="a model's config.json (or its directory): the adapter rule")
-    shape.add_argument("--target-modules", default="all-linear", help="'all-linear' or a comma-separated list")
+    shape.add_argument(
+        "--target-modules",
+        default=None,
+        help="with --model-config: 'all-linear' (default) or a comma-separated list of module names",
+    )
     bits = rank.add_argument_group("bits (give --bits, or a run plan)")
     bits.add_argument(
         "--bits", type=_number(0.0, inclusive=True, what="a number of bits >= 0"), help="bits the adapter must hold"
@@ -275,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     bits.add_argument(
         "--epochs",
         type=_number(0.0, inclusive=False, what="a positive number"),
-        default=1.0,
-        help="passes over the dataset (default 1)",
+        default=None,
+        help="passes over the dataset (with --dataset-size; default 1)",
     )
     bits.add_argument("--steps", type=_positive_int, help="optimizer steps (with --rollouts-per-step)")
     bits.add_argument(
@@ -291,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     bits.add_argument(
         "--margin",
         type=_number(1.0, inclusive=True, what="a safety factor >= 1"),
-        default=2.0,
-        help="safety factor on the bits (default 2)",
+        default=None,
+        help="safety factor on the planned bits (default 2)",
     )
     rank.add_argument(
         "--bits-per-param",
@@ -302,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rank.add_argument("--vllm", action="store_true", help="the adapter will be served with vLLM")
     rank.add_argument("--max-lora-rank", type=_positive_int, help="the vLLM max_lora_rank the rank must fit under")
-    rank.add_argument("--max-loras", type=_positive_int, default=1, help="for the vLLM memory estimate")
+    rank.add_argument(
+        "--max-loras",
+        type=_positive_int,
+        default=None,
+        help="vLLM's max_loras, for its LoRA memory estimate (with --model-config and --vllm; default 1)",
+    )
     rank.add_argument("--json", action="store_true", help="machine-readable output")
     rank.set_defaults(handler=_rank, parser=rank)
 
@@ -353,7 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="an HTML page and PNG figures of a run's bits, capacity, reward, KL", epilog=EXIT_CODES
     )
-    report.add_argument("run_dir", help="TRL output_dir (trainer_state.json / checkpoints) or Lightning log dir")
+    report.add_argument(
+        "run_dir",
+        help="a run directory holding lora_rl_metrics.jsonl (the run log written while training: TRL's "
+        "output_dir, Lightning's log dir), or a TRL output_dir with trainer_state.json. To make one: "
+        "lora-rl demo --output-dir runs/demo",
+    )
     report.add_argument("--out", default=None, help="where to write (default: RUN_DIR/lora_rl_report)")
     report.set_defaults(handler=_report)
     return parser

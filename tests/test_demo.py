@@ -64,3 +64,22 @@ def test_flat_reward_run_names_the_signal_as_the_limit(tmp_path) -> None:
     assert "rank advice too little signal to judge a rank: the reward did not move (0.00 -> 0.00)" in summary
     assert "The limit is the signal, not the rank" in summary
     assert "would hold the" not in summary
+
+
+def test_short_run_whose_reward_did_not_rise_says_train_longer(tmp_path) -> None:
+    """A short run with a signal (rewards vary within every group) whose mean reward cannot rise: the advice is
+    more steps, not a rank change (`lora-rl demo --steps 20` on a new user's machine)."""
+    from lora_rl_plugins.demo.run import format_summary, run_demo
+    from lora_rl_plugins.demo.setup import tiny_setup
+
+    setup = tiny_setup(0)
+
+    def half_right(prompts, completions, **kwargs):  # every group: half 1, half 0; the mean stays 0.5
+        return [float(i % 2) for i in range(len(completions))]
+
+    setup.task.reward = half_right
+    result = run_demo(steps=10, kl_budget=None, output_dir=str(tmp_path), progress=False, setup=setup)
+    summary = " ".join(format_summary(result, width=100).split())
+    assert "rank advice too short to judge a rank: the reward did not rise over 10 steps (0.50 -> 0.50)" in summary
+    assert "Train longer (more steps" in summary
+    assert "would hold the" not in summary and "raise the rank" not in summary

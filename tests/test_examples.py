@@ -21,6 +21,25 @@ def test_trl_example(tmp_path, capsys) -> None:
     assert "bandwidth/bits_total" in capsys.readouterr().out
 
 
+def test_trl_example_at_defaults_raises_no_checkpointing_deprecation(tmp_path, capsys) -> None:
+    """At its defaults the example does not switch on TRL's default gradient checkpointing under the name
+    transformers 5 deprecates (a FutureWarning for the argument, then one per step from TRL's enable/disable)."""
+    pytest.importorskip("trl")
+    import warnings
+
+    import trl_grpo
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = trl_grpo.main(["--steps", "2", "--output-dir", str(tmp_path)])
+    assert trainer.args.activation_checkpointing is False
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    # PEFT 0.21's get_peft_model reads model.is_gradient_checkpointing itself (peft_model.py), whatever the
+    # settings: that one is PEFT's, not the example's
+    ours = [m for m in messages if "checkpointing" in m and not m.startswith("`is_gradient_checkpointing`")]
+    assert not ours, ours
+
+
 def test_unsloth_example_up_to_the_gpu_boundary(capsys) -> None:
     pytest.importorskip("peft")
     import unsloth_grpo

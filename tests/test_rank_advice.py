@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from lora_rl_plugins.planning.advice import SHORT_RUN_STEPS
 from lora_rl_plugins.planning.rank import MEASURED_LOWER_RANKS, advise_rank, serving_note
 
 # the demo's adapter: r = 8, 524,288 bits of capacity (65,536 per unit of r)
@@ -67,3 +68,24 @@ def test_serving_note(rank, server, effective, expected) -> None:
 def test_advice_with_a_server_rank_refuses_a_rank_above_it() -> None:
     advice = advise_rank(rank=32, capacity_bits=32_000.0, rank_sufficient=1, signal_bits=600.0, max_lora_rank=16)
     assert advice.lines[-1].startswith("vLLM: r=32 exceeds the server's max_lora_rank=16: vLLM refuses it")
+
+
+def test_short_run_whose_reward_did_not_rise_says_train_longer() -> None:
+    """20 steps of the demo (`lora-rl demo --steps 20`: 132 bits of signal, reward 0.08 -> 0.06): too short to
+    judge a rank, so the advice is more steps, not a rank change, and not a verdict on the signal either."""
+    advice = advise_rank(**DEMO, signal_bits=132.0, reward_first=0.08, reward_last=0.06, absorbed_bits=4.0, steps=20)
+    assert advice.limit == "steps" and advice.rank == 8
+    text = " ".join(advice.lines)
+    assert text.startswith("too short to judge a rank: the reward did not rise over 20 steps (0.08 -> 0.06)")
+    assert "Train longer (more steps; the demo's task was measured over 300) before changing the rank" in text
+    assert "r=1 would hold" not in text and "raise the rank" not in text and "lower rank" not in text
+    assert SHORT_RUN_STEPS == 100
+    # the same numbers over a long run (or with the steps unknown): the existing branches decide, as before
+    long_run = advise_rank(**DEMO, signal_bits=132.0, reward_first=0.08, reward_last=0.06, absorbed_bits=4.0, steps=300)
+    unknown = advise_rank(**DEMO, signal_bits=132.0, reward_first=0.08, reward_last=0.06, absorbed_bits=4.0)
+    assert long_run == unknown and long_run.limit != "steps"
+    # a short run whose reward rose is judged as before (the rule's rank)
+    assert advise_rank(**DEMO, signal_bits=621.0, reward_first=0.13, reward_last=0.79, steps=20).limit == "rule"
+    # no signal at all (every group's rewards equal): more steps would not help, the signal is the limit
+    flat = advise_rank(**DEMO, signal_bits=0.0, reward_first=0.0, reward_last=0.0, steps=4)
+    assert flat.limit == "signal"

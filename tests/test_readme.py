@@ -45,3 +45,22 @@ def test_readme_option_table_is_generated_from_the_configs() -> None:
 
     start, end = README.index("<!-- options:start -->\n"), README.index("<!-- options:end -->")
     assert README[start + len("<!-- options:start -->\n") : end].strip() == options_table()
+
+
+@pytest.mark.parametrize(
+    ("term", "definition"),
+    [
+        ("log2(M+1)", "M is the number of distinct final answers in a group of rollouts"),
+        ("log2 A_t", "A_t is the number of values the reward of token t can take"),
+        ("probe set", "The probe set is a fixed list of prompts whose answers you give"),
+        ("1.5× target", "(The target: plain GRPO needs at least 1.5 times the rollouts"),
+        ("KL(policy || base)", "its reference is the base model with the adapters disabled unless `kl_reference`"),
+    ],
+)
+def test_terms_are_defined_where_first_used(term, definition) -> None:
+    """A term a reader meets first (M, A_t, the probe set, the 1.5× target, which KL) is defined in the same
+    paragraph, outside generated output blocks."""
+    prose = re.sub(r"<!-- output: .*?<!-- /output -->", "", README, flags=re.S)
+    first = prose.index(term)
+    paragraph = prose[prose.rfind("\n\n", 0, first) : prose.find("\n\n", first)]
+    assert " ".join(definition.split()) in " ".join(paragraph.split()), (term, paragraph)

@@ -324,6 +324,7 @@ def _advice(result: DemoResult):  # -> RankAdvice
         reward_first=first,
         reward_last=last,
         absorbed_bits=final.get("learning/absorbed_bits"),
+        steps=result.steps[-1] if result.steps else None,
     )
 
 

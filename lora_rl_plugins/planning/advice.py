@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 from ..serving.vllm import LEGAL_MAX_LORA_RANKS, smallest_legal_max_lora_rank
 
-__all__ = ["MEASURED_LOWER_RANKS", "RankAdvice", "advise_rank", "measured_lower_ranks", "serving_note"]
+__all__ = [
+    "MEASURED_LOWER_RANKS",
+    "SHORT_RUN_STEPS",
+    "RankAdvice",
+    "advise_rank",
+    "fewer_matrices_advice",
+    "measured_lower_ranks",
+    "more_matrices",
+    "serving_note",
+]
 
 
 #: What a rank sweep measured on the demo's own task (the demo's defaults otherwise): final reward (mean over
@@ -21,6 +30,7 @@ __all__ = ["MEASURED_LOWER_RANKS", "RankAdvice", "advise_rank", "measured_lower_
 #: r=32: 0.73/0.98/0.82 on another CPU; r=1 the same). Quoted as measured; not a law.
 MEASURED_LOWER_RANKS = {
     "command": "lora-rl demo --rank R --seed S",
+    "steps": 300,
     "settings": "300 steps, lora_alpha = 2r, lr 2e-3 held fixed",
     "reward": {1: (0.37, 0.68, 0.69), 8: (0.87, 0.85, 0.80), 32: (0.73, 0.87, 0.82)},
     "absorbed_bits": {1: (-6.9, 13.5, 8.3), 8: (25.5, 26.3, 17.9), 32: (4.2, 29.1, 15.7)},
@@ -34,6 +44,9 @@ NEAR_CAPACITY_FRACTION = 0.5
 #: A reward whose first-tenth and last-tenth means differ by less than this (in reward units, or relative to the
 #: larger of the two when they exceed 1) did not move: nothing was learned.
 FLAT_REWARD = 0.02
+#: A run of fewer optimizer steps than this whose reward did not rise is too short to say anything about the rank
+#: or the signal: train longer first (a heuristic threshold; the demo's task was measured at 300 steps, above).
+SHORT_RUN_STEPS = 100
 
 
 def measured_lower_ranks() -> str:
@@ -45,15 +58,32 @@ def measured_lower_ranks() -> str:
     return f"final reward at seeds 0/1/2 {rewards} (`{command}`: {settings})"
 
 
+def more_matrices(rule: str) -> str:
+    """How to spread the bits over more matrices, true for the rule used: the adapter rule can adapt more modules
+    (``target_modules=``); the seed rule has no real modules (one d x d matrix stands for the model), so it asks
+    for the model instead (``model_config=``, the adapter rule)."""
+    if rule == "seed":
+        return "give the model (model_config=: the adapter rule counts every matrix the adapter trains)"
+    return "adapt more modules (target_modules=)"
+
+
+def fewer_matrices_advice(rule: str) -> str:
+    """What to do when no rank, or only one near full rank, holds the bits: ``more_matrices``, fewer bits, or
+    full fine-tuning (library keywords; ``lora-rl`` shows them as its flags)."""
+    more = more_matrices(rule)
+    return f"{more[:1].upper()}{more[1:]}, plan fewer bits (bits=, or episodes=, margin=), or fine-tune fully"
+
+
 @dataclass(frozen=True)
 class RankAdvice:
-    """What limits a run, as sentences: ``limit`` is "signal" (too little learned to judge a rank), "capacity"
-    (what was absorbed approaches the adapter's capacity: raise the rank) or "rule" (the capacity rule's rank,
-    with what is measured about lower ranks)."""
+    """What limits a run, as sentences: ``limit`` is "steps" (a short run whose reward did not rise: train
+    longer before judging anything), "signal" (too little learned to judge a rank), "capacity" (what was
+    absorbed approaches the adapter's capacity: raise the rank) or "rule" (the capacity rule's rank, with what
+    is measured about lower ranks)."""
 
     limit: str
     rank: int
-    """The rank advised: the trained rank ("signal"), a higher one ("capacity") or the rule's ("rule")."""
+    """The rank advised: the trained rank ("steps", "signal"), a higher one ("capacity") or the rule's ("rule")."""
     lines: tuple[str, ...]
 
 
@@ -67,6 +97,7 @@ def advise_rank(
     reward_last: float | None = None,
     absorbed_bits: float | None = None,
     max_lora_rank: int | None = None,
+    steps: int | None = None,
 ) -> RankAdvice:
     """Advice on the rank of a finished (or running) run, naming what limits it.
 
@@ -78,22 +109,36 @@ def advise_rank(
         reward_first, reward_last: the mean reward over the first and the last tenth of the steps.
         absorbed_bits: ``learning/absorbed_bits`` (exact, on the probe set) where measured.
         max_lora_rank: the vLLM server's ``max_lora_rank`` the adapter is for.
+        steps: the optimizer steps the run took, where known.
 
-    Cases, in order: the signal is too small to judge (reward flat, nothing absorbed, or the signal below
-    ``TOO_SMALL_FRACTION`` of what r = 1 holds): the limit is the reward, the task or the sampling, not the
-    rank; absorbed bits (the signal without probes) at ``NEAR_CAPACITY_FRACTION`` of capacity or more: raise
-    the rank; otherwise the rule's rank with ``MEASURED_LOWER_RANKS``. The thresholds are heuristics.
+    Cases, in order: a short run (``steps`` below ``SHORT_RUN_STEPS``) with a signal (not too small, below)
+    whose reward did not rise by ``FLAT_REWARD``: too short to judge the rank or the signal, train longer; the
+    signal is too small to judge (reward flat, nothing absorbed, or the signal below ``TOO_SMALL_FRACTION`` of
+    what r = 1 holds): the limit is the reward, the task or the sampling, not the rank; absorbed bits (the
+    signal without probes) at ``NEAR_CAPACITY_FRACTION`` of capacity or more: raise the rank; otherwise the
+    rule's rank with ``MEASURED_LOWER_RANKS``. The thresholds are heuristics.
     """
     per_rank = capacity_bits / max(rank, 1)
-    flat = None
+    flat = rose = None
     if reward_first is not None and reward_last is not None:
-        flat = abs(reward_last - reward_first) < FLAT_REWARD * max(1.0, abs(reward_first), abs(reward_last))
+        threshold = FLAT_REWARD * max(1.0, abs(reward_first), abs(reward_last))
+        flat, rose = abs(reward_last - reward_first) < threshold, reward_last - reward_first >= threshold
+    too_small = signal_bits < max(1.0, TOO_SMALL_FRACTION * per_rank)
     lines: list[str]
     if (
-        flat
-        or signal_bits < max(1.0, TOO_SMALL_FRACTION * per_rank)
-        or (absorbed_bits is not None and absorbed_bits <= 0)
+        not too_small  # with no signal at all (every group's rewards equal) more steps would not help
+        and steps is not None
+        and steps < SHORT_RUN_STEPS
+        and rose is False
     ):
+        limit, advised = "steps", rank
+        lines = [
+            f"too short to judge a rank: the reward did not rise over {steps} steps ({reward_first:.2f} -> "
+            f"{reward_last:.2f}). Train longer (more steps; the demo's task was measured over "
+            f"{MEASURED_LOWER_RANKS['steps']}) before changing the rank, the task or the "
+            "sampling: a run this short says nothing about them yet"
+        ]
+    elif flat or too_small or (absorbed_bits is not None and absorbed_bits <= 0):
         why = []
         if flat:
             why.append(f"the reward did not move ({reward_first:.2f} -> {reward_last:.2f})")

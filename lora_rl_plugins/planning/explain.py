@@ -5,11 +5,12 @@ command prints. Presentation only: the choice itself is ``planning.rank.select_r
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 
-from .advice import measured_lower_ranks, serving_note
+from .advice import fewer_matrices_advice, measured_lower_ranks, serving_note
 from .rank import RankChoice, RunPlan
 
-__all__ = ["explain_rank", "times"]
+__all__ = ["explain_rank", "memory_not_estimated", "times"]
 
 
 def explain_rank(
@@ -18,15 +19,17 @@ def explain_rank(
     memory: int | None,
     memory_note: str | None = None,
     server_max_lora_rank: int | None = None,
+    as_flags: Callable[[str], str] = str,
 ) -> str:
     """``lora-rl rank``'s answer in words: the bits, the rule, a table of ranks (parameters, capacity, whether
     it holds the bits, capacity ÷ bits, vLLM's max_lora_rank), the chosen rank and its margin, a near-full-rank
     warning, the vLLM serving note and LoRA buffer memory (``memory`` bytes, an estimate, or ``memory_note``
-    saying why there is none), and why a larger rank may still be chosen (what was measured).
+    saying why there is none), and why a larger rank may still be chosen (what was measured). ``as_flags``
+    rewrites the library's keywords in advice (``target_modules=``) as the command's flags.
     """
 
-    if choice.rule == "seed":
-        rule = f"seed rule 64·r·d >= bits with d = {choice.inputs['hidden_size']}"
+    if choice.rule == "seed":  # 2·r·d parameters at bits_per_param each: 64·r·d at the default 32
+        rule = f"seed rule {2 * choice.bits_per_param:g}·r·d >= bits with d = {choice.inputs['hidden_size']}"
     else:
         experts = sum(m.experts for m in choice.matrices)
         multiplied = sorted({m.name.rsplit(".", 1)[-1] for m in choice.matrices if m.rank_ratio > 1})
@@ -61,19 +64,19 @@ def explain_rank(
     if full and choice.rank >= full / 2:
         lines.append(
             f"near full rank: r = {choice.rank} is {choice.rank / full:.0%} of the full rank {full} of the adapted "
-            "matrices: a LoRA this large has nearly as many parameters as the matrices themselves. Adapt more "
-            "modules (--target-modules), plan fewer bits, or fine-tune fully"
+            "matrices: a LoRA this large has nearly as many parameters as the matrices themselves. "
+            + as_flags(fewer_matrices_advice(choice.rule))
         )
     if choice.max_lora_rank:  # the server's max_lora_rank when given: what it serves at no extra cost
         note = serving_note(choice.rank, server_max_lora_rank, choice.max_effective_rank())
         lines.append(f"vLLM:         {note.removeprefix('vLLM: ')}")
     if memory is not None:
         lines.append(
-            f"              vLLM pre-allocates ~{memory / 2**20:,.1f} MiB of LoRA buffers at that max_lora_rank "
+            f"memory:       vLLM pre-allocates ~{memory / 2**20:,.1f} MiB of LoRA buffers at that max_lora_rank "
             "(estimate, TP 1; the trained rank does not change it)"
         )
-    elif memory_note:
-        lines.append(f"              LoRA buffer memory not estimated: {memory_note}")
+    else:
+        lines.append(f"memory:       not estimated ({memory_note or memory_not_estimated(choice)})")
     lines += [
         "why larger:   capacity is a floor, not a target. A larger rank can still train better: with lora_alpha",
         "              fixed the update scale α/r shrinks as r grows (retune the learning rate, or use rsLoRA).",
@@ -85,9 +88,17 @@ def explain_rank(
             break_on_hyphens=False,
         ),
     ]
-    if not choice.max_lora_rank:
-        lines.append("              vLLM sizes its LoRA memory by max_lora_rank, not r (lora-rl rank --vllm).")
     return "\n".join(lines)
+
+
+def memory_not_estimated(choice: RankChoice) -> str:
+    """Why ``lora-rl rank`` printed no vLLM LoRA buffer memory, with what would give one."""
+    if choice.rule == "seed":
+        return (
+            "the seed rule has no model, and vLLM's LoRA buffers are sized by the model's modules: give "
+            "--model-config and --vllm"
+        )
+    return "vLLM's LoRA buffers, sized by max_lora_rank and not by r, are estimated with --vllm"
 
 
 def times(value: float | None) -> str:

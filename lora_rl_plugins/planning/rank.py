@@ -26,7 +26,15 @@ from ..bandwidth.information import rollout_bound
 from ..lora.capacity import DEFAULT_BITS_PER_PARAM, adapter_capacity_bits, params_per_rank, smallest_rank
 from ..plugin.events import AdaptedMatrix, AdapterSummary
 from ..serving.vllm import LEGAL_MAX_LORA_RANKS, smallest_legal_max_lora_rank
-from .advice import MEASURED_LOWER_RANKS, RankAdvice, advise_rank, measured_lower_ranks, serving_note
+from .advice import (
+    MEASURED_LOWER_RANKS,
+    RankAdvice,
+    advise_rank,
+    fewer_matrices_advice,
+    measured_lower_ranks,
+    more_matrices,
+    serving_note,
+)
 
 __all__ = [
     "MEASURED_LOWER_RANKS",
@@ -239,8 +247,10 @@ def select_rank(
     if beyond:
         raise RankRefusedError(
             f"the smallest rank that holds {needed:,.0f} bits is r={rank}, above {limit}, the rank at which "
-            "every adapted matrix is already full rank: no LoRA adapter of these modules holds that much. "
-            "Adapt more modules (target_modules), plan fewer bits (episodes, margin), or fine-tune fully"
+            "every adapted matrix is already full rank: no LoRA adapter of "
+            + ("one d x d matrix" if rule == "seed" else "these modules")
+            + " holds that much. "
+            + fewer_matrices_advice(rule)
         )
     choice = RankChoice(
         rank=rank,
@@ -309,12 +319,13 @@ def _fit_vllm(choice: RankChoice, max_lora_rank: int | None) -> RankChoice:
     if serving_rank is None:
         raise RankRefusedError(
             f"the adapter at {where} is above vLLM's largest max_lora_rank {LEGAL_MAX_LORA_RANKS[-1]}: the plan "
-            "needs more capacity than one vLLM-served LoRA adapter can have; adapt more modules or merge it"
+            f"needs more capacity than one vLLM-served LoRA adapter can have; {more_matrices(choice.rule)}, or "
+            "merge it"
         )
     if max_lora_rank is not None and effective > max_lora_rank:
         raise RankRefusedError(
             f"the smallest rank that holds {needed:,.0f} bits is {where}, above max_lora_rank={max_lora_rank}; "
-            f"serve with max_lora_rank={serving_rank}, or adapt more modules (target_modules) so that a lower "
-            "rank holds it"
+            f"serve with max_lora_rank={serving_rank}, or hold the bits at a lower rank: "
+            f"{more_matrices(choice.rule)}"
         )
     return replace(choice, max_lora_rank=serving_rank)

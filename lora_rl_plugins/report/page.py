@@ -61,6 +61,7 @@ def rank_advice(run: RunLog) -> list[str]:
         reward_first=sum(rewards[:window]) / window if rewards else None,
         reward_last=sum(rewards[-window:]) / window if rewards else None,
         absorbed_bits=run.last("learning/absorbed_bits"),
+        steps=run.last_step or None,
     )
     lines += [line[:1].upper() + line[1:] + "." for line in advice.lines]
     zero = run.values("bandwidth/zero_info_frac")

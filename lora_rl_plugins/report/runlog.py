@@ -14,7 +14,15 @@ from pathlib import Path
 from ..bridge.runlog import RUN_LOG_NAME, read_description
 from ..plugin.metrics import MetricInfo
 
-__all__ = ["RunLog", "builtin_metric_infos", "load_run", "trl_history"]
+__all__ = ["RUN_DIRECTORY_HINT", "RunLog", "builtin_metric_infos", "load_run", "trl_history"]
+
+#: What ``load_run`` (``lora-rl report``) expects, and how to make one: said when it finds no run.
+RUN_DIRECTORY_HINT = (
+    f"give a run directory holding {RUN_LOG_NAME}, the run log lora-rl-plugins writes while training (into "
+    "TRL's output_dir, or Lightning's log directory). To make one: lora-rl demo --output-dir runs/demo, then "
+    "lora-rl report runs/demo; or add LoraRLCallback to your trainer (lora_rl_plugins.integrations.trl or "
+    ".lightning) and give its output directory"
+)
 
 
 @dataclass
@@ -181,7 +189,7 @@ def load_run(run_dir: str | Path) -> RunLog:
     """
     root = Path(run_dir)
     if not root.exists():
-        raise FileNotFoundError(f"no run at {root}")
+        raise FileNotFoundError(f"no run at {root}: {RUN_DIRECTORY_HINT}")
     logs = [root] if root.name == RUN_LOG_NAME else list(root.rglob(RUN_LOG_NAME))
     if newest_log := _newest(logs, key=lambda p: p.stat().st_mtime_ns):
         run = _jsonl(newest_log)
@@ -205,6 +213,6 @@ def load_run(run_dir: str | Path) -> RunLog:
         raise FileNotFoundError(
             f"no lora-rl-plugins metrics under {root}: looked for the run log {RUN_LOG_NAME}, TRL "
             "trainer_state.json, Lightning metrics.csv and TensorBoard event files with bandwidth/* metrics. "
-            "Point it at the run's output_dir (TRL) or log directory (Lightning)"
+            + RUN_DIRECTORY_HINT
         )
     return max(candidates, key=lambda r: max((s for pts in r.series.values() for s, _ in pts), default=0))

@@ -90,6 +90,9 @@ class VLLMVerdict:
 
     ``status``: "refused" (problems), "ok" (every rule checked, none broken) or "partial" (no problem in the
     rules that could be checked, but the base model's module rules were not: ``note`` says why).
+    ``weights_checked``: which weight names were checked: "saved" (the adapter's adapter_model.safetensors),
+    "given" (``weights=``), "built" (the weights PEFT builds for this config on the base model), "" (none: only
+    the engine settings and the adapter config were checked).
     """
 
     problems: list[VLLMProblem]
@@ -97,6 +100,7 @@ class VLLMVerdict:
     model_config: Any
     module_rules_checked: bool
     note: str = ""
+    weights_checked: str = ""
 
     @property
     def status(self) -> str:
@@ -166,12 +170,15 @@ def vllm_lora_verdict(
     if arch is not None and not arch.supports_lora:  # vLLM refuses at engine start: no adapter is read
         model = config.get("base_model_name_or_path") or str(base)
         return VLLMVerdict([*problems, lora_support_problem(arch, model)], version, base, True, note)
+    source = "given" if weights is not None else ""
     if weights is None:
         weights = _saved_weights(lora, problems)
+        source = "saved" if weights is not None else ""
     if weights is None and base is not None and not any(p.rule == "required_fields" for p in problems):
         from ..lora.shapes import adapter_weight_shapes
 
         weights = adapter_weight_shapes(config, base)
+        source = "built" if weights is not None else ""
     if weights is None and config.get("trainable_token_indices"):
         problems.append(
             VLLMProblem(
@@ -187,7 +194,7 @@ def vllm_lora_verdict(
         model = config.get("base_model_name_or_path") or str(base)
         problems += architecture_problems(base, version, model=model)
     checked = arch is not None and (not arch.supports_lora or not arch.transformers_backend)
-    return VLLMVerdict(problems, version, base, checked, note)
+    return VLLMVerdict(problems, version, base, checked, note, source)
 
 
 def validate_vllm_lora(
