@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: re-run: ``tests/test_benchmark_stamps.py`` lets it pass and the README's table says so.
 STALE = "stale, awaiting re-run"
 
-#: "tiny": the demo's model (~80k parameters); "medium": tens of millions of parameters.
+#: "tiny": the demo's model (~80k parameters); "medium": tens of millions of parameters. "smollm2" (in ``_run``):
+#: SmolLM2-135M-Instruct, pretrained, on the ``lora-rl demo --model smollm2`` task with that demo's GRPO settings.
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
     "medium": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4, "intermediate_size": 1536},
@@ -89,18 +90,32 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     from lora_rl_plugins.integrations.trl import LoraRLCallback
 
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    tokenizer = build_tokenizer()
-    task = CodebookTask()
-    model: Any = build_tiny_model(**MODEL_SIZES[spec["size"]])
     workdir = tempfile.mkdtemp(prefix="lora-rl-bench-")
+    grpo: dict[str, Any] = {}
+    callback_options: dict[str, Any] = {}
+    if spec["size"] == "smollm2":  # the real model of `lora-rl demo --model smollm2`, with its task and settings
+        from lora_rl_plugins.demo.smollm2 import smollm2_setup
+
+        setup = smollm2_setup(0, progress=False)
+        model, tokenizer, task = setup.model, setup.tokenizer, setup.task
+        grpo = {key: value for key, value in setup.grpo.items() if key not in ("learning_rate", "bf16")}
+        callback_options = dict(setup.callback_options)
+    else:
+        tokenizer = build_tokenizer()
+        task = CodebookTask()
+        model = build_tiny_model(**MODEL_SIZES[spec["size"]])
     if not spec["peft"] and spec["beta"] > 0:  # TRL loads the full reference copy from disk
         model.save_pretrained(os.path.join(workdir, "model"))
         model = os.path.join(workdir, "model")
+    settings: dict[str, Any] = {
+        "per_device_train_batch_size": spec.get("batch", 16),
+        "num_generations": spec.get("generations", 8),
+        "max_completion_length": spec.get("completion_length", 8),
+        **grpo,
+    }
     args = GRPOConfig(
         output_dir=workdir,
-        per_device_train_batch_size=spec.get("batch", 16),
-        num_generations=spec.get("generations", 8),
-        max_completion_length=spec.get("completion_length", 8),
+        **settings,
         learning_rate=1e-3,
         beta=spec["beta"],
         max_steps=spec["steps"],
@@ -132,7 +147,8 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         wrapped = ("_calculate_rewards", "_generate_and_score_completions")
         for name in wrapped:
             setattr(trainer, name, _timed(getattr(trainer, name), callback_seconds, sign=-1))
-        callback = LoraRLCallback(trainer, load_entry_points=False, **spec.get("callback_options", {}))
+        options = {**callback_options, **spec.get("callback_options", {})}
+        callback = LoraRLCallback(trainer, load_entry_points=False, **options)
         for name in wrapped:
             setattr(trainer, name, _timed(getattr(trainer, name), callback_seconds))
         for name in ("on_step_end", "on_log"):

@@ -281,3 +281,36 @@ def test_autocast_is_an_info_not_a_warning() -> None:
     assert "fp16 autocast" in precision_note({"beta": 0.04, "fp16": True})
     assert precision_note({"beta": 0.0, "bf16": True}) is None  # no k3 logged at beta = 0
     assert precision_note({"beta": 0.04, "bf16": False, "fp16": False}) is None
+
+
+def test_measured_rows_are_evenly_spaced() -> None:
+    from lora_rl_plugins.kl.monitor import measured_rows
+
+    assert measured_rows(8, 8) == slice(None) and measured_rows(3, 8) == slice(None)
+    assert measured_rows(16, 8) == [0, 2, 4, 6, 8, 10, 12, 14]  # groups of 4: two rollouts of each prompt
+    assert measured_rows(10, 4) == [0, 2, 5, 7]
+    with pytest.raises(ValueError, match="kl_max_sequences"):
+        measured_rows(4, 0)
+
+
+def test_the_monitor_measures_the_rows_it_names() -> None:
+    """Over kl_max_sequences, kl_mean is the exact KL on the evenly spaced rows (float64 recomputation), not on
+    the batch's first rows."""
+    from lora_rl_plugins.kl.monitor import measured_rows
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(
+        build_tiny_model(vocab_size=64),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    ids, attention, mask = batch(rows=12, length=12, completion=6)
+    mask[5] = 0  # a row the first-rows rule would measure differently
+    monitor = KLMonitorPlugin(KLMonitorConfig(kl_module_norms=False, kl_max_sequences=4))
+    monitor.on_run_start(RunStarted(framework="test", options={}))
+    monitor.on_adapter_ready(AdapterReady(summarize_adapter(model), model))
+    monitor.measure(PolicySample(step=0, model=model, input_ids=ids, attention_mask=attention, completion_mask=mask))
+    rows = measured_rows(12, 4)
+    expected = own_kl(model, ids[rows], attention[rows], mask[rows])
+    first = own_kl(model, ids[:4], attention[:4], mask[:4])
+    assert monitor.values["kl_mean"] == pytest.approx(expected["kl"], rel=1e-6)
+    assert monitor.values["kl_mean"] != pytest.approx(first["kl"], rel=1e-6)

@@ -40,6 +40,7 @@ __all__ = [
     "KLMonitorConfig",
     "KLMonitorPlugin",
     "comparability_notes",
+    "measured_rows",
     "precision_note",
 ]
 
@@ -49,9 +50,27 @@ __all__ = [
 #: (benchmarks/overhead.py; the README's Benchmarks), with 5 KL points per 100 steps and the budget checked within
 #: 20 batches of a crossing. ``kl_every=1`` measures every batch.
 DEFAULT_KL_EVERY = 20
-DEFAULT_MAX_SEQUENCES = 32
+#: Sequences measured per process by default (``measured_rows``): on a compute-bound model a measurement costs in
+#: proportion to them (two forward passes of each), and 8 evenly spaced sequences sample every prompt of a batch
+#: of up to 8 groups.
+DEFAULT_MAX_SEQUENCES = 8
 #: Output layers the single-layer bound applies to.
 OUTPUT_LAYER_NAMES = ("lm_head", "embed_out", "output")
+
+
+def measured_rows(batch: int, limit: int) -> slice | list[int]:
+    """The rows of a [batch, ...] sample the monitor measures: all (``slice(None)``) when ``batch <= limit``, else
+    the ``limit`` evenly spaced rows ⌊i·batch/limit⌋, i = 0 .. limit − 1 (a group of K consecutive rollouts gets
+    about K·limit/batch of them).
+
+    Raises:
+        ValueError: ``limit`` < 1.
+    """
+    if limit < 1:
+        raise ValueError(f"kl_max_sequences must be >= 1, got {limit}")
+    if batch <= limit:
+        return slice(None)
+    return [(i * batch) // limit for i in range(limit)]
 
 
 def _standard_error(total: float, total_squared: float, count: float) -> float:
@@ -173,7 +192,11 @@ class KLMonitorConfig:
         doc="generation batches between KL measurements (1 = every batch; the default keeps every plugin together at "
         "2 % of a step or less, see Benchmarks)",
     )
-    kl_max_sequences: int = option(DEFAULT_MAX_SEQUENCES, doc="sequences measured per process (the batch's first)")
+    kl_max_sequences: int = option(
+        DEFAULT_MAX_SEQUENCES,
+        doc="sequences measured per process: all of a batch of at most this many, else this many evenly spaced "
+        "(rows ⌊i·B/N⌋, so every prompt's group is sampled while the batch holds at most N groups)",
+    )
     kl_budget: float | None = option(doc="the largest `kl_monitor/kl_mean` (nats/token) allowed; None = no budget")
     on_budget: Literal["warn", "stop", "penalize"] = option(
         "warn",
@@ -359,13 +382,13 @@ class KLMonitorPlugin:
         """The measurement's values (None when no process had a completion token)."""
         from .measure import KLSums, measure_kl
 
-        limit = self.config.kl_max_sequences
+        rows = measured_rows(sample.input_ids.shape[0], self.config.kl_max_sequences)
         # Every process measures, even with no sequences: under FSDP/ZeRO-3 the forward passes are collective.
         local: KLSums = measure_kl(
             sample.model,
-            sample.input_ids[:limit],
-            sample.attention_mask[:limit],
-            sample.completion_mask[:limit],
+            sample.input_ids[rows],
+            sample.attention_mask[rows],
+            sample.completion_mask[rows],
             reference=self.reference,
             temperature=sample.temperature,
             logits_source=self.logits_source,

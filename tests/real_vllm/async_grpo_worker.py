@@ -157,7 +157,8 @@ def main() -> None:
             return getattr(queue, name)
 
     trainer.rollout_queue = Recorder()
-    callback = LoraRLAsyncCallback(trainer, load_entry_points=False, kl_every=1)
+    # every sequence measured: the recomputation below is over the whole sample
+    callback = LoraRLAsyncCallback(trainer, load_entry_points=False, kl_every=1, kl_max_sequences=4096)
 
     monitor = callback.host.plugin("kl_monitor")
     kl_pairs: list[tuple[float, float]] = []

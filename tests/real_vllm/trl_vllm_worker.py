@@ -138,16 +138,18 @@ def main() -> None:
     measure = monitor.measure
 
     def measured(sample: Any) -> None:
-        limit = monitor.config.kl_max_sequences
+        from lora_rl_plugins.kl.monitor import measured_rows
+
+        rows = measured_rows(sample.input_ids.shape[0], monitor.config.kl_max_sequences)  # the sequences it measures
         expected = own_kl(
             sample.model,
-            sample.input_ids[:limit],
-            sample.attention_mask[:limit],
-            sample.completion_mask[:limit],
+            sample.input_ids[rows],
+            sample.attention_mask[rows],
+            sample.completion_mask[rows],
             sample.temperature,
         )
         measure(sample)
-        tokens = float(sample.completion_mask[:limit].sum())
+        tokens = float(sample.completion_mask[rows].sum())
         kl_pairs.append((monitor.values["kl_mean"], expected, tokens))  # kl_mean is over every process's tokens
 
     monitor.measure = measured
