@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg backend, deterministic for the same input)."""
+"""The report's figures (matplotlib's object API: ``Figure`` objects, no pyplot state, the caller's backend left
+alone; deterministic for the same input)."""
 
 from __future__ import annotations
 
@@ -91,12 +92,11 @@ def _noisy(axis: Any, steps: list[int], values: list[float], label: str, **style
 
 
 def _figure(title: str) -> tuple[Any, Any]:
-    import matplotlib
+    # matplotlib's object API: no pyplot state (no figure kept open, the user's backend left alone)
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7.5, 3.6), dpi=100)
+    figure = Figure(figsize=(7.5, 3.6), dpi=100)
+    axis = figure.subplots()
     axis.set_title(title, fontsize=FONT + 2)
     axis.tick_params(labelsize=FONT)
     axis.grid(True, alpha=0.3)
@@ -201,12 +201,10 @@ def build_figures(run: RunLog) -> dict[str, Any]:
 
 
 def _kl_figure(run: RunLog) -> Any:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (mean_axis, max_axis) = plt.subplots(1, 2, figsize=(9.5, 5.0), dpi=100)
+    figure = Figure(figsize=(9.5, 5.0), dpi=100)
+    mean_axis, max_axis = figure.subplots(1, 2)
     figure.suptitle("Policy drift: measured KL and its bounds", fontsize=11)
     panels = (
         (mean_axis, KL_MEAN_SERIES, "mean per token"),

@@ -164,13 +164,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir else Path(run_dir) / "lora_rl_report"
     out.mkdir(parents=True, exist_ok=True)
-    import matplotlib.pyplot as plt
-
     blocks = []
     captions = describe_figures(run)
     for name, figure in build_figures(run).items():
         data = _png(figure)
-        plt.close(figure)
         (out / f"{name}.png").write_bytes(data)
         encoded = base64.b64encode(data).decode()
         blocks.append(
