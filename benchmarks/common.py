@@ -259,6 +259,10 @@ def staleness(stamp: dict[str, Any], root: Path = ROOT) -> tuple[str, str]:
     until re-run, and the README's table says so), ``"unknown"`` (no git, a shallow clone, or the commit is not
     in this history: the reason says which). The last change is ``git log -1 -- <measures>``; it must be an
     ancestor of (or equal to) the stamped commit (``git merge-base --is-ancestor``).
+
+    A result too long to re-run whole may carry ``reproduced``: ``{"commit", "command", "matched"}``, a part of it
+    re-run at a later commit that gave the same numbers (``matched`` says which); the code is then dated from that
+    commit, and the reason says the result was measured at one commit and reproduced at the other.
     """
     if stamp.get("status") == STALE:
         return "marked stale", f"{STALE}: {stamp.get('note', '')} (re-run: {stamp['command']})"
@@ -280,11 +284,21 @@ def staleness(stamp: dict[str, Any], root: Path = ROOT) -> tuple[str, str]:
     if inside.stdout.strip() == "true":
         return "unknown", "a shallow clone: the history that dates the measured code is missing (git fetch --unshallow)"
     commit = stamp.get("commit")
+    reproduced = stamp.get("reproduced") or {}
+    if reproduced.get("commit"):
+        if not reproduced.get("matched") or not reproduced.get("command"):
+            return "stale", "its stamp's `reproduced` must say what was re-run (`command`) and what matched (`matched`)"
+        commit = reproduced["commit"]
     if not commit or git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
         return "unknown", f"the stamped commit {commit} is not in this history"
     last = git("log", "-1", "--format=%H", "--", *stamp["measures"]).stdout.strip()
     if not last or git("merge-base", "--is-ancestor", last, commit).returncode == 0:
-        return "current", f"measured at {commit[:10]}; the measured code last changed in {last[:10] or 'no commit'}"
+        how = (
+            f"measured at {str(stamp.get('commit'))[:10]}, reproduced at {commit[:10]} ({reproduced['matched']})"
+            if reproduced.get("commit")
+            else f"measured at {commit[:10]}"
+        )
+        return "current", f"{how}; the measured code last changed in {last[:10] or 'no commit'}"
     return "stale", (
         f"measured at {commit[:10]}, but {' '.join(stamp['measures'])} changed in {last[:10]} after it: "
         f"re-run `{stamp['command']}`, or set its stamp's status to {STALE!r} until someone does"

@@ -206,6 +206,9 @@ def benchmark_block(name: str) -> str:
         load = "/".join(f"{x:g}" for x in stamp["load_average"])
         dirty = f", with uncommitted changes to {', '.join(stamp['uncommitted'])}" if stamp["uncommitted"] else ""
         line = f"Measured at commit {stamp['commit'][:10]}{dirty} on {stamp['date']}, load average {load}."
+        if stamp.get("reproduced"):
+            again = stamp["reproduced"]
+            line += f" Reproduced at commit {again['commit'][:10]} (`{again['command']}`): {again['matched']}."
     return f"{text}\n\n{line}\n"
 
 

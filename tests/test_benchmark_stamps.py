@@ -84,6 +84,16 @@ def test_staleness_follows_the_history(tmp_path: Path, monkeypatch: pytest.Monke
     verdict, reason = staleness(measured, repo)
     assert verdict == "stale" and "python -m benchmarks.x" in reason and STALE in reason
 
+    # a part re-run at the later commit that matched dates the result from there, and says so
+    later = _git(repo, "rev-parse", "HEAD")
+    reproduced = {"commit": later, "command": "python -m benchmarks.x --part", "matched": "every number"}
+    verdict, reason = staleness({**measured, "reproduced": reproduced}, repo)
+    assert verdict == "current" and "reproduced at" in reason and "every number" in reason
+    assert staleness({**measured, "reproduced": {**reproduced, "matched": ""}}, repo)[0] == "stale"
+    (repo / "pkg" / "code.py").write_text("x = 3\n")
+    _git(repo, "commit", "-qam", "change it again")
+    assert staleness({**measured, "reproduced": reproduced}, repo)[0] == "stale"
+
     assert staleness({**measured, "status": STALE, "note": "n"}, repo)[0] == "marked stale"
     assert staleness({**measured, "uncommitted": ["pkg/code.py"]}, repo)[0] == "stale"
     assert staleness({**measured, "commit": "0" * 40}, repo)[0] == "unknown"
