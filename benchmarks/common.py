@@ -119,7 +119,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         learning_rate=1e-3,
         beta=spec["beta"],
         max_steps=spec["steps"],
-        logging_steps=1,
+        logging_steps=spec.get("logging_steps", 1),
         report_to=[],
         use_cpu=True,
         bf16=False,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lora_rl_plugins.kl.monitor import DEFAULT_KL_EVERY
+from lora_rl_plugins.kl.monitor import DEFAULT_KL_EVERY, DEFAULT_MAX_SEQUENCES
 
 from .common import machine, markdown_table, run_isolated, save_result
 
@@ -39,11 +39,16 @@ CONFIGS = {
 #: 3 warm-up steps + whole KL-measurement periods (the window after the warm-up holds exactly 1 measurement per
 #: DEFAULT_KL_EVERY steps)
 STEPS = {"tiny": 3 + 3 * DEFAULT_KL_EVERY, "medium": 3 + 2 * DEFAULT_KL_EVERY, "smollm2": 3 + DEFAULT_KL_EVERY}
+#: TRL's default (``GRPOConfig.logging_steps``): the settings a user who changes nothing runs with. The callback
+#: writes its run log at every log, so ``--logging-steps 1`` measures the most it can cost.
+LOGGING_STEPS = 10
 #: Configurations per model where not all are run: SmolLM2 steps take seconds on a CPU, so only the two ends.
 SIZE_CONFIGS = {"smollm2": ["no callback", "all plugins"]}
 
 
-def measure(size: str, steps: int, repeats: int = 2, configs: list[str] | None = None) -> dict[str, dict]:
+def measure(
+    size: str, steps: int, repeats: int = 2, configs: list[str] | None = None, logging_steps: int = LOGGING_STEPS
+) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for _ in range(repeats):
         for label, block in CONFIGS.items():
@@ -59,6 +64,7 @@ def measure(size: str, steps: int, repeats: int = 2, configs: list[str] | None =
                 "callback": block is not None,
                 "callback_options": {"block": block or []},
                 "warmup_steps": 3,
+                "logging_steps": logging_steps,
             }
             load = os.getloadavg()[0]
             result = run_isolated(spec)
@@ -97,12 +103,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,medium,smollm2", help="tiny, medium (benchmarks.common) and smollm2")
     parser.add_argument("--steps", type=int, default=None, help=f"steps per run (default {STEPS})")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--logging-steps", type=int, default=LOGGING_STEPS, help="TRL's logging_steps (its default)")
     parser.add_argument("--configs", default=None, help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--out", default="benchmarks/results/overhead.json")
     args = parser.parse_args()
     configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
-    results = {size: measure(size, args.steps or STEPS[size], args.repeats, configs) for size in args.sizes.split(",")}
-    report = f"Machine: {machine()}.\n\n{table(results)}\n"
+    results = {
+        size: measure(size, args.steps or STEPS[size], args.repeats, configs, args.logging_steps)
+        for size in args.sizes.split(",")
+    }
+    report = (
+        f"Machine: {machine()}.\n\nSettings: TRL logging every {args.logging_steps} steps; the KL monitor every "
+        f"{DEFAULT_KL_EVERY} generation batches on at most {DEFAULT_MAX_SEQUENCES} sequences.\n\n{table(results)}\n"
+    )
     print(report)
     save_result(args.out, "overhead", MEASURES, {"machine": machine(), "results": results, "markdown": report})
 
