@@ -33,10 +33,10 @@ before it (``plateau`` in each run; per rank, the largest rise).
 1-thread runs finish more steps per hour than one 2-thread run); the beta > 0 run and its KL-free twin
 are queued next to each other so they run side by side, under the same load.
 
-Per rank: the mean final eval reward over seeds and its spread (sample standard deviation over
-seeds; with one seed, the eval's own standard error), and the smallest rank whose mean is within
-noise (2 standard errors of the difference) of the best. ``--beta`` adds the same run at the first
-seed and the largest rank with beta > 0 next to its KL-free twin (step time, peak memory, reward).
+Per rank (``benchmarks.rank_sweep_report``, run after every finished run): the mean final eval reward over
+seeds and its standard error, and the smallest rank whose mean is within noise (2 standard errors of the
+difference) of the best; the seed claims as measured. ``--beta`` adds the same run at the first seed and the
+largest rank with beta > 0 next to its KL-free twin (step time, peak memory, reward).
 
 ``--stop-at HH:MM`` (UTC) starts no run after that time and stops a run still going then; what
 finished is written, labelled with the exact command. Results: benchmarks/results/rank_sweep.json
@@ -61,7 +61,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import machine, markdown_table, stamp
+from .common import machine, stamp
+from .rank_sweep_report import report
 
 #: The code this benchmark measures (git pathspecs): a change to it makes the result stale. Only what the
 #: figures depend on: the model and task, the KL and probe measurements, the bandwidth count and the rank rule.
@@ -272,174 +273,6 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _spread(values: list[float], stderrs: list[float]) -> float:
-    """Standard error of the mean over seeds (sample sd / √n); with one seed, that run's own eval standard error."""
-    if len(values) > 1:
-        return statistics.stdev(values) / math.sqrt(len(values))
-    return stderrs[0] if stderrs else float("nan")
-
-
-def summarise(runs: list[dict[str, Any]], ranks: list[int]) -> dict[str, Any]:
-    """Per-rank means and spreads, the smallest rank within noise of the best, and the three claims as measured."""
-    per_rank: dict[int, dict[str, Any]] = {}
-    for rank in ranks:
-        mine = [r for r in runs if r["spec"]["rank"] == rank and r["spec"]["beta"] == 0]
-        if not mine:
-            continue
-        after = [r["eval_after"]["mean"] for r in mine]
-        per_rank[rank] = {
-            "seeds": [r["spec"]["seed"] for r in mine],
-            "eval_after": after,
-            "eval_after_mean": statistics.fmean(after),
-            "eval_after_se": _spread(after, [r["eval_after"]["stderr"] for r in mine]),
-            "eval_before_mean": statistics.fmean(r["eval_before"]["mean"] for r in mine)
-            if all(r["eval_before"] for r in mine)
-            else float("nan"),
-            "final_kl_mean": statistics.fmean(r["final_kl_mean"] for r in mine),
-            "final_kl": [r["final_kl_mean"] for r in mine],
-            "bits_total_mean": statistics.fmean(r["bits_total"] for r in mine),
-            "absorbed_bits_mean": statistics.fmean(r.get("absorbed_bits", float("nan")) for r in mine),
-            "answer_bits": mine[0].get("answer_bits", float("nan")),
-            "plateau_rise_max": max(r.get("plateau", {}).get("rise", float("nan")) for r in mine),
-            "capacity_bits": mine[0]["capacity_bits"],
-            "advised_rank_plan": mine[0]["advised_rank_plan"],
-            "rank_holding_measured_bits": max(r["rank_holding_measured_bits"] for r in mine),
-            "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in mine),
-            "step_seconds_median": statistics.median(r["step_seconds_median"] for r in mine),
-        }
-    if not per_rank:
-        return {"per_rank": {}}
-    best = max(per_rank, key=lambda r: per_rank[r]["eval_after_mean"])
-    within = [
-        r
-        for r in sorted(per_rank)
-        if per_rank[best]["eval_after_mean"] - per_rank[r]["eval_after_mean"]
-        <= 2 * math.hypot(per_rank[best]["eval_after_se"], per_rank[r]["eval_after_se"])
-    ]
-    ordered = sorted(per_rank)
-    kls = [per_rank[r]["final_kl_mean"] for r in ordered]
-    claims = {
-        "small_rank_matches_larger": {
-            "held": ordered[0] in within,
-            "detail": f"r={ordered[0]} eval {per_rank[ordered[0]]['eval_after_mean']:.3f} vs best r={best} "
-            f"{per_rank[best]['eval_after_mean']:.3f} (within 2 standard errors: {ordered[0] in within})",
-        },
-        "kl_grows_with_rank": {
-            "held": len(kls) > 1 and all(a < b for a, b in itertools.pairwise(kls)),
-            "detail": ", ".join(f"r={r}: {k:.4g}" for r, k in zip(ordered, kls, strict=True)) + " nats/token (final)",
-        },
-    }
-    return {"per_rank": per_rank, "best_rank": best, "smallest_within_noise": within[0], "claims": claims}
-
-
-def compare_beta(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The beta > 0 run beside its KL-free twin (same rank and seed)."""
-    with_beta = [r for r in runs if r["spec"]["beta"] > 0]
-    if not with_beta:
-        return None
-    penalised = with_beta[0]
-    twin = next(
-        (
-            r
-            for r in runs
-            if r["spec"]["beta"] == 0
-            and r["spec"]["rank"] == penalised["spec"]["rank"]
-            and r["spec"]["seed"] == penalised["spec"]["seed"]
-        ),
-        None,
-    )
-    if twin is None:
-        return None
-    difference = twin["eval_after"]["mean"] - penalised["eval_after"]["mean"]
-    noise = 2 * math.hypot(twin["eval_after"]["stderr"], penalised["eval_after"]["stderr"])
-    return {
-        "rank": twin["spec"]["rank"],
-        "seed": twin["spec"]["seed"],
-        "beta": penalised["spec"]["beta"],
-        "step_seconds": {"beta": penalised["step_seconds_median"], "kl_free": twin["step_seconds_median"]},
-        "time_ratio": twin["step_seconds_median"] / penalised["step_seconds_median"],
-        "peak_rss_mib": {"beta": penalised["peak_rss_mib"], "kl_free": twin["peak_rss_mib"]},
-        "eval_after": {"beta": penalised["eval_after"], "kl_free": twin["eval_after"]},
-        "final_kl_mean": {"beta": penalised["final_kl_mean"], "kl_free": twin["final_kl_mean"]},
-        "claim_kl_free_keeps_accuracy": {"held": difference >= -noise, "difference": difference, "noise_2se": noise},
-        "claim_kl_free_saves_time": {"held": twin["step_seconds_median"] < penalised["step_seconds_median"]},
-    }
-
-
-def tables(summary: dict[str, Any], beta: dict[str, Any] | None) -> str:
-    rows = []
-    for rank, s in summary.get("per_rank", {}).items():
-        rows.append(
-            [
-                rank,
-                len(s["seeds"]),
-                f"{s['eval_before_mean']:.3f}",
-                f"{s['eval_after_mean']:.3f} ± {s['eval_after_se']:.3f}",
-                f"{s['final_kl_mean']:.4g}",
-                f"{s['bits_total_mean']:.1f}",
-                f"{s['absorbed_bits_mean']:.1f} of {s['answer_bits']:.1f}",
-                f"{s['plateau_rise_max']:+.3f}",
-                f"{s['capacity_bits']:.3g}",
-                s["advised_rank_plan"],
-                f"{s['step_seconds_median']:.1f}",
-            ]
-        )
-    text = markdown_table(
-        [
-            "rank",
-            "seeds",
-            "eval reward before",
-            "eval reward after (± se)",
-            "KL from base, final (nats/token, exact)",
-            "signal bits (estimate)",
-            "absorbed bits, held-out (exact)",
-            "reward rise, last quarter (max over seeds)",
-            "capacity bits",
-            "advised r (plan)",
-            "s/step (median)",
-        ],
-        rows,
-    )
-    if beta:
-        text += "\n\n" + markdown_table(
-            ["", "s/step", "peak MiB", "eval reward after (± se)", "KL from base, final"],
-            [
-                [
-                    f"beta={beta['beta']}" if key == "beta" else "KL-free",
-                    f"{beta['step_seconds'][key]:.1f}",
-                    f"{beta['peak_rss_mib'][key]:.0f}",
-                    f"{beta['eval_after'][key]['mean']:.3f} ± {beta['eval_after'][key]['stderr']:.3f}",
-                    f"{beta['final_kl_mean'][key]:.4g}",
-                ]
-                for key in ("beta", "kl_free")
-            ],
-        )
-    return text
-
-
-def figure(runs: list[dict[str, Any]], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for run in runs:
-        spec = run["spec"]
-        label = f"r={spec['rank']} seed {spec['seed']}" + (f" beta={spec['beta']}" if spec["beta"] else "")
-        left.plot(run["curve"]["step"], run["curve"]["reward"], label=label, alpha=0.8)
-        right.scatter([spec["rank"]], [run["final_kl_mean"]], label=label)
-    left.set(xlabel="step", ylabel="training reward (mean of the batch)", title="reward")
-    right.set(xscale="log", xlabel="LoRA rank", ylabel="KL(π_θ‖π_base), nats/token (exact)", title="final KL from base")
-    left.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -531,22 +364,19 @@ def main() -> None:
                 f"KL {result['final_kl_mean']:.4g}, {result['step_seconds_median']:.1f} s/step",
                 flush=True,
             )
-            _write(record, ranks, out)
+            _write(record, out)
     finally:
         pool.terminate()
         pool.join()
-    _write(record, ranks, out)
-    print(record.get("markdown", ""))
+    _write(record, out)
+    print(json.loads(out.read_text())["markdown"])
 
 
-def _write(record: dict[str, Any], ranks: list[int], out: Path) -> None:
+def _write(record: dict[str, Any], out: Path) -> None:
     record["load_average_end"] = os.getloadavg()
-    record["summary"] = summarise(record["runs"], ranks)
-    record["kl_free_vs_beta"] = compare_beta(record["runs"])
-    record["markdown"] = tables(record["summary"], record["kl_free_vs_beta"])
-    record["figure"] = str(out.with_suffix(".png")) if figure(record["runs"], out.with_suffix(".png")) else None
     record["stamp"] = stamp("rank_sweep", MEASURES)
     out.write_text(json.dumps({"stamp": record.pop("stamp"), **record}, indent=2, default=str))
+    report(out)  # what the runs say: summary, claims, table and figure (benchmarks.rank_sweep_report)
 
 
 if __name__ == "__main__":
