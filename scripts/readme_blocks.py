@@ -260,6 +260,25 @@ def _overhead_share(data: dict[str, Any], configuration: str) -> str:
     return f"{max(shares):.2f} %"
 
 
+def _steady_share(data: dict[str, Any], configuration: str, size: str | None = None) -> str:
+    """The callback's share of a step after the warm-up in ``configuration``: for ``size``, else the largest over
+    the model sizes; in percent."""
+    shares = [
+        100 * r["callback_ms_per_step_steady"] / 1000 / r["step_seconds"]
+        for name, results in data["results"].items()
+        if size is None or name == size
+        for label, r in results.items()
+        if label == configuration
+    ]
+    return f"{max(shares):.2f} %"
+
+
+def _beta_eval(data: dict[str, Any]) -> str:
+    compared = data["kl_free_vs_beta"]
+    kl_free, beta = compared["eval_after"]["kl_free"], compared["eval_after"]["beta"]
+    return f"{kl_free['mean']:.3f} ± {kl_free['stderr']:.3f} KL-free, {beta['mean']:.3f} ± {beta['stderr']:.3f} with β"
+
+
 def _kl_free_ratio(data: dict[str, Any], kind: str, field_: str) -> float:
     runs = {(r["kind"], r["setting"]): r for r in data["runs"]}
     return runs[(kind, "KL-free")][field_] / runs[(kind, "beta=0.04")][field_]
@@ -390,6 +409,41 @@ VALUES: tuple[Value, ...] = (
             ),
         ),
     ),
+    Value("overhead.all_plugins", "bench-overhead", from_json("overhead", lambda d: _steady_share(d, "all plugins"))),
+    Value(
+        "overhead.all_plugins_tiny",
+        "bench-overhead",
+        from_json("overhead", lambda d: _steady_share(d, "all plugins", "tiny")),
+    ),
+    Value(
+        "overhead.all_plugins_smollm2",
+        "bench-overhead",
+        from_json("overhead", lambda d: _steady_share(d, "all plugins", "smollm2")),
+    ),
+    Value(
+        "rank_sweep.small_rank",
+        "bench-rank_sweep",
+        from_json("rank_sweep", lambda d: d["summary"]["small_rank_matches_larger"]["detail"]),
+    ),
+    Value(
+        "rank_sweep.kl", "bench-rank_sweep", from_json("rank_sweep", lambda d: d["summary"]["kl_grows_with_rank"]["detail"])
+    ),
+    Value(
+        "rank_sweep.smallest_within",
+        "bench-rank_sweep",
+        from_json("rank_sweep", lambda d: f"r = {d['summary']['smallest_within_noise']}"),
+    ),
+    Value(
+        "rank_sweep.advised",
+        "bench-rank_sweep",
+        from_json("rank_sweep", lambda d: f"r = {d['summary']['advice']['advised_rank']}"),
+    ),
+    Value(
+        "rank_sweep.beta_time",
+        "bench-rank_sweep",
+        from_json("rank_sweep", lambda d: f"{d['kl_free_vs_beta']['time_ratio']:.2f}"),
+    ),
+    Value("rank_sweep.beta_eval", "bench-rank_sweep", from_json("rank_sweep", _beta_eval)),
     Value(
         "kl_free.full_memory",
         "bench-kl_free",
