@@ -426,7 +426,9 @@ VALUES: tuple[Value, ...] = (
         from_json("rank_sweep", lambda d: d["summary"]["small_rank_matches_larger"]["detail"]),
     ),
     Value(
-        "rank_sweep.kl", "bench-rank_sweep", from_json("rank_sweep", lambda d: d["summary"]["kl_grows_with_rank"]["detail"])
+        "rank_sweep.kl",
+        "bench-rank_sweep",
+        from_json("rank_sweep", lambda d: d["summary"]["kl_grows_with_rank"]["detail"]),
     ),
     Value(
         "rank_sweep.smallest_within",
