@@ -59,9 +59,11 @@ class DemoResult:
     """The run's events in words (``lora_rl_plugins.report.events.run_events``): what the report opens with."""
 
 
-#: The demo measures the KL every 10 generation batches, twice as often as the library's default
-#: (``kl.monitor.DEFAULT_KL_EVERY``): a short showcase run is worth a denser KL curve.
+#: The demo measures the KL every 10 generation batches on every sequence, more than the library's defaults
+#: (``kl.monitor.DEFAULT_KL_EVERY``, ``DEFAULT_MAX_SEQUENCES``): a short showcase run is worth a denser, whole-batch
+#: KL curve.
 DEMO_KL_EVERY = 10
+DEMO_KL_MAX_SEQUENCES = 4096
 
 
 def run_demo(
@@ -94,7 +96,12 @@ def run_demo(
     steps, rank = steps or setup.default_steps, rank or setup.default_rank
     trainer = _demo_trainer(setup, steps, rank, learning_rate, seed, output_dir)
     args = trainer.args
-    options = {"kl_every": DEMO_KL_EVERY, **setup.callback_options, **(callback_options or {})}
+    options = {
+        "kl_every": DEMO_KL_EVERY,
+        "kl_max_sequences": DEMO_KL_MAX_SEQUENCES,
+        **setup.callback_options,
+        **(callback_options or {}),
+    }
     if kl_budget is not None:
         options.setdefault("kl_budget", kl_budget)
     callback = LoraRLCallback(trainer, **options)
