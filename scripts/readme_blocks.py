@@ -273,6 +273,11 @@ def _steady_share(data: dict[str, Any], configuration: str, size: str | None = N
     return f"{max(shares):.2f} %"
 
 
+def _range(values: list[float], form: str) -> str:
+    low, high = form.format(min(values)), form.format(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
 def _beta_eval(data: dict[str, Any]) -> str:
     compared = data["kl_free_vs_beta"]
     kl_free, beta = compared["eval_after"]["kl_free"], compared["eval_after"]["beta"]
@@ -446,6 +451,33 @@ VALUES: tuple[Value, ...] = (
         from_json("rank_sweep", lambda d: f"{d['kl_free_vs_beta']['time_ratio']:.2f}"),
     ),
     Value("rank_sweep.beta_eval", "bench-rank_sweep", from_json("rank_sweep", _beta_eval)),
+    Value(
+        "rank_sweep.beta_kl",
+        "bench-rank_sweep",
+        from_json(
+            "rank_sweep",
+            lambda d: (
+                f"{d['kl_free_vs_beta']['final_kl_mean']['beta']:.3f} against "
+                f"{d['kl_free_vs_beta']['final_kl_mean']['kl_free']:.3f}"
+            ),
+        ),
+    ),
+    Value(
+        "rank_sweep.signal_range",
+        "bench-rank_sweep",
+        from_json("rank_sweep", lambda d: _range([r["bits_total"] for r in d["runs"]], "{:.0f}") + " bits"),
+    ),
+    Value(
+        "rank_sweep.absorbed_range",
+        "bench-rank_sweep",
+        from_json(
+            "rank_sweep",
+            lambda d: (
+                _range([v["absorbed_bits_mean"] for v in d["summary"]["per_rank"].values()], "{:.0f}")
+                + f" of {d['runs'][0]['answer_bits']:.0f}"
+            ),
+        ),
+    ),
     Value(
         "kl_free.full_memory",
         "bench-kl_free",
