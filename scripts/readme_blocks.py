@@ -421,6 +421,11 @@ VALUES: tuple[Value, ...] = (
         from_json("overhead", lambda d: _steady_share(d, "all plugins", "tiny")),
     ),
     Value(
+        "overhead.all_plugins_medium",
+        "bench-overhead",
+        from_json("overhead", lambda d: _steady_share(d, "all plugins", "medium")),
+    ),
+    Value(
         "overhead.all_plugins_smollm2",
         "bench-overhead",
         from_json("overhead", lambda d: _steady_share(d, "all plugins", "smollm2")),
