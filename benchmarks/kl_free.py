@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from lora_rl_plugins.kl.monitor import DEFAULT_KL_EVERY
+
 from .common import machine, markdown_table, run_isolated, save_result
 
 #: The code this benchmark measures (git pathspecs): a change to it makes the result stale.
@@ -85,7 +87,7 @@ def main() -> None:
         [
             ["without the callback", f"{without:.3f}", "1.00"],
             [
-                "with the callback (KL monitor every 10 generation batches)",
+                f"with the callback (KL monitor every {DEFAULT_KL_EVERY} generation batches, its default)",
                 f"{with_monitor:.3f}",
                 f"{with_monitor / without:.3f}",
             ],
