@@ -1,6 +1,6 @@
-"""Every benchmark, one command: ``python -m benchmarks`` (about 40 minutes on 2 CPU cores); results
-in benchmarks/results/, collected in benchmarks/results/summary.md. ``--summary-only`` rebuilds the
-summary from the results already there."""
+"""Every benchmark but the rank sweep, one command: ``python -m benchmarks`` (about 25 minutes on 2 CPU cores;
+``python -m benchmarks.rank_sweep`` runs alone); results in benchmarks/results/, collected in
+benchmarks/results/summary.md. ``--summary-only`` rebuilds the summary from the results already there."""
 
 from __future__ import annotations
 
