@@ -208,7 +208,8 @@ def benchmark_block(name: str) -> str:
         line = f"Measured at commit {stamp['commit'][:10]}{dirty} on {stamp['date']}, load average {load}."
         if stamp.get("reproduced"):
             again = stamp["reproduced"]
-            line += f" Reproduced at commit {again['commit'][:10]} (`{again['command']}`): {again['matched']}."
+            # the re-run's command is in the result's stamp: a record, not a command the README tells anyone to run
+            line += f" Reproduced at commit {again['commit'][:10]} (its command is in the stamp): {again['matched']}."
     return f"{text}\n\n{line}\n"
 
 

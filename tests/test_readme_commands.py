@@ -48,6 +48,7 @@ WALKED = {
     "python -m benchmarks.informative_sampling": "test_benchmarks_start",
     "python -m benchmarks.rank_sweep": "test_benchmarks_start",
     "python -m benchmarks.rank_sweep --quick": "test_benchmarks_start",
+    "python -m benchmarks.rank_sweep --workers 2": "test_benchmarks_start",
     "python -m benchmarks": "test_benchmarks_start",
     "python -m pytest": "CI (.ci/run)",
     'python -m pytest -m "not slow"': "CI runs the whole suite, this subset included",
@@ -202,5 +203,6 @@ def test_benchmarks_start(tmp_path) -> None:
     one runs in full (seconds)."""
     for name in ("overhead", "kl_memory", "kl_free", "informative_sampling", "rank_sweep"):
         assert "usage" in run(f"python -m benchmarks.{name} --help", ROOT)
+    assert "--workers" in run("python -m benchmarks.rank_sweep --help", ROOT)
     run(f"python -m benchmarks.throughput --out {tmp_path / 'throughput.json'}", ROOT)
     assert (tmp_path / "throughput.json").exists()
