@@ -84,8 +84,18 @@ def test_rank_block_is_what_lora_rl_rank_prints() -> None:
     )
 
 
+def _edited_throughput_row() -> tuple[str, str]:
+    """The throughput table's first row as the README has it, and the same row with one figure changed by hand."""
+    block = README.split("<!-- output: bench-throughput -->", 1)[1].split("<!-- /output -->", 1)[0]
+    row = next(line for line in block.splitlines() if line.startswith("| 8 |"))
+    cells = row.split(" | ")
+    cells[1] += "0"  # groups/s, ten times what was measured
+    return row, " | ".join(cells)
+
+
 def test_a_table_edited_by_hand_fails() -> None:
-    edited = README.replace("| 8 | 23,946 |", "| 8 | 23,947 |", 1)
+    row, changed = _edited_throughput_row()
+    edited = README.replace(row, changed, 1)
     assert edited != README
     findings = blocks.check(edited, [blocks.SOURCES["benchmarks"]])
     assert "bench-throughput" in differences(findings)
@@ -137,10 +147,11 @@ def test_a_new_summary_format_is_written_whole_and_names_the_figures_it_loses() 
 
 def test_check_exits_1_with_a_diff_and_write_repairs_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     copy = tmp_path / "README.md"
-    copy.write_text(README.replace("| 8 | 23,946 |", "| 8 | 23,947 |", 1))
+    row, changed = _edited_throughput_row()
+    copy.write_text(README.replace(row, changed, 1))
     assert blocks.main(["--check", "--no-run", "--readme", str(copy)]) == 1
     out = capsys.readouterr().out
-    assert "bench-throughput: differs" in out and "-| 8 | 23,947 |" in out
+    assert "bench-throughput: differs" in out and f"-{changed}" in out
     assert blocks.main(["--no-run", "--readme", str(copy)]) == 0
     assert copy.read_text() == README
     assert blocks.main(["--check", "--only", "nonsense", "--readme", str(copy)]) == 2
