@@ -214,12 +214,26 @@ def test_precision_down_to_1e_minus_9_nats(dtype) -> None:
     assert min(k for k in seen if k > 0) < 1e-9 < 1e-5 < max(seen)  # the range the targets speak about
 
 
+def sample_of(model, ids, attention, mask):
+    """The ``PolicySample`` of [B, L] sequences whose last ``mask.shape[1]`` positions are the completion."""
+    c = mask.shape[1]
+    return PolicySample(
+        step=0,
+        model=model,
+        prompt_ids=ids[:, :-c],
+        prompt_mask=attention[:, :-c],
+        completion_ids=ids[:, -c:],
+        completion_mask=mask,
+        completion_attention=attention[:, -c:],
+    )
+
+
 def monitor_measure(model, options=None):
     monitor = KLMonitorPlugin(KLMonitorConfig(kl_module_norms=False))
     monitor.on_run_start(RunStarted(framework="test", options=options or {}))
     monitor.on_adapter_ready(AdapterReady(summarize_adapter(model), model))
     ids, attention, mask = batch(length=12, completion=6)
-    monitor.measure(PolicySample(step=0, model=model, input_ids=ids, attention_mask=attention, completion_mask=mask))
+    monitor.measure(sample_of(model, ids, attention, mask))
     return monitor.values
 
 
@@ -308,9 +322,42 @@ def test_the_monitor_measures_the_rows_it_names() -> None:
     monitor = KLMonitorPlugin(KLMonitorConfig(kl_module_norms=False, kl_max_sequences=4))
     monitor.on_run_start(RunStarted(framework="test", options={}))
     monitor.on_adapter_ready(AdapterReady(summarize_adapter(model), model))
-    monitor.measure(PolicySample(step=0, model=model, input_ids=ids, attention_mask=attention, completion_mask=mask))
+    monitor.measure(sample_of(model, ids, attention, mask))
     rows = measured_rows(12, 4)
     expected = own_kl(model, ids[rows], attention[rows], mask[rows])
     first = own_kl(model, ids[:4], attention[:4], mask[:4])
     assert monitor.values["kl_mean"] == pytest.approx(expected["kl"], rel=1e-6)
     assert monitor.values["kl_mean"] != pytest.approx(first["kl"], rel=1e-6)
+
+
+def test_policy_sample_concatenates_prompt_and_completion_at_first_use() -> None:
+    from lora_rl_plugins.bridge.translate import policy_sample
+    from lora_rl_plugins.plugin.collective import SingleProcess
+
+    ids, attention, mask = batch(length=10, completion=4)
+    tool = torch.ones_like(mask)  # a completion attended to where it is not trained (a tool's result)
+    sample = policy_sample(
+        step=1,
+        model=None,
+        prompt_ids=ids[:, :6],
+        prompt_mask=attention[:, :6],
+        completion_ids=ids[:, 6:],
+        completion_mask=mask,
+        temperature=1.0,
+        collective=SingleProcess(),
+        completion_attention=tool,
+    )
+    assert "input_ids" not in vars(sample)  # nothing copied until a plugin reads it
+    assert torch.equal(sample.input_ids, ids) and sample.input_ids is sample.input_ids
+    assert torch.equal(sample.attention_mask, torch.cat([attention[:, :6], tool], dim=1))
+    plain = policy_sample(
+        step=1,
+        model=None,
+        prompt_ids=ids[:, :6],
+        prompt_mask=attention[:, :6],
+        completion_ids=ids[:, 6:],
+        completion_mask=mask,
+        temperature=1.0,
+        collective=SingleProcess(),
+    )
+    assert torch.equal(plain.attention_mask, torch.cat([attention[:, :6], mask], dim=1))

@@ -64,3 +64,13 @@ def test_a_window_without_a_measurement_has_no_monitor_values(tmp_path) -> None:
     has = ["kl_monitor/kl_mean" in e for e in lines(trainer)]
     assert has == [True, False, False, True]  # measured at generation batches 1 and 4
     assert [e["kl_monitor/measured_step"] for e in lines(trainer) if "kl_monitor/measured_step" in e] == [1, 4]
+
+
+def test_window_mean_is_trls_average_of_a_logging_window() -> None:
+    import math
+
+    from lora_rl_plugins.plugin.metrics import window_mean
+
+    values = [0.1, 0.2, math.nan, 0.7]
+    assert window_mean(values) == (0.1 + 0.2 + 0.7) / 3  # TRL: sum(valid) / len(valid), the same floats
+    assert math.isnan(window_mean([math.nan])) and math.isnan(window_mean([]))

@@ -14,6 +14,24 @@ from lora_rl_plugins.learning.ledger import PromptLedger, classify_group, prompt
 from lora_rl_plugins.learning.sampling import InformativeSelector
 
 
+def test_batch_prompt_keys_hash_each_run_of_equal_prompts_once_and_equal_prompt_key() -> None:
+    from lora_rl_plugins.bridge.translate import rollouts_scored
+    from lora_rl_plugins.plugin.collective import SingleProcess
+
+    chat = [{"role": "user", "content": "hi"}]
+    prompts = ["3=", "3=", "4=", "4=", chat, [dict(m) for m in chat], "3=", "3=", ("t",), ("t",)]
+    batch = rollouts_scored(
+        SingleProcess(),
+        step=1,
+        rewards=[[1.0]] * 10,
+        reward_names=["r"],
+        reward_weights=[1.0],
+        group_size=2,
+        prompts=prompts,
+    )
+    assert batch.prompt_keys == [prompt_key(p) for p in prompts]
+
+
 def test_classify_group_and_prompt_key() -> None:
     assert classify_group([1, 0, 1], 1, 0) == "informative"
     assert classify_group([1, 1, 1], 1, 0) == "solved"

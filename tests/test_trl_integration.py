@@ -251,3 +251,47 @@ def test_quiet_log_line_constants_once_per_step_metrics_every_log(tmp_path, caps
     assert [r["value"] for r in records if r["name"] == "bandwidth/adapter_rank"] == [4.0]  # once, in the run log
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lora-rl step")]
     assert printed and all(len(line) <= 100 for line in printed), printed
+
+
+def _plugin_views(trainer):
+    """What a reader of the log knows at each log line: every plugin metric's latest logged value (a value that
+    did not change since it was last logged is left out of a line: the quiet console)."""
+    prefixes = ("bandwidth/", "kl_monitor/", "learning/")
+    known, views = {}, []
+    for entry in trainer.state.log_history:
+        if "train_runtime" not in entry:
+            known.update({k: v for k, v in entry.items() if k.startswith(prefixes)})
+            views.append(dict(known))
+    return views
+
+
+def test_metrics_are_collected_at_logging_steps_only_and_the_log_is_the_same(tmp_path, monkeypatch) -> None:
+    """With TRL's logging every 3 steps the plugins are collected at steps 3, 6 and the last (7), not at every
+    step, and every log line holds the same plugin values as a run collected at every step (same seed; the KL
+    measured at every batch, so a window holds 3 measurements averaged by the monitor instead of by TRL; the
+    bandwidth's per-step values averaged by the plugin)."""
+    import lora_rl_plugins.integrations.trl as trl_integration
+
+    def run(path, every_step):
+        if every_step:
+            monkeypatch.setattr(trl_integration, "logs_after_step", lambda args, control: True)
+        trainer = grpo_trainer(RecordingReward(first_char_reward), path, steps=7, logging_steps=3)
+        callback = LoraRLCallback(trainer, load_entry_points=False, kl_every=1)
+        collected = []
+        inner = callback.host.collect_metrics
+
+        def collect():
+            collected.append(trainer.state.global_step)
+            return inner()
+
+        callback.host.collect_metrics = collect
+        trainer.add_callback(callback)
+        trainer.train()
+        monkeypatch.undo()
+        return collected, _plugin_views(trainer)
+
+    at_logs, lines = run(tmp_path / "logs", every_step=False)
+    every, reference = run(tmp_path / "every", every_step=True)
+    assert at_logs == [3, 6, 7] and every == list(range(1, 8))
+    assert len(lines) == 2 and lines[0]["kl_monitor/kl_mean"] > 0
+    assert lines == reference  # the same floats: the plugins average as TRL averages (plugin.metrics.window_mean)

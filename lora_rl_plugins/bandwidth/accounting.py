@@ -74,6 +74,8 @@ class GroupAccount:
 
 def freeze(value: Any) -> Hashable:
     """A hashable stand-in for a completion (text, token ids, or chat messages)."""
+    if type(value) is str:  # the common case, first
+        return value
     if isinstance(value, dict):
         return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):

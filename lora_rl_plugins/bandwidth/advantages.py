@@ -42,12 +42,8 @@ __all__ = [
 ]
 
 
-def _nan(x: float) -> bool:
-    return x != x
-
-
 def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not _nan(v)]
+    finite = [v for v in values if v == v]  # v == v: not NaN
     if not finite:
         return math.nan  # torch.nanmean of all-NaN
     if all(v == finite[0] for v in finite):
@@ -57,7 +53,7 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def _nanstd(values: Sequence[float]) -> float:
     """``trl.trainer.utils.nanstd``: Bessel-corrected std over the non-NaN values; NaN with fewer than 2."""
-    finite = [v for v in values if not _nan(v)]
+    finite = [v for v in values if v == v]
     n = len(finite)
     if n < 2:
         return math.nan
@@ -68,7 +64,7 @@ def _nanstd(values: Sequence[float]) -> float:
 
 
 def _nansum(values: Sequence[float]) -> float:
-    return math.fsum(v for v in values if not _nan(v))  # torch.nansum: NaN counts as 0
+    return math.fsum([v for v in values if v == v])  # torch.nansum: NaN counts as 0
 
 
 def _as_number(value: Any) -> float:
@@ -99,7 +95,7 @@ def grpo_advantages(
     settings = settings or AdvantageSettings()
     if group_size < 1:
         raise ValueError(f"group size must be >= 1, got {group_size}")
-    rows = [[_as_number(v) for v in row] for row in rewards]
+    rows = [[v if type(v) is float else _as_number(v) for v in row] for row in rewards]
     n = len(rows)
     if n % group_size:
         raise ValueError(f"{n} rollouts do not split into groups of {group_size}")
@@ -111,13 +107,14 @@ def grpo_advantages(
         raise ValueError(f"{f} reward functions but {len(w)} reward weights")
     k = group_size
     groups = [range(start, start + k) for start in range(0, n, k)]
-    unscored = [all(_nan(v) for v in row) for row in rows]
+    unscored = [all(v != v for v in row) for row in rows]  # v != v: NaN
 
     def weighted(values: Sequence[float], i: int) -> float:
         return math.nan if unscored[i] else _nansum([values[j] * w[j] for j in range(f)])
 
     if settings.aggregation == "sum_then_normalize":
-        combined = [weighted(rows[i], i) for i in range(n)]
+        # one function: the nansum of one value is that value (NaN: unscored)
+        combined = [row[0] * w[0] for row in rows] if f == 1 else [weighted(rows[i], i) for i in range(n)]
         advantages, std = [0.0] * n, [0.0] * n
         batch_std = (_nanstd(combined) if n > 1 else 0.0) if settings.scale_rewards == "batch" else None
         for idx in groups:
@@ -143,8 +140,8 @@ def grpo_advantages(
         mean = _nanmean(combined)
         advantages = [(combined[i] - mean) / (spread + settings.epsilon) for i in range(n)]
         std = [spread] * n
-    advantages = [0.0 if _nan(a) else a for a in advantages]  # TRL: torch.nan_to_num(advantages, nan=0.0)
-    is_std_zero = [not _nan(s) and abs(s) <= 1e-8 for s in std]
+    advantages = [a if a == a else 0.0 for a in advantages]  # TRL: torch.nan_to_num(advantages, nan=0.0)
+    is_std_zero = [s == s and abs(s) <= 1e-8 for s in std]  # s == s: not NaN
     return Advantages(advantages, combined, std, is_std_zero, k)
 
 

@@ -15,7 +15,7 @@ from ..plugin.base import SavedState, Stateful, WarnOnce, float_values
 from ..plugin.events import AdapterReady, AdapterSummary, RolloutsScored, RunStarted, StepEnded
 from ..plugin.hookspecs import hookimpl
 from ..plugin.log import logger
-from ..plugin.metrics import MetricInfo, format_percent
+from ..plugin.metrics import MetricInfo, format_percent, window_mean
 from .accounting import GroupAccount, account_group, account_token_group
 from .advantages import AdvantageSettings, batch_advantages
 from .config import (
@@ -95,6 +95,7 @@ class BandwidthPlugin(Stateful):
         self.warned = WarnOnce()
         self.last_step: dict[str, float] = {}
         self._pending = self._empty_pending()
+        self._window: dict[str, list[float]] = {}  # each per-step value since the last collection (their mean)
 
     # -- hooks ------------------------------------------------------------------------------
     @hookimpl
@@ -138,11 +139,16 @@ class BandwidthPlugin(Stateful):
             self.last_step["bits_per_rollout"] = pending["bits"] / pending["rollouts"]
         if pending["groups"]:
             self.last_step["zero_info_frac"] = pending["zero_groups"] / pending["groups"]
+        for name, value in self.last_step.items():
+            self._window.setdefault(name, []).append(value)
         self._check_capacity()
 
     @hookimpl
     def collect_metrics(self) -> Mapping[str, float]:
-        values: dict[str, float] = dict(self.last_step)
+        """The per-step values (``reduce="mean"``) as their mean over the steps since the last collection (as TRL
+        averages a per-step metric over its logging window: ``plugin.metrics.window_mean``), and the totals."""
+        window, self._window = self._window, {}
+        values: dict[str, float] = {name: window_mean(steps) for name, steps in window.items()}
         values.update(
             bits_total=self.bits_total,
             bound_total=self.bound_total,
@@ -386,7 +392,10 @@ class BandwidthPlugin(Stateful):
     def _observe_levels(self, values: Any) -> None:
         if self.levels_saturated:
             return
-        for value in values:
+        new = set(values).difference(self.seen_levels)
+        if not new:  # no level not seen before: nothing to count or warn about
+            return
+        for value in new:
             self.seen_levels.add(value)
             if len(self.seen_levels) >= MAX_TRACKED_LEVELS:
                 self.levels_saturated = True
@@ -422,6 +431,8 @@ class BandwidthPlugin(Stateful):
         if not capacity:
             return
         used = self.bits_total / capacity
+        if used < CAPACITY_THRESHOLDS[0]:  # the common case: below every threshold
+            return
         for threshold in CAPACITY_THRESHOLDS:
             key = f"capacity_{threshold:g}"
             if used >= threshold and key not in self.warned:

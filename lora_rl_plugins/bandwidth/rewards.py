@@ -56,6 +56,11 @@ def combine_rewards(
         raise RolloutShapeError(f"{len(names)} reward functions but {len(weights)} reward weights")
     combined: list[float] = []
     for row, values in enumerate(rewards):
+        if len(values) == 1 == len(names):  # one function (the common case): no loop over functions
+            value = values[0]
+            number = value if type(value) is float and value - value == 0.0 else _as_float(value, names[0], row)
+            combined.append(0.0 + weights[0] * number if number == number else math.nan)
+            continue
         if len(values) != len(names):
             raise RolloutShapeError(
                 f"rollout {row} has {len(values)} reward values but there are {len(names)} reward "
@@ -63,8 +68,9 @@ def combine_rewards(
             )
         total, scored = 0.0, False
         for name, weight, value in zip(names, weights, values, strict=True):
-            number = _as_float(value, name, row)
-            if not math.isnan(number):
+            # a finite float as it is (x - x is 0.0 only for finite x); anything else checked by _as_float
+            number = value if type(value) is float and value - value == 0.0 else _as_float(value, name, row)
+            if number == number:  # not NaN
                 total += weight * number
                 scored = True
         combined.append(total if scored else math.nan)

@@ -13,7 +13,8 @@ the session's answers into the trainer's actions. A new trainer's adapter is thi
     session.policy_sampled(step=..., model=..., prompt_ids=..., ...)          # only if a plugin measures
     beta = session.take_kl_beta()        # before the next generation batch: a penalty a plugin turned on
     # per optimizer step
-    decision = session.step_ended(step, total_steps)   # -> StepDecision: stop?, console metrics
+    decision = session.step_ended(step, total_steps, collect=...)  # -> StepDecision: stop?, console metrics
+                                         # collect: the trainer logs after this step (False: skip collecting)
     # at the trainer's log
     session.log(step, trainer_logs)      # the run log: the trainer's values and the detail metrics
     postfix = session.postfix()          # the short progress-bar text
@@ -170,17 +171,16 @@ class RunSession:
             The event, ``advantages`` included (the group filter reads them).
 
         Raises:
+            RewardValueError: a reward that is not a number, or infinite (the message names the function and
+                rollout); RolloutShapeError: rows that do not match the reward functions (``combine_rewards``).
             ValueError: rewards that do not split into groups of ``group_size`` (``grpo_advantages``).
         """
         batch = rollouts_scored(collective, **fields)
+        combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)  # checks every value
         settings = self.run.grpo.advantage if self.run is not None else None
         advantages = grpo_advantages(batch.rewards, batch.group_size, batch.reward_weights, settings)
-        object.__setattr__(batch, "advantages", advantages)  # the frozen event, completed before anyone sees it
-        try:
-            combined = combine_rewards(batch.rewards, batch.reward_names, batch.reward_weights)
-        except ValueError:  # a bad reward: each plugin meets it in its own guard, as before
-            combined = None
-        object.__setattr__(batch, "combined_rewards", combined)
+        object.__setattr__(batch, "combined_rewards", combined)  # the frozen event, completed before anyone sees it
+        object.__setattr__(batch, "advantages", advantages)
         self.host.on_rollouts_scored(batch)
         return batch
 
@@ -205,13 +205,20 @@ class RunSession:
         return self.host.service(kind)
 
     # -- per optimizer step ------------------------------------------------------------------
-    def step_ended(self, step: int, total_steps: int | None = None) -> StepDecision:
-        """``on_step_end`` and ``collect_metrics``: whether to stop, and what to publish in the console now.
+    def step_ended(self, step: int, total_steps: int | None = None, *, collect: bool = True) -> StepDecision:
+        """``on_step_end``, then ``collect_metrics``: whether to stop, and what to publish in the console now.
 
-        Detail metrics are kept for the next ``log`` (the run log) unless ``console_detail=True``.
+        ``collect=False`` (the trainer will not log after this step) skips the collection: the decision then
+        carries only ``stop``; a step where a plugin asks to stop is collected all the same. Collecting at the
+        trainer's logging steps only gives the same log lines (a plugin's per-step metrics are means since its
+        last collection, ``hookspecs.collect_metrics``) at a tenth of the cost under TRL's default
+        ``logging_steps=10``. Detail metrics are kept for the next ``log`` (the run log) unless
+        ``console_detail=True``.
         """
         self.host.on_step_end(StepEnded(step, total_steps))
         stop = self.host.requests.take_stop()
+        if not collect and stop is None:
+            return StepDecision(None)
         metrics = self.host.collect_metrics()
         self._latest.update(metrics)
         console = metrics

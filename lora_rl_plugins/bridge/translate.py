@@ -68,10 +68,29 @@ def rollouts_scored(
         completions=gather(completions),
         answers=gather(answers),
         token_rewards=gather(token_rewards),
-        prompt_keys=gather(prompt_keys if prompt_keys is not None or prompts is None else map(prompt_key, prompts)),
+        prompt_keys=gather(prompt_keys if prompt_keys is not None or prompts is None else _prompt_keys(prompts)),
         prompts=gather(prompts),
         generation_seconds=None if generation_seconds is None else collective.max([float(generation_seconds)])[0],
     )
+
+
+def _same(prompt: Any, previous: Any) -> bool:
+    """Whether ``prompt`` is the previous rollout's (texts and chat messages compared by value)."""
+    if prompt is previous or (type(prompt) is str and prompt == previous):
+        return True
+    return type(prompt) is type(previous) and isinstance(prompt, (str, list, tuple, dict)) and prompt == previous
+
+
+def _prompt_keys(prompts: Sequence[Any]) -> list[str]:
+    """``prompt_key`` of each prompt, hashed once per run of equal consecutive prompts (a group's rollouts share
+    their prompt)."""
+    keys: list[str] = []
+    previous: Any = None
+    for prompt in prompts:
+        if not keys or not _same(prompt, previous):
+            key, previous = prompt_key(prompt), prompt
+        keys.append(key)
+    return keys
 
 
 def policy_sample(
@@ -87,21 +106,21 @@ def policy_sample(
     engine_model: Any = None,
     completion_attention: Any = None,
 ) -> PolicySample:
-    """A ``PolicySample`` from prompt [B, P] and completion [B, C] tensors (ids and masks).
+    """A ``PolicySample`` from prompt [B, P] and completion [B, C] tensors (ids and masks); nothing is
+    copied here (the sample concatenates them at first use).
 
     ``completion_attention`` [B, C] is the completion's own attention mask where it differs from
     ``completion_mask`` (tokens attended to but not trained on: a tool's result inside a completion);
     None: ``completion_mask``."""
-    import torch
-
-    attention = completion_mask if completion_attention is None else completion_attention
     return PolicySample(
         step=step,
         model=model,
-        input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
-        attention_mask=torch.cat([prompt_mask, attention], dim=1),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
         completion_mask=completion_mask,
         temperature=float(temperature),
         collective=collective,
         engine_model=engine_model,
+        completion_attention=completion_attention,
     )

@@ -40,6 +40,7 @@ __all__ = [
     "LoraRLCheckpointState",
     "accelerate_collective",
     "grpo_settings",
+    "logs_after_step",
     "publish_metrics",
 ]
 
@@ -95,6 +96,15 @@ def publish_metrics(trainer: Any, metrics: Mapping[str, float], averaged: Abstra
             store[name].append(value)
         else:
             store[name] = [value]
+
+
+def logs_after_step(args: TrainingArguments, control: TrainerControl) -> bool:
+    """Whether the trainer may log after this step: the plugins' metrics are collected only then.
+
+    transformers' ``DefaultFlowCallback`` (the first callback) has set ``should_log`` and
+    ``should_training_stop`` for this step before any later callback's ``on_step_end``; under a logging
+    strategy other than "steps" the log comes at an epoch's end, so every step is collected."""
+    return args.logging_strategy != "steps" or control.should_log or control.should_training_stop
 
 
 class LoraRLCallback(TrainerCallback):
@@ -184,7 +194,9 @@ class LoraRLCallback(TrainerCallback):
             self._filter.begin()  # refuses settings the filter cannot apply to, before any generation
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        decision = self.session.step_ended(state.global_step, state.max_steps or None)
+        decision = self.session.step_ended(
+            state.global_step, state.max_steps or None, collect=logs_after_step(args, control)
+        )
         if decision.stop is not None:
             control.should_training_stop = True
         publish_metrics(self.trainer, decision.console, decision.averaged)

@@ -38,7 +38,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from lora_rl_plugins.bridge.options import PluginOptions
 from lora_rl_plugins.bridge.session import RunSession
-from lora_rl_plugins.integrations.trl import LoraRLCheckpointState, publish_metrics
+from lora_rl_plugins.integrations.trl import LoraRLCheckpointState, logs_after_step, publish_metrics
 from lora_rl_plugins.plugin.collective import SingleProcess
 from lora_rl_plugins.plugin.events import RunStarted
 from lora_rl_plugins.plugin.grpo import AdvantageSettings, GRPOSettings, SamplingSettings
@@ -191,7 +191,9 @@ class LoraRLAsyncCallback(TrainerCallback):
         if samples:
             self._scored(state.global_step, samples)
             self._sampled(state.global_step, samples)
-        decision = self.session.step_ended(state.global_step, state.max_steps or None)
+        decision = self.session.step_ended(
+            state.global_step, state.max_steps or None, collect=logs_after_step(args, control)
+        )
         if decision.stop is not None:
             control.should_training_stop = True
         stale = {  # the adapter's own counts (exact), published at every step

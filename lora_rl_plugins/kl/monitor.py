@@ -29,7 +29,7 @@ from ..plugin.events import (
 from ..plugin.grpo import GRPOSettings
 from ..plugin.hookspecs import hookimpl
 from ..plugin.log import logger
-from ..plugin.metrics import MetricInfo, metric_family
+from ..plugin.metrics import MetricInfo, metric_family, window_mean
 from .comparability import KLComparabilityWarning, active_dropout, comparability_notes, precision_note
 from .reference import ReferencePolicy, choose_reference
 
@@ -245,6 +245,21 @@ KL_STATE = SavedState(
 )
 
 
+#: The monitor's metrics a trainer averages over its logging window (``reduce == "mean"``).
+_AVERAGED = frozenset(info.name.removeprefix("kl_monitor/") for info in KL_METRICS if info.reduce == "mean")
+
+
+def _window_values(measurements: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The values to publish for the measurements since the last collection: the latest measurement's, each
+    averaged one (``_AVERAGED``) replaced by its mean over the measurements that have it."""
+    if len(measurements) <= 1:
+        return dict(measurements[0]) if measurements else {}
+    values = dict(measurements[-1])
+    for name in _AVERAGED & values.keys():
+        values[name] = window_mean([m[name] for m in measurements if name in m])
+    return values
+
+
 class KLMonitorPlugin:
     """Measures KL(π_θ‖π_ref) on generated completions and enforces a budget.
 
@@ -266,7 +281,7 @@ class KLMonitorPlugin:
         # run state (get_state)
         self.batches_seen = 0
         self.values: dict[str, float] = {}
-        self._fresh = False  # a measurement not yet collected: only then are its values published (WINDOW)
+        self._window: list[dict[str, float]] = []  # measurements not yet collected: their mean is published (WINDOW)
         self.module_norms: dict[str, dict[str, float]] = {}
         self.penalty_beta = 0.0
         self.over_budget = False
@@ -331,10 +346,14 @@ class KLMonitorPlugin:
 
     @hookimpl
     def collect_metrics(self) -> Mapping[str, float]:
-        """The latest measurement's values once, at the first collection after it (``WINDOW``: the trainer's
-        store averages them over its logging window), and the settings at every collection."""
-        fresh, self._fresh = self._fresh, False
-        values = dict(self.values) if fresh else {}
+        """The measurements since the last collection, once: the latest one's values, the averaged ones
+        (``WINDOW``) as their mean over those measurements (the trainer averages what it is given over its
+        logging window, so a log line holds the mean over the measurements in its window whether the trainer
+        collects at every step or only at its logging steps); the settings at every collection. Module norms
+        (detail) are the latest measurement's."""
+        window, self._window = self._window, []
+        fresh = bool(window)
+        values = _window_values(window)
         if self.config.kl_budget is not None:
             values["budget"] = self.config.kl_budget
         if self.values:
@@ -375,7 +394,7 @@ class KLMonitorPlugin:
         if values is None:
             return
         self.values = values
-        self._fresh = True
+        self._window.append(values)
         self._check_budget(values["kl_mean"], sample.step)
 
     def _measure(self, sample: PolicySample) -> dict[str, float] | None:

@@ -223,21 +223,42 @@ class RolloutsScored:
 class PolicySample:
     """Sequences the policy just generated, on this process, for measurements that need the model.
 
-    ``input_ids``/``attention_mask`` are [B, P + C] prompt + completion; the last
-    ``completion_mask.shape[1]`` = C positions are the completion and ``completion_mask`` [B, C]
-    marks its real tokens. B may be 0 on a process that generated nothing: measurements must still
-    join every collective call.
+    Prompt ``prompt_ids``/``prompt_mask`` [B, P] and completion ``completion_ids`` [B, C] tensors as the
+    trainer holds them; ``completion_mask`` [B, C] marks the completion's real (trained) tokens and
+    ``completion_attention`` [B, C] the tokens attended to where that differs (a tool's result inside a
+    completion; None: ``completion_mask``). ``input_ids``/``attention_mask`` [B, P + C] (prompt then
+    completion: the last C positions are the completion) are concatenated at first use, so an event no
+    plugin measures costs no copy. B may be 0 on a process that generated nothing: measurements must
+    still join every collective call.
     """
 
     step: int
     model: Any
-    input_ids: Any
-    attention_mask: Any
+    prompt_ids: Any
+    prompt_mask: Any
+    completion_ids: Any
     completion_mask: Any
     temperature: float = 1.0
     collective: Collective = field(default_factory=SingleProcess)
     engine_model: Any = None
     """The distributed engine's wrapper around ``model`` (see ``AdapterReady.engine_model``)."""
+    completion_attention: Any = None
+
+    @functools.cached_property
+    def input_ids(self) -> Any:
+        """[B, P + C] prompt then completion token ids."""
+        import torch
+
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @functools.cached_property
+    def attention_mask(self) -> Any:
+        """[B, P + C] the prompt's mask then the completion's attention (``completion_attention``, else
+        ``completion_mask``)."""
+        import torch
+
+        attention = self.completion_mask if self.completion_attention is None else self.completion_attention
+        return torch.cat([self.prompt_mask, attention], dim=1)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ grpo_advantages``, docs/theory.md §1) and carried on ``RolloutsScored.advantage
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ class Advantages:
         n = len(self.is_std_zero)
         return sum(self.is_std_zero) / n if n else math.nan
 
-    @property
+    @functools.cached_property
     def tolerance(self) -> float:
         """The absolute tolerance under which an advantage counts as zero (see ZERO_TOLERANCE)."""
         return ZERO_TOLERANCE * max([1.0, *(abs(a) for a in self.advantages)])

@@ -70,7 +70,12 @@ def on_step_end(step: StepEnded) -> Sequence[Action] | None:
 
 @hookspec
 def collect_metrics() -> Mapping[str, float] | None:
-    """Return this plugin's current metric values; names are ``<plugin>/<metric>``."""
+    """Return this plugin's current metric values; names are ``<plugin>/<metric>``.
+
+    Called when the trainer is about to log, not necessarily at every step (TRL: at its logging steps
+    and the last step; Lightning: every step). A metric with ``MetricInfo.reduce == "mean"`` returns the
+    mean of its values since this plugin's previous collection (nothing when there were none): the
+    trainer averages what it is given over its logging window."""
 
 
 @hookspec

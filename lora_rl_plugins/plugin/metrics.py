@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MetricInfo", "MetricKind", "MetricReduce", "format_percent", "metric_family"]
+__all__ = ["MetricInfo", "MetricKind", "MetricReduce", "format_percent", "metric_family", "window_mean"]
 
 
 def format_percent(fraction: float, digits: int = 2) -> str:
@@ -28,8 +29,17 @@ def format_percent(fraction: float, digits: int = 2) -> str:
 
 MetricKind = Literal["exact", "bound", "estimate", "setting"]
 #: How a logger should combine values between two logs: "mean" for per-step values (as TRL
-#: averages its own per-step metrics over the logging window), "last" for running totals.
+#: averages its own per-step metrics over the logging window; a plugin returns the mean since its
+#: previous ``collect_metrics``), "last" for running totals.
 MetricReduce = Literal["mean", "last"]
+
+
+def window_mean(values: Sequence[float]) -> float:
+    """A ``reduce="mean"`` metric's value for the steps (or measurements) since the last collection: the mean of
+    the non-NaN ``values`` as TRL averages a logging window (``sum(valid) / len(valid)``, the same floats), NaN
+    when none is valid."""
+    valid = [value for value in values if not math.isnan(value)]
+    return sum(valid) / len(valid) if valid else math.nan
 
 
 @dataclass(frozen=True)
