@@ -78,3 +78,37 @@ def test_adapters_already_disabled_stay_disabled() -> None:
             inner = model(input_ids=ids).logits
         still = model(input_ids=ids).logits
     assert torch.equal(inner, base) and torch.equal(still, base)
+
+
+@pytest.mark.parametrize("name", ["all-linear", "modules_to_save", "dora"])
+def test_eval_mode_sets_the_flags_model_eval_and_model_train_set(name) -> None:
+    """``kl.engine.eval_mode`` sets the ``training`` flags directly (not through ``Module.train``): within the
+    block every module is as after ``model.eval()``, after it as after ``model.train()`` (or left in eval mode
+    when the model was); and a module whose class adds to ``train`` makes it call ``Module.train`` itself."""
+    from lora_rl_plugins.kl.engine import eval_mode
+
+    model = _model(name)
+    model.train()
+    next(m for m in model.modules() if m is not model).eval()  # a mixed state: model.train() resets it too
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())  # model.eval()'s result
+    assert all(m.training for m in model.modules())  # model.train()'s result
+    model.eval()
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert not any(m.training for m in model.modules())  # a model in eval mode stays so
+
+    calls = []
+
+    class Counted(torch.nn.Identity):
+        def train(self, mode: bool = True):
+            calls.append(mode)
+            return super().train(mode)
+
+    counted = _model(name)
+    counted.base_model.model.model.counted = Counted()
+    counted.train()
+    calls.clear()
+    with eval_mode(counted):
+        assert not any(m.training for m in counted.modules())
+    assert calls == [False, True] and all(m.training for m in counted.modules())

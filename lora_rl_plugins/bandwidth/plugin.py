@@ -64,6 +64,7 @@ BANDWIDTH_STATE = SavedState(
     grids=lambda saved: {str(name): [int(m) for m in grid] for name, grid in saved.items()},
     warned=WarnOnce,
     last_step=float_values,
+    step_window=lambda saved: {str(name): [float(v) for v in values] for name, values in saved.items()},
 )
 
 
@@ -95,7 +96,7 @@ class BandwidthPlugin(Stateful):
         self.warned = WarnOnce()
         self.last_step: dict[str, float] = {}
         self._pending = self._empty_pending()
-        self._window: dict[str, list[float]] = {}  # each per-step value since the last collection (their mean)
+        self.step_window: dict[str, list[float]] = {}  # each per-step value since the last collection (their mean)
 
     # -- hooks ------------------------------------------------------------------------------
     @hookimpl
@@ -140,14 +141,14 @@ class BandwidthPlugin(Stateful):
         if pending["groups"]:
             self.last_step["zero_info_frac"] = pending["zero_groups"] / pending["groups"]
         for name, value in self.last_step.items():
-            self._window.setdefault(name, []).append(value)
+            self.step_window.setdefault(name, []).append(value)
         self._check_capacity()
 
     @hookimpl
     def collect_metrics(self) -> Mapping[str, float]:
         """The per-step values (``reduce="mean"``) as their mean over the steps since the last collection (as TRL
         averages a per-step metric over its logging window: ``plugin.metrics.window_mean``), and the totals."""
-        window, self._window = self._window, {}
+        window, self.step_window = self.step_window, {}
         values: dict[str, float] = {name: window_mean(steps) for name, steps in window.items()}
         values.update(
             bits_total=self.bits_total,

@@ -20,10 +20,10 @@ torch, deepspeed and FSDP are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..lora.layers import per_adapter_set
 from ..lora.sharding import Fsdp1Index, detect_engine, is_sharded, unwrap_fsdp1
 from .reference import ReferencePolicy
 
@@ -41,30 +41,24 @@ def _base(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-#: Per model: (its adapter set, its modules where switching the mode only sets ``training``, else None).
-_MODES: weakref.WeakKeyDictionary[Any, tuple[Any, list[Any] | None]] = weakref.WeakKeyDictionary()
+def _find_plain_modules(model: Any) -> list[Any] | None:
+    import torch
+    from transformers import PreTrainedModel
+
+    modules = list(model.modules())
+    plain = all(
+        type(m).train is torch.nn.Module.train
+        or (type(m).train is PreTrainedModel.train and not getattr(m, "use_kernels", False))
+        for m in modules
+    )
+    return modules if plain else None
 
 
 def _plain_modules(model: Any) -> list[Any] | None:
     """``model``'s modules when ``model.train(mode)`` would do nothing but set ``training`` on each of them (no
     module's class adds to ``torch.nn.Module.train``, transformers' override counting as plain while the model
-    uses no kernels), else None. Found once per adapter set (``peft_config`` keys and active adapter)."""
-    import torch
-
-    key = (tuple(getattr(model, "peft_config", {}) or {}), repr(getattr(model, "active_adapter", None)))
-    found = _MODES.get(model)
-    if found is None or found[0] != key:
-        from transformers import PreTrainedModel
-
-        modules = list(model.modules())
-        plain = all(
-            type(m).train is torch.nn.Module.train
-            or (type(m).train is PreTrainedModel.train and not getattr(m, "use_kernels", False))
-            for m in modules
-        )
-        found = (key, modules if plain else None)
-        _MODES[model] = found
-    return found[1]
+    uses no kernels), else None. Found once per adapter set (``lora.layers.per_adapter_set``)."""
+    return per_adapter_set(model, _find_plain_modules)
 
 
 @contextlib.contextmanager

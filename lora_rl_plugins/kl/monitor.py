@@ -242,6 +242,7 @@ KL_STATE = SavedState(
     penalty_beta=float,
     over_budget=bool,
     budget_actions=int,
+    measurement_window=lambda saved: [float_values(values) for values in saved],
 )
 
 
@@ -281,7 +282,7 @@ class KLMonitorPlugin:
         # run state (get_state)
         self.batches_seen = 0
         self.values: dict[str, float] = {}
-        self._window: list[dict[str, float]] = []  # measurements not yet collected: their mean is published (WINDOW)
+        self.measurement_window: list[dict[str, float]] = []  # not yet collected: their mean is published (WINDOW)
         self.module_norms: dict[str, dict[str, float]] = {}
         self.penalty_beta = 0.0
         self.over_budget = False
@@ -351,7 +352,7 @@ class KLMonitorPlugin:
         logging window, so a log line holds the mean over the measurements in its window whether the trainer
         collects at every step or only at its logging steps); the settings at every collection. Module norms
         (detail) are the latest measurement's."""
-        window, self._window = self._window, []
+        window, self.measurement_window = self.measurement_window, []
         fresh = bool(window)
         values = _window_values(window)
         if self.config.kl_budget is not None:
@@ -394,7 +395,7 @@ class KLMonitorPlugin:
         if values is None:
             return
         self.values = values
-        self._window.append(values)
+        self.measurement_window.append(values)
         self._check_budget(values["kl_mean"], sample.step)
 
     def _measure(self, sample: PolicySample) -> dict[str, float] | None:

@@ -7,11 +7,11 @@ frozen adapter (TRL's "ref"), or a snapshot of the starting adapter's weights sw
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from ..lora.adapters import NotALoraModelError, summarize_adapter
+from ..lora.layers import per_adapter_set
 
 __all__ = ["KL_REFERENCES", "ReferencePolicy", "choose_reference"]
 
@@ -129,15 +129,7 @@ def choose_reference(
     return ReferencePolicy("disable")
 
 
-#: Per model: (the adapter set it was found for, the modules whose flag disables their adapter).
-_SWITCHES: weakref.WeakKeyDictionary[Any, tuple[Any, list[Any]]] = weakref.WeakKeyDictionary()
-
-
-def _adapter_switches(model: Any) -> list[Any] | None:
-    """The modules PEFT's ``disable_adapter_layers`` toggles (``BaseTunerLayer`` and
-    ``AuxiliaryTrainingWrapper``: LoRA layers, modules_to_save and trainable-token wrappers), found once per
-    adapter set (``peft_config`` keys and the active adapter) and remembered; None when one of them keeps its
-    state elsewhere than PEFT's ``_disable_adapters`` flag (then PEFT's own calls are used)."""
+def _find_adapter_switches(model: Any) -> list[Any] | None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     try:
@@ -146,13 +138,16 @@ def _adapter_switches(model: Any) -> list[Any] | None:
         kinds: tuple[type, ...] = (BaseTunerLayer,)
     else:
         kinds = (BaseTunerLayer, AuxiliaryTrainingWrapper)
-    key = (tuple(getattr(model, "peft_config", {}) or {}), repr(getattr(model, "active_adapter", None)))
-    found = _SWITCHES.get(model)
-    if found is None or found[0] != key:
-        modules = [module for module in model.modules() if isinstance(module, kinds)]
-        found = (key, modules if all(hasattr(m, "_disable_adapters") for m in modules) else None)
-        _SWITCHES[model] = found
-    return found[1]
+    modules = [module for module in model.modules() if isinstance(module, kinds)]
+    return modules if all(hasattr(m, "_disable_adapters") for m in modules) else None
+
+
+def _adapter_switches(model: Any) -> list[Any] | None:
+    """The modules PEFT's ``disable_adapter_layers`` toggles (``BaseTunerLayer`` and
+    ``AuxiliaryTrainingWrapper``: LoRA layers, modules_to_save and trainable-token wrappers), found once per
+    adapter set (``lora.layers.per_adapter_set``); None when one of them keeps its state elsewhere than PEFT's
+    ``_disable_adapters`` flag (then PEFT's own calls are used)."""
+    return per_adapter_set(model, _find_adapter_switches)
 
 
 @contextlib.contextmanager

@@ -16,11 +16,38 @@ which reshapes A to (E, r, in) and B to (out, r, E)).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["LoraLayerView", "active_adapter", "adapter_base_rank", "lora_layers", "unwrap_fsdp1"]
+__all__ = [
+    "LoraLayerView",
+    "active_adapter",
+    "adapter_base_rank",
+    "lora_layers",
+    "per_adapter_set",
+    "unwrap_fsdp1",
+]
+
+T = TypeVar("T")
+
+#: Per model: per finder, (the adapter set it was found for, what it found).
+_FOUND: weakref.WeakKeyDictionary[Any, dict[Callable[[Any], Any], tuple[Any, Any]]] = weakref.WeakKeyDictionary()
+
+
+def per_adapter_set(model: Any, find: Callable[[Any], T]) -> T:
+    """``find(model)``, remembered per model and found again when its adapter set changes (``peft_config``'s
+    adapter names or the active adapter): a walk over the model's modules done once, not at every measurement.
+    The model's modules are taken as fixed while its adapter set is (training adds none)."""
+    key = (tuple(getattr(model, "peft_config", {}) or {}), repr(getattr(model, "active_adapter", None)))
+    cache = _FOUND.get(model)
+    if cache is None:
+        cache = _FOUND[model] = {}
+    found = cache.get(find)
+    if found is None or found[0] != key:
+        found = cache[find] = (key, find(model))
+    return found[1]
 
 
 @dataclass(frozen=True)
