@@ -96,7 +96,7 @@ def _scored(rewards: Sequence[float]) -> list[int]:
 def _distinct(items: Sequence[Any] | None, keep: list[int]) -> int:
     if items is None:
         return len(keep)
-    return len({freeze(items[i]) for i in keep})
+    return len({item if type(item) is str else freeze(item) for item in (items[i] for i in keep)})
 
 
 def account_group(
@@ -144,8 +144,10 @@ def account_group(
         bound, rule = min(bound, group_answer_bound(distinct_answers)), "answers"
         if answer_space_size is not None:
             uniform_prior = group_uniform_prior_bits(distinct_answers, answer_space_size)
-    pattern = advantage_pattern([advantages[i] for i in keep], tolerance)
-    estimate = 0.0 if zero_info else min(group_empirical_bits(pattern), bound)
+    if zero_info:  # all advantages zero: one class, no information
+        estimate = 0.0
+    else:
+        estimate = min(group_empirical_bits(advantage_pattern([advantages[i] for i in keep], tolerance)), bound)
     return GroupAccount(len(rewards), len(keep), bound, estimate, rule, zero_info, uniform_prior)
 
 

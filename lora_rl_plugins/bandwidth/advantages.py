@@ -161,7 +161,7 @@ def advantage_pattern(advantages: Sequence[float], tolerance: float = 0.0) -> li
 
     Returns [len(advantages)] class indices in order of first appearance.
     """
-    order = sorted(range(len(advantages)), key=lambda i: advantages[i])
+    order = sorted(range(len(advantages)), key=advantages.__getitem__)
     labels = [0] * len(advantages)
     cluster, previous = -1, None
     for i in order:

@@ -51,7 +51,7 @@ def classify_group(rewards: Iterable[float], top: float, bottom: float, zero_inf
     When top == bottom (one reward value seen so far) a constant group counts as solved if its
     reward is > 0, else unsolved.
     """
-    scored = [r for r in rewards if not math.isnan(r)]
+    scored = [r for r in rewards if r == r]  # r == r: not NaN
     if zero_info is False:
         return "informative"
     if len(scored) < 2:

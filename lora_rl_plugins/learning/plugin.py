@@ -86,7 +86,7 @@ class LearningPlugin:
     @hookimpl
     def on_rollouts_scored(self, batch: RolloutsScored) -> None:
         combined = batch_combined_rewards(batch)
-        scored = [r for r in combined if not math.isnan(r)]
+        scored = [r for r in combined if r == r]  # r == r: not NaN
         if scored:
             self.top, self.bottom = max(self.top, *scored), min(self.bottom, *scored)
         top = self.config.solved_reward if self.config.solved_reward is not None else self.top
@@ -104,10 +104,12 @@ class LearningPlugin:
             self._pending[1] += 1
             if keys is None:
                 continue
-            values = [r for r in rewards if not math.isnan(r)]
-            scored = [a for a, r in zip(advantages.group(g), rewards, strict=True) if not math.isnan(r)]
+            values = [r for r in rewards if r == r]
             # the bandwidth estimate before its cap: n·H(pattern of the trainer's advantages), 0 when all are zero
-            bits = 0.0 if zero_groups[g] else group_empirical_bits(advantage_pattern(scored, advantages.tolerance))
+            bits = 0.0
+            if not zero_groups[g]:
+                scored = [a for a, r in zip(advantages.group(g), rewards, strict=True) if r == r]
+                bits = group_empirical_bits(advantage_pattern(scored, advantages.tolerance))
             mean = sum(values) / len(values) if values else float("nan")
             first = g * batch.group_size
             evicted = self.ledger.visit(
