@@ -4,7 +4,7 @@ benchmarks/results/summary.md. ``--summary-only`` rebuilds the summary from the 
 
 from __future__ import annotations
 
-import runpy
+import importlib
 import sys
 from pathlib import Path
 
@@ -20,7 +20,8 @@ def main() -> None:
         if not summary_only:
             print(f"== benchmarks.{name}", flush=True)
             sys.argv = [f"benchmarks.{name}"]
-            runpy.run_module(f"benchmarks.{name}", run_name="__main__")
+            # imported, not run as __main__: a benchmark's worker functions must pickle by their module's name
+            importlib.import_module(f"benchmarks.{name}").main()
         data = json.loads(Path(f"benchmarks/results/{name}.json").read_text())
         sections.append(f"## {name}\n\n{data['markdown']}")
     Path("benchmarks/results/summary.md").write_text("# Benchmark results\n\n" + "\n".join(sections))
