@@ -1,6 +1,6 @@
 """The KL values in one TRL log line are comparable: TRL's `kl` is its logging window's mean of per-step k3, and
-every kl_monitor/* measured value is the mean of the measurements taken within the same window (published only at
-the step of a measurement; a window without one has none)."""
+every kl_monitor/* measured value is the mean of the measurements taken within the same window (averaged by the
+monitor, which is collected only when TRL logs; a window without a measurement has none)."""
 
 from __future__ import annotations
 
