@@ -336,28 +336,11 @@ def test_policy_sample_concatenates_prompt_and_completion_at_first_use() -> None
 
     ids, attention, mask = batch(length=10, completion=4)
     tool = torch.ones_like(mask)  # a completion attended to where it is not trained (a tool's result)
-    sample = policy_sample(
-        step=1,
-        model=None,
-        prompt_ids=ids[:, :6],
-        prompt_mask=attention[:, :6],
-        completion_ids=ids[:, 6:],
-        completion_mask=mask,
-        temperature=1.0,
-        collective=SingleProcess(),
-        completion_attention=tool,
-    )
+    parts = {"prompt_ids": ids[:, :6], "prompt_mask": attention[:, :6], "completion_ids": ids[:, 6:]}
+    common = {"step": 1, "model": None, "completion_mask": mask, "temperature": 1.0, "collective": SingleProcess()}
+    sample = policy_sample(**parts, **common, completion_attention=tool)
     assert "input_ids" not in vars(sample)  # nothing copied until a plugin reads it
     assert torch.equal(sample.input_ids, ids) and sample.input_ids is sample.input_ids
     assert torch.equal(sample.attention_mask, torch.cat([attention[:, :6], tool], dim=1))
-    plain = policy_sample(
-        step=1,
-        model=None,
-        prompt_ids=ids[:, :6],
-        prompt_mask=attention[:, :6],
-        completion_ids=ids[:, 6:],
-        completion_mask=mask,
-        temperature=1.0,
-        collective=SingleProcess(),
-    )
+    plain = policy_sample(**parts, **common)
     assert torch.equal(plain.attention_mask, torch.cat([attention[:, :6], mask], dim=1))
