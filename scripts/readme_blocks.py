@@ -250,41 +250,36 @@ def from_json(name: str, compute: Callable[[dict[str, Any]], str]) -> Callable[[
     return lambda _text: compute(load_result(name))
 
 
-def _overhead_share(data: dict[str, Any], configuration: str) -> str:
-    """Largest share of a step the callback took in ``configuration`` over the model sizes, in percent."""
-    shares = [
-        100 * r["callback_ms_per_step"] / 1000 / r["step_seconds"]
-        for size in data["results"].values()
-        for label, r in size.items()
-        if label == configuration
-    ]
-    return f"{max(shares):.2f} %"
-
-
 #: What the README calls each benchmark model.
 _MODEL_NAMES = {"tiny": "the tiny model", "medium": "the medium model", "smollm2": "SmolLM2"}
+
+
+def _steady_shares(data: dict[str, Any], configuration: str) -> dict[str, float]:
+    """Model size -> the callback's share of a step after the warm-up in ``configuration``, in percent."""
+    return {
+        name: 100
+        * results[configuration]["callback_ms_per_step_steady"]
+        / 1000
+        / results[configuration]["step_seconds"]
+        for name, results in data["results"].items()
+        if configuration in results
+    }
+
+
+def _steady_share(data: dict[str, Any], configuration: str, size: str | None = None) -> str:
+    """The callback's share of a step after the warm-up in ``configuration``: for ``size``, else the largest over
+    the model sizes; in percent, as the table rounds it."""
+    shares = _steady_shares(data, configuration)
+    return f"{shares[size] if size is not None else max(shares.values()):.2f} %"
 
 
 def _overhead_goal(data: dict[str, Any]) -> str:
     """Whether every plugin together stays within 2 % of a step after the warm-up, on which models (the shares
     as the table rounds them)."""
-    over = [size for size in data["results"] if float(_steady_share(data, "all plugins", size).split()[0]) > 2.0]
+    over = [size for size, share in _steady_shares(data, "all plugins").items() if round(share, 2) > 2.0]
     if not over:
         return "reached on every model measured"
     return "not reached on " + " and ".join(_MODEL_NAMES.get(size, size) for size in over)
-
-
-def _steady_share(data: dict[str, Any], configuration: str, size: str | None = None) -> str:
-    """The callback's share of a step after the warm-up in ``configuration``: for ``size``, else the largest over
-    the model sizes; in percent."""
-    shares = [
-        100 * r["callback_ms_per_step_steady"] / 1000 / r["step_seconds"]
-        for name, results in data["results"].items()
-        if size is None or name == size
-        for label, r in results.items()
-        if label == configuration
-    ]
-    return f"{max(shares):.2f} %"
 
 
 def _range(values: list[float], form: str) -> str:
